@@ -1,0 +1,201 @@
+"""The `pgqueue` command."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from pgqueue import PgQueue, PgQueueError
+from pgqueue._codec import parse_json_object
+from pgqueue.config import describe_dsn, resolve_dsn
+from pgqueue.embedded import EmbeddedServer
+from pgqueue.migrations import check_schema, migrate, pending
+
+from .loading import load_app
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn pgqueue's errors into one line on stderr and exit status 1, never a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PgQueueError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+    return wrapper  # type: ignore[return-value]
+
+
+dsn_option = click.option("--dsn", envvar="PGQUEUE_DSN", default=None, show_envvar=True,
+                          help="PostgreSQL DSN (else PGQUEUE_DSN, else DATABASE_URL).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pgqueue")
+def main() -> None:
+    """pgqueue: durable tasks and workflows on PostgreSQL."""
+
+
+@main.command("migrate")
+@dsn_option
+@click.option("--check", is_flag=True, help="Only check: exit 1 when migrations are pending.")
+@friendly_errors
+def migrate_cmd(dsn: str | None, check: bool) -> None:
+    """Create or upgrade the pgqueue schema (safe to run concurrently)."""
+    app = PgQueue(dsn)
+    if check:
+        missing = pending(app.dsn)
+        if missing:
+            click.echo(f"{len(missing)} pending migration(s): {', '.join(missing)}; run `pgqueue migrate`")
+            sys.exit(1)
+        check_schema(app.dsn)
+        click.echo("schema is up to date")
+        return
+    applied = migrate(app.dsn)
+    target = describe_dsn(app.dsn)
+    if applied:
+        click.echo(f"applied {len(applied)} migration(s) to {target}: {', '.join(applied)}")
+    else:
+        click.echo(f"schema at {target} is up to date")
+
+
+@main.command("dev")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of the embedded database (default ./.pgqueue/postgres, or PGQUEUE_DATA_DIR).")
+@click.option("--stop", is_flag=True, help="Stop the embedded database.")
+@friendly_errors
+def dev_cmd(data_dir: Path | None, stop: bool) -> None:
+    """Start (or reuse) a local database for development, migrate it, print its DSN.
+
+    With PGQUEUE_DSN or DATABASE_URL set, that database is migrated instead.
+    """
+    configured = resolve_dsn()
+    if stop:
+        EmbeddedServer.at(data_dir).stop()
+        click.echo("embedded PostgreSQL stopped")
+        return
+    if configured:
+        dsn = configured
+        click.echo(f"using the configured database {describe_dsn(dsn)}")
+    else:
+        server = EmbeddedServer.at(data_dir)
+        dsn = server.ensure_running()
+        click.echo(f"embedded PostgreSQL running in {server.data_dir}")
+    applied = migrate(dsn)
+    click.echo(f"schema ready ({len(applied)} migration(s) applied now)")
+    click.echo(f"export PGQUEUE_DSN={dsn}")
+
+
+def _parse_when(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO date-time such as 2026-12-01T09:00:00+00:00") from None
+    if when.tzinfo is None:
+        raise click.BadParameter("give a time zone, e.g. 2026-12-01T09:00:00+00:00")
+    return when
+
+
+def enqueue_options(fn: F) -> F:
+    for option in reversed([
+        click.option("--app", "app_path", default=None,
+                     help="MODULE:ATTR of your PgQueue app, to validate inputs against the task."),
+        click.option("--queue", default=None, help="Queue (default: the task's)."),
+        click.option("--priority", type=int, default=None, help="Higher runs first."),
+        click.option("--run-at", default=None, help="ISO time with zone to run at."),
+        click.option("--delay", type=float, default=None, help="Seconds to wait before running."),
+        click.option("--tag", "tags", multiple=True, help="Tag (repeatable)."),
+        dsn_option,
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _app_for(app_path: str | None, dsn: str | None) -> PgQueue:
+    if app_path is None:
+        return PgQueue(dsn)
+    app = load_app(app_path)
+    if dsn:
+        app._dsn = dsn
+    return app
+
+
+@main.command("enqueue")
+@click.argument("task")
+@click.option("--input", "input_text", default="{}",
+              help="JSON object of the task's arguments; @FILE reads it from a file, - from stdin.")
+@click.option("--idempotency-key", default=None, help="A second enqueue with this key returns the first run.")
+@enqueue_options
+@friendly_errors
+def enqueue_cmd(task: str, input_text: str, idempotency_key: str | None, app_path: str | None,
+                dsn: str | None, queue: str | None, priority: int | None, run_at: str | None,
+                delay: float | None, tags: tuple[str, ...]) -> None:
+    """Enqueue one run of TASK and print its id."""
+    app = _app_for(app_path, dsn)
+    if input_text == "-":
+        input_text = sys.stdin.read()
+    elif input_text.startswith("@"):
+        try:
+            input_text = Path(input_text[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {input_text[1:]}: {exc.strerror}") from None
+    handle = app.enqueue(task, parse_json_object(input_text, "--input"), queue=queue, priority=priority,
+                         run_at=_parse_when(run_at), delay=delay, idempotency_key=idempotency_key,
+                         tags=tags)
+    click.echo(handle.id if handle.created else f"{handle.id} (existing run for this idempotency key)")
+
+
+def _json_lines(path: str) -> Iterator[dict[str, Any]]:
+    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    with stream:
+        for number, line in enumerate(stream, 1):
+            if line.strip():
+                yield parse_json_object(line, f"line {number} of {path}")
+
+
+@main.command("enqueue-many")
+@click.argument("task")
+@click.argument("file", default="-")
+@enqueue_options
+@friendly_errors
+def enqueue_many_cmd(task: str, file: str, app_path: str | None, dsn: str | None, queue: str | None,
+                     priority: int | None, run_at: str | None, delay: float | None,
+                     tags: tuple[str, ...]) -> None:
+    """Enqueue one run of TASK per JSON line of FILE (or stdin), in one transaction."""
+    app = _app_for(app_path, dsn)
+    inputs = list(_json_lines(file))
+    with click.progressbar(length=len(inputs), label=f"enqueueing {task}", file=sys.stderr) as bar:
+        done = [0]
+
+        def progress(count: int) -> None:
+            bar.update(count - done[0])
+            done[0] = count
+
+        handles = app.enqueue_many(task, inputs, queue=queue, priority=priority, run_at=_parse_when(run_at),
+                                   delay=delay, tags=tags, progress=progress)
+    if handles:
+        click.echo(f"enqueued {len(handles)} runs of {task} (ids {handles[0].id}..{handles[-1].id})")
+    else:
+        click.echo("no input lines: nothing enqueued")
+
+
+@main.command("run")
+@click.argument("run_id", type=int)
+@dsn_option
+@friendly_errors
+def run_cmd(run_id: int, dsn: str | None) -> None:
+    """Show one run as JSON (a fuller `runs show` comes with the worker)."""
+    info = PgQueue(dsn).run(run_id).info()
+    click.echo(json.dumps(info.__dict__, default=str, indent=2))
+

@@ -1,0 +1,111 @@
+"""Turning a task's call arguments into the JSON input stored in a run, and back.
+
+A task whose only parameter is a pydantic model stores that model's fields as its input
+(`{"doc_id": 42}`); any other task stores its arguments by name (`{"a": 1, "b": 2}`). Either
+way the stored input is a JSON object that SQL and other languages can write too.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, get_type_hints
+
+import pydantic
+
+from .errors import InvalidInput, TaskDefinitionError
+
+
+def describe_validation_error(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in error["loc"]) or "input"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+class InputCodec:
+    """Validates task inputs against the function's signature and converts them to JSON."""
+
+    def __init__(self, task_name: str, fn: Callable[..., Any]) -> None:
+        self.task_name = task_name
+        self.signature = inspect.signature(fn)
+        try:
+            hints = get_type_hints(fn)
+        except Exception as exc:  # unresolvable forward references and the like
+            raise TaskDefinitionError(f"task {task_name!r}: cannot read its type hints ({exc}); "
+                                      "define the types it uses at module level") from None
+        params = list(self.signature.parameters.values())
+        for param in params:
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise TaskDefinitionError(
+                    f"task {task_name!r}: *args/**kwargs cannot be stored as a run input; "
+                    "declare named parameters or one pydantic model parameter")
+        self.model_param: str | None = None
+        annotation = hints.get(params[0].name) if len(params) == 1 else None
+        if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+            self.model_param = params[0].name
+            self.model: type[pydantic.BaseModel] = annotation
+        else:
+            fields: dict[str, Any] = {
+                p.name: (hints.get(p.name, Any), ... if p.default is p.empty else p.default)
+                for p in params
+            }
+            self.model = pydantic.create_model(  # type: ignore[call-overload]
+                f"{task_name}_input", __config__=pydantic.ConfigDict(extra="forbid"), **fields)
+        self.output = pydantic.TypeAdapter(hints.get("return", Any))
+
+    def _invalid(self, exc: pydantic.ValidationError, where: str = "") -> InvalidInput:
+        return InvalidInput(f"invalid input for task {self.task_name!r}{where}: {describe_validation_error(exc)}")
+
+    def encode_call(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+        """JSON input of a call such as `task.enqueue(doc_id=1)`."""
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidInput(f"invalid arguments for task {self.task_name!r}: {exc}") from None
+        if self.model_param is not None:
+            return self.encode_item(bound.arguments[self.model_param])
+        return self.encode_item(dict(bound.arguments))
+
+    def encode_item(self, item: Any, where: str = "") -> str:
+        """JSON input of one element of a bulk enqueue: a model instance or a mapping of arguments."""
+        try:
+            if isinstance(item, self.model):
+                # validated again: model_construct() or attribute assignment can bypass checks
+                validated = self.model.model_validate(item.model_dump())
+            elif isinstance(item, (str, bytes)):
+                validated = self.model.model_validate_json(item)
+            else:
+                validated = self.model.model_validate(item)
+        except pydantic.ValidationError as exc:
+            raise self._invalid(exc, where) from None
+        return validated.model_dump_json()
+
+    def decode(self, data: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Call arguments from a stored input (validated again: SQL may have written it)."""
+        try:
+            validated = self.model.model_validate(data)
+        except pydantic.ValidationError as exc:
+            raise self._invalid(exc) from None
+        if self.model_param is not None:
+            return (validated,), {}
+        return (), {name: getattr(validated, name) for name in type(validated).model_fields}
+
+    def encode_output(self, value: Any) -> Any:
+        return self.output.dump_python(value, mode="json")
+
+    def decode_output(self, data: Any) -> Any:
+        return self.output.validate_python(data)
+
+
+def parse_json_object(text: str, what: str = "input") -> dict[str, Any]:
+    """A JSON object from text, with a clear error for anything else."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object of the task's arguments, e.g. {{\"doc_id\": 42}}")
+    return value

@@ -1,0 +1,85 @@
+"""One logic, two faces: database operations written once, driven sync or async.
+
+An operation is a generator that yields the statements it needs and receives their rows.
+It does no I/O itself, so the decisions it makes (what to send, how to read the answer,
+which error to raise) exist exactly once; `run_sync` and `run_async` only execute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, LiteralString, TypeVar, cast
+
+import psycopg
+
+from .errors import InputTooLarge, InvalidInput, SchemaMissing
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Statement:
+    sql: str
+    params: Sequence[Any] | Mapping[str, Any] | None = None
+
+
+Op = Generator[Statement, list[Row], T]
+
+
+def _query(statement: Statement) -> LiteralString:
+    # SQL comes from the files in sql/, never from user input: values are always bound.
+    return cast(LiteralString, statement.sql)
+
+
+def translate(exc: psycopg.Error) -> Exception:
+    """The pgqueue error for a database error raised by pgqueue's SQL, else `exc` itself."""
+    diag = exc.diag
+    message = f"{diag.message_primary or exc}".removeprefix("pgqueue: ")
+    if diag.message_hint:
+        message = f"{message}. {diag.message_hint}"
+    if diag.sqlstate == "PQ001":
+        return InputTooLarge(message)
+    if diag.sqlstate == "PQ002":
+        return InvalidInput(message)
+    if diag.sqlstate in ("42P01", "42883", "3F000") and "pgqueue" in str(diag.message_primary):
+        return SchemaMissing("the pgqueue schema is missing or incomplete in this database; "
+                             "run `pgqueue migrate`")
+    return exc
+
+
+def run_sync(conn: psycopg.Connection[Any], op: Op[T]) -> T:
+    try:
+        statement = next(op)
+        while True:
+            try:
+                cur = conn.execute(_query(statement), statement.params,
+                                   prepare=statement.params is not None)
+                rows = cur.fetchall() if cur.description is not None else []
+            except psycopg.Error as exc:
+                mapped = translate(exc)
+                if mapped is exc:
+                    raise
+                raise mapped from None
+            statement = op.send(rows)
+    except StopIteration as done:
+        return cast(T, done.value)
+
+
+async def run_async(conn: psycopg.AsyncConnection[Any], op: Op[T]) -> T:
+    try:
+        statement = next(op)
+        while True:
+            try:
+                cur = await conn.execute(_query(statement), statement.params,
+                                         prepare=statement.params is not None)
+                rows = await cur.fetchall() if cur.description is not None else []
+            except psycopg.Error as exc:
+                mapped = translate(exc)
+                if mapped is exc:
+                    raise
+                raise mapped from None
+            statement = op.send(rows)
+    except StopIteration as done:
+        return cast(T, done.value)

@@ -1,0 +1,240 @@
+"""The application object: a registry of tasks and the database they run on."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ParamSpec, TypeVar, overload
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from ._ops import Op, Statement, run_async, run_sync
+from ._sql import query
+from .config import connect, connect_async, require_dsn
+from .errors import InvalidInput, TaskDefinitionError, UnknownTask
+from .migrations import check_schema_op, migrate
+from .retry import Retry
+from .runs import AsyncRunHandle, EnqueueOptions, RunHandle, enqueue_op, to_json_text
+from .task import Task, TaskSettings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class _TaskDecorator:
+    """What `@app.task(...)` returns: typed so that `Task[P, R]` keeps the function's signature."""
+
+    def __init__(self, app: PgQueue, options: dict[str, Any]) -> None:
+        self.app = app
+        self.options = options
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Task[P, R]: ...
+
+    def __call__(self, fn: Callable[P, Any]) -> Task[P, Any]:
+        return self.app._register(fn, **self.options)
+
+
+class PgQueue:
+    """Tasks and the database they run on.
+
+        app = PgQueue()            # DSN from PGQUEUE_DSN or DATABASE_URL
+
+        @app.task(queue="llm", retry=Retry(max_attempts=5))
+        async def summarize(doc: Document) -> Summary: ...
+
+        summarize.enqueue(Document(id=42))
+    """
+
+    def __init__(self, dsn: str | None = None, *, pool_size: int = 4) -> None:
+        self._dsn = dsn
+        self.pool_size = pool_size
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._pool: ConnectionPool | None = None
+        self._async_pool: AsyncConnectionPool | None = None
+        self._lock = threading.Lock()
+
+    # -- declaring tasks -------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(self, *, name: str | None = None, queue: str = "default", priority: int = 0,
+             retry: Retry | None = None, timeout: float | None = None,
+             schedule_to_start: float | None = None, concurrency: Any = None,
+             rate_limits: Sequence[Any] = ()) -> _TaskDecorator: ...
+
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Declare a task. Use as `@app.task` or `@app.task(queue=..., retry=..., ...)`.
+
+        name: defaults to the function's name; queue, priority (higher runs first);
+        retry: a `Retry` policy (default 3 attempts, exponential backoff with jitter);
+        timeout: start-to-close seconds per attempt; schedule_to_start: seconds a run may
+        wait before it fails as expired.
+        """
+        if fn is not None:
+            return self._register(fn)
+        return _TaskDecorator(self, options)
+
+    def _register(self, fn: Callable[..., Any], *, name: str | None = None,
+                  retry: Retry | None = None, **options: Any) -> Task[Any, Any]:
+        if not callable(fn):
+            raise TaskDefinitionError(f"@app.task decorates a function, not {fn!r}")
+        # The bare function name reads well from SQL (`pgqueue.enqueue('summarize', ...)`)
+        # and survives moving the function to another module; clashes are refused below.
+        task_name = name or fn.__name__
+        settings = TaskSettings(name=task_name, retry=retry or Retry(), **options)
+        if task_name in self.tasks and self.tasks[task_name].fn is not fn:
+            raise TaskDefinitionError(f"two tasks are named {task_name!r}; give one of them name=...")
+        task: Task[Any, Any] = Task(self, fn, settings)
+        self.tasks[task_name] = task
+        return task
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tasks)) or "none"
+            raise UnknownTask(f"no task named {name!r} in this app (known: {known})") from None
+
+    # -- database --------------------------------------------------------------------------
+
+    @property
+    def dsn(self) -> str:
+        return require_dsn(self._dsn)
+
+    def migrate(self) -> list[str]:
+        return migrate(self.dsn)
+
+    def register_tasks(self) -> None:
+        """Write the task defaults (queue, priority) to the database for plain-SQL enqueues."""
+        def op() -> Op[None]:
+            for task in self.tasks.values():
+                s = task.settings
+                s2s = None if s.schedule_to_start is None else f"{s.schedule_to_start} seconds"
+                yield Statement(query("runs", "register_task"), (s.name, s.queue, s.priority, s2s))
+        self.execute(op())
+
+    def pool(self) -> ConnectionPool:
+        with self._lock:
+            if self._pool is None:
+                dsn = self.dsn
+                with connect(dsn, autocommit=True) as conn:  # clear errors before the pool retries
+                    run_sync(conn, check_schema_op())
+                self._pool = ConnectionPool(dsn, min_size=1, max_size=self.pool_size,
+                                            kwargs={"autocommit": True}, open=True, name="pgqueue")
+            return self._pool
+
+    async def async_pool(self) -> AsyncConnectionPool:
+        if self._async_pool is None:
+            dsn = self.dsn
+            async with await connect_async(dsn, autocommit=True) as conn:
+                await run_async(conn, check_schema_op())
+            pool = AsyncConnectionPool(dsn, min_size=1, max_size=self.pool_size,
+                                       kwargs={"autocommit": True}, open=False, name="pgqueue-async")
+            await pool.open()
+            if self._async_pool is None:
+                self._async_pool = pool
+            else:
+                await pool.close()
+        return self._async_pool
+
+    def execute(self, op: Op[T], connection: psycopg.Connection[Any] | None = None,
+                transaction: bool = False) -> T:
+        """Run an operation on `connection` (the caller's transaction) or a pooled connection."""
+        if connection is not None:
+            with connection.transaction() if transaction else contextlib.nullcontext():
+                return run_sync(connection, op)
+        with self.pool().connection() as conn, conn.transaction() if transaction else contextlib.nullcontext():
+            return run_sync(conn, op)
+
+    async def execute_async(self, op: Op[T], connection: psycopg.AsyncConnection[Any] | None = None,
+                            transaction: bool = False) -> T:
+        if connection is not None:
+            if transaction:
+                async with connection.transaction():
+                    return await run_async(connection, op)
+            return await run_async(connection, op)
+        pool = await self.async_pool()
+        async with pool.connection() as conn:
+            if transaction:
+                async with conn.transaction():
+                    return await run_async(conn, op)
+            return await run_async(conn, op)
+
+    @contextlib.contextmanager
+    def listen_connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A dedicated connection for LISTEN (never a pooled one: it would keep listening)."""
+        with connect(self.dsn, autocommit=True) as conn:
+            yield conn
+
+    async def listen_connection_async(self) -> psycopg.AsyncConnection[Any]:
+        return await connect_async(self.dsn, autocommit=True)
+
+    # -- enqueue by name ---------------------------------------------------------------------
+
+    def enqueue(self, task: str, input: Mapping[str, Any] | None = None, *,
+                connection: psycopg.Connection[Any] | None = None, **options: Any) -> RunHandle[Any]:
+        """Enqueue a run of a task by name, e.g. one defined in another service.
+
+        A task of this app is validated against its model; for any other name the input
+        must be a JSON object, and the queue and priority default to those the task's
+        workers registered in the database.
+        """
+        return self.enqueue_many(task, [input or {}], connection=connection, **options)[0]
+
+    def enqueue_many(self, task: str, inputs: Iterable[Mapping[str, Any]], *,
+                     connection: psycopg.Connection[Any] | None = None,
+                     idempotency_keys: Sequence[str] | None = None,
+                     progress: Callable[[int], None] | None = None, **options: Any) -> list[RunHandle[Any]]:
+        if task in self.tasks:
+            call = self.tasks[task].options(connection=connection, **options)
+            return call.enqueue_many(inputs, idempotency_keys=idempotency_keys, progress=progress)
+        texts = [to_json_text(_json_object(item, i)) for i, item in enumerate(inputs)]
+        op = enqueue_op(task, texts, EnqueueOptions(**options), idempotency_keys=idempotency_keys,
+                        progress=progress)
+        return [RunHandle(self, run_id, created)
+                for run_id, created in self.execute(op, connection, transaction=True)]
+
+    def run(self, run_id: int) -> RunHandle[Any]:
+        """A handle on an existing run."""
+        return RunHandle(self, run_id)
+
+    def run_async(self, run_id: int) -> AsyncRunHandle[Any]:
+        return AsyncRunHandle(self, run_id)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    async def aclose(self) -> None:
+        if self._async_pool is not None:
+            await self._async_pool.close()
+            self._async_pool = None
+        self.close()
+
+    def __enter__(self) -> PgQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> PgQueue:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _json_object(item: object, index: int) -> Mapping[str, Any]:
+    if not isinstance(item, Mapping):
+        raise InvalidInput(f"input #{index} is a {type(item).__name__}, not a JSON object of the task's arguments")
+    return item

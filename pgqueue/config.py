@@ -1,0 +1,81 @@
+"""Where the DSN comes from, and opening connections with errors that say what to do."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from .errors import ConfigurationError, DatabaseUnavailable
+
+DSN_VARIABLES = ("PGQUEUE_DSN", "DATABASE_URL")
+
+
+def resolve_dsn(explicit: str | None = None) -> str | None:
+    """The DSN from the argument, else PGQUEUE_DSN, else DATABASE_URL; None when none is set."""
+    if explicit:
+        return explicit
+    for name in DSN_VARIABLES:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+def require_dsn(explicit: str | None = None) -> str:
+    dsn = resolve_dsn(explicit)
+    if dsn is None:
+        raise ConfigurationError(
+            "no database configured: pass --dsn, or set PGQUEUE_DSN (or DATABASE_URL), "
+            "e.g. PGQUEUE_DSN=postgresql://user:pass@localhost:5432/app; "
+            "for a local database to try things, run `pgqueue dev`"
+        )
+    check_dsn_syntax(dsn)
+    return dsn
+
+
+def check_dsn_syntax(dsn: str) -> dict[str, Any]:
+    try:
+        return conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigurationError(f"the DSN is not valid ({first_line(exc)}); "
+                                 "use the form postgresql://user:pass@host:5432/dbname") from None
+
+
+def describe_dsn(dsn: str) -> str:
+    """host:port/dbname of a DSN, never the password, for logs."""
+    params = check_dsn_syntax(dsn)
+    host = params.get("host") or "localhost"
+    port = params.get("port") or "5432"
+    return f"{host}:{port}/{params.get('dbname') or params.get('user') or ''}"
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def connection_error(dsn: str, exc: psycopg.OperationalError) -> DatabaseUnavailable:
+    return DatabaseUnavailable(
+        f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {first_line(exc)}; "
+        "check that the server runs and that the DSN (PGQUEUE_DSN, DATABASE_URL or --dsn) is right"
+    )
+
+
+def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A plain connection, with a one-line error when the server cannot be reached."""
+    check_dsn_syntax(dsn)
+    try:
+        return psycopg.connect(dsn, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise connection_error(dsn, exc) from None
+
+
+async def connect_async(dsn: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+    check_dsn_syntax(dsn)
+    try:
+        return await psycopg.AsyncConnection.connect(dsn, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise connection_error(dsn, exc) from None

@@ -1,0 +1,162 @@
+"""Tasks: Python functions declared with `@app.task`, and how they are enqueued."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+import psycopg
+
+from ._codec import InputCodec
+from ._ops import Op
+from .errors import ConfigurationError, TaskDefinitionError
+from .retry import Retry
+from .runs import AsyncRunHandle, EnqueueOptions, RunHandle, enqueue_op
+
+if TYPE_CHECKING:
+    from .app import PgQueue
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_NAME = re.compile(r"^[A-Za-z_][\w.:-]{0,199}$")
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """Everything declared with a task besides its function."""
+
+    name: str
+    queue: str = "default"
+    priority: int = 0
+    retry: Retry = field(default_factory=Retry)
+    #: start-to-close: seconds an attempt may run before it is failed as timed out
+    timeout: float | None = None
+    #: schedule-to-start: seconds a run may wait to start before it fails as expired
+    schedule_to_start: float | None = None
+    #: room for flow control: a concurrency rule and rate-limit rules (see the flow-control docs)
+    concurrency: Any = None
+    rate_limits: Sequence[Any] = ()
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise TaskDefinitionError(
+                f"task name {self.name!r} is not valid: use letters, digits and . _ : - (at most 200)")
+        if not _NAME.match(self.queue):
+            raise TaskDefinitionError(f"queue name {self.queue!r} is not valid: use letters, digits and . _ : -")
+        if not -32768 <= self.priority <= 32767:
+            raise TaskDefinitionError("priority must be between -32768 and 32767 (higher runs first)")
+        for label, value in (("timeout", self.timeout), ("schedule_to_start", self.schedule_to_start)):
+            if value is not None and value <= 0:
+                raise TaskDefinitionError(f"task {self.name!r}: {label} must be a positive number of seconds")
+
+
+class TaskCall(Generic[P, R]):
+    """A task with enqueue options bound: `task.options(priority=5).enqueue(...)`."""
+
+    def __init__(self, task: Task[P, R], options: EnqueueOptions,
+                 connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None) -> None:
+        self.task = task
+        self._options = options
+        self._connection = connection
+
+    def options(self, *, queue: str | None = None, priority: int | None = None,
+                run_at: datetime | None = None, delay: timedelta | float | None = None,
+                idempotency_key: str | None = None, tags: Sequence[str] | None = None,
+                metadata: Mapping[str, Any] | None = None,
+                connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
+                ) -> TaskCall[P, R]:
+        """Enqueue options for the next call.
+
+        `connection`: enqueue inside that connection's current transaction, so that the run
+        exists only if the application's transaction commits.
+        """
+        changes = {key: value for key, value in {
+            "queue": queue, "priority": priority, "run_at": run_at, "delay": delay,
+            "idempotency_key": idempotency_key, "tags": tags, "metadata": metadata,
+        }.items() if value is not None}
+        return TaskCall(self.task, replace(self._options, **changes), connection or self._connection)
+
+    def _op(self, inputs: Sequence[str], keys: Sequence[str] | None = None,
+            progress: Callable[[int], None] | None = None) -> Op[list[tuple[int, bool]]]:
+        settings = self.task.settings
+        s2s = timedelta(seconds=settings.schedule_to_start) if settings.schedule_to_start else None
+        return enqueue_op(settings.name, inputs, self._options, default_queue=settings.queue,
+                          default_priority=settings.priority, schedule_to_start=s2s,
+                          idempotency_keys=keys, progress=progress)
+
+    def _sync_connection(self) -> psycopg.Connection[Any] | None:
+        if isinstance(self._connection, psycopg.AsyncConnection):
+            raise ConfigurationError("an async connection was given: use enqueue_async()")
+        return self._connection
+
+    def _async_connection(self) -> psycopg.AsyncConnection[Any] | None:
+        if isinstance(self._connection, psycopg.Connection):
+            raise ConfigurationError("a sync connection was given: use enqueue()")
+        return self._connection
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle[R]:
+        """Put one run on the queue; the arguments are those of the task function."""
+        text = self.task.codec.encode_call(args, kwargs)
+        [(run_id, created)] = self.task.app.execute(self._op([text]), self._sync_connection())
+        return RunHandle(self.task.app, run_id, created, self.task.codec.decode_output)
+
+    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> AsyncRunHandle[R]:
+        text = self.task.codec.encode_call(args, kwargs)
+        [(run_id, created)] = await self.task.app.execute_async(self._op([text]), self._async_connection())
+        return AsyncRunHandle(self.task.app, run_id, created, self.task.codec.decode_output)
+
+    def _encode_many(self, items: Iterable[Any]) -> list[str]:
+        return [self.task.codec.encode_item(item, f" (item {i})") for i, item in enumerate(items)]
+
+    def enqueue_many(self, items: Iterable[Any], *, idempotency_keys: Sequence[str] | None = None,
+                     progress: Callable[[int], None] | None = None) -> list[RunHandle[R]]:
+        """Enqueue one run per item in one transaction (a few statements, never a loop of INSERTs).
+
+        Each item is an instance of the task's input model, or a mapping of its arguments.
+        All items are validated before anything is written.
+        """
+        texts = self._encode_many(items)
+        op = self._op(texts, idempotency_keys, progress)
+        found = self.task.app.execute(op, self._sync_connection(), transaction=True)
+        decode = self.task.codec.decode_output
+        return [RunHandle(self.task.app, run_id, created, decode) for run_id, created in found]
+
+    async def enqueue_many_async(self, items: Iterable[Any], *,
+                                 idempotency_keys: Sequence[str] | None = None,
+                                 progress: Callable[[int], None] | None = None) -> list[AsyncRunHandle[R]]:
+        texts = self._encode_many(items)
+        op = self._op(texts, idempotency_keys, progress)
+        found = await self.task.app.execute_async(op, self._async_connection(), transaction=True)
+        decode = self.task.codec.decode_output
+        return [AsyncRunHandle(self.task.app, run_id, created, decode) for run_id, created in found]
+
+
+class Task(TaskCall[P, R]):
+    """A declared task. Call it like the function; enqueue it to run on a worker."""
+
+    def __init__(self, app: PgQueue, fn: Callable[P, R] | Callable[P, Awaitable[R]],
+                 settings: TaskSettings) -> None:
+        self.app = app
+        self.fn = fn
+        self.settings = settings
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.codec = InputCodec(settings.name, fn)
+        super().__init__(self, EnqueueOptions(), None)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.settings.queue}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R | Awaitable[R]:
+        """Call the function directly, in this process (handy in tests)."""
+        return self.fn(*args, **kwargs)

@@ -1,0 +1,24 @@
+-- Queries of the migration runner.
+
+-- name: lock
+SELECT pg_advisory_lock(hashtext('pgqueue.migrate'))
+
+-- name: unlock
+SELECT pg_advisory_unlock(hashtext('pgqueue.migrate'))
+
+-- name: create_ledger
+CREATE SCHEMA IF NOT EXISTS pgqueue;
+CREATE TABLE IF NOT EXISTS pgqueue.schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: ledger_exists
+SELECT to_regclass('pgqueue.schema_migrations') IS NOT NULL
+
+-- name: applied
+SELECT version FROM pgqueue.schema_migrations ORDER BY version
+
+-- name: record
+INSERT INTO pgqueue.schema_migrations (version, name) VALUES (%s, %s)

@@ -1,0 +1,32 @@
+-- Queries of the client: enqueueing runs and reading them back.
+
+-- name: enqueue_many
+SELECT id, created FROM pgqueue.enqueue_many(
+    %(task)s,
+    %(inputs)s::text[]::jsonb[],
+    queue => %(queue)s,
+    priority => %(priority)s,
+    run_at => %(run_at)s,
+    delay => %(delay)s,
+    idempotency_keys => %(keys)s::text[],
+    tags => %(tags)s::text[],
+    metadata => %(metadata)s::jsonb,
+    schedule_to_start => %(schedule_to_start)s)
+
+-- name: get_run
+SELECT id, task, queue, priority, status, input, result, error, run_at, created_at,
+       started_at, finished_at, attempt, recoveries, idempotency_key, tags, metadata
+  FROM pgqueue.runs
+ WHERE id = %s
+
+-- name: register_task
+INSERT INTO pgqueue.tasks (name, queue, priority, schedule_to_start)
+VALUES (%s, %s, %s, %s)
+ON CONFLICT (name) DO UPDATE
+   SET queue = excluded.queue, priority = excluded.priority,
+       schedule_to_start = excluded.schedule_to_start, updated_at = now()
+ WHERE (tasks.queue, tasks.priority, tasks.schedule_to_start)
+       IS DISTINCT FROM (excluded.queue, excluded.priority, excluded.schedule_to_start)
+
+-- name: listen_done
+LISTEN pgqueue_done

@@ -1,0 +1,117 @@
+"""Test harness: a real PostgreSQL server, and a fresh database per test module.
+
+PGQUEUE_TEST_DSN points the suite at an existing server (its user must be allowed to
+CREATE DATABASE). Without it, a throwaway server is started from the embedded package (or
+PGQUEUE_PG_BIN's binaries) and removed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from pgqueue import PgQueue
+from pgqueue.embedded import EmbeddedServer, find_pg_bin
+from pgqueue.migrations import migrate
+
+TEMPLATE_DB = "pgqueue_test_template"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Server:
+    admin_dsn: str
+    embedded: EmbeddedServer | None
+
+    def dsn_for(self, dbname: str) -> str:
+        return make_conninfo(self.admin_dsn, dbname=dbname)
+
+    def create_database(self, prefix: str, template: str | None = TEMPLATE_DB) -> str:
+        name = f"{prefix[:40]}_{uuid.uuid4().hex[:8]}".lower()
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            suffix = f" TEMPLATE {template}" if template else ""
+            conn.execute(f'CREATE DATABASE "{name}"{suffix}')  # type: ignore[arg-type]
+        return self.dsn_for(name)
+
+    def drop_database(self, dsn: str) -> None:
+        name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    given = os.environ.get("PGQUEUE_TEST_DSN")
+    if given:
+        server = Server(given, None)
+    else:
+        embedded = EmbeddedServer(tmp_path_factory.mktemp("postgres"), find_pg_bin())
+        embedded.ensure_running()
+        server = Server(embedded.dsn, embedded)
+    with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
+        version = conn.info.server_version
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')  # type: ignore[arg-type]
+        conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')  # type: ignore[arg-type]
+    print(f"\ntests run on PostgreSQL {version // 10000}.{version % 100}", file=sys.stderr)
+    migrate(server.dsn_for(TEMPLATE_DB))
+    yield server
+    if server.embedded is not None:
+        server.embedded.destroy()
+
+
+def _module_prefix(request: pytest.FixtureRequest) -> str:
+    return "t_" + re.sub(r"\W", "_", request.module.__name__.rpartition(".")[2])
+
+
+@pytest.fixture(scope="module")
+def dsn(pg_server: Server, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A migrated database of this test module's own."""
+    db = pg_server.create_database(_module_prefix(request))
+    yield db
+    pg_server.drop_database(db)
+
+
+@pytest.fixture
+def empty_dsn(pg_server: Server, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A database without the pgqueue schema, for one test."""
+    db = pg_server.create_database(_module_prefix(request) + "_empty", template=None)
+    yield db
+    pg_server.drop_database(db)
+
+
+@pytest.fixture
+def conn(dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def app(dsn: str) -> Iterator[PgQueue]:
+    queue = PgQueue(dsn)
+    yield queue
+    queue.close()
+
+
+@pytest.fixture
+async def async_app(dsn: str) -> AsyncIterator[PgQueue]:
+    queue = PgQueue(dsn)
+    yield queue
+    await queue.aclose()
+
+
+@pytest.fixture
+def cli_env(dsn: str) -> dict[str, str]:
+    """Environment for running the `pgqueue` command against this module's database."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PGQUEUE_DSN", "DATABASE_URL")}
+    env["PGQUEUE_DSN"] = dsn
+    env["PYTHONPATH"] = str(ROOT / "tests")
+    return env

@@ -1,0 +1,62 @@
+"""`pgqueue dev` on an embedded server, and the built wheel in a fresh virtual environment."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import ROOT, Server
+
+
+def run(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_dev_starts_reuses_and_stops_an_embedded_database(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("PGQUEUE_DSN", "DATABASE_URL")}
+    env["PGQUEUE_DATA_DIR"] = str(tmp_path / "pg")
+    cli = [sys.executable, "-m", "pgqueue_cli"]
+    try:
+        first = run([*cli, "dev"], env)
+        assert first.returncode == 0, first.stderr
+        dsn = re.search(r"export PGQUEUE_DSN=(\S+)", first.stdout)
+        assert dsn and "migration(s) applied now" in first.stdout
+        with psycopg.connect(dsn[1]) as conn:
+            assert conn.execute("SELECT count(*) FROM pgqueue.schema_migrations").fetchone() != (0,)
+        second = run([*cli, "dev"], env)
+        assert f"export PGQUEUE_DSN={dsn[1]}" in second.stdout and "(0 migration(s)" in second.stdout
+    finally:
+        stopped = run([*cli, "dev", "--stop"], env)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(dsn[1], connect_timeout=2)
+
+
+@pytest.mark.slow
+def test_built_wheel_installs_and_migrates(tmp_path: Path, pg_server: Server) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("PGQUEUE_DSN", "DATABASE_URL", "PYTHONPATH")}
+    built = run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"), str(ROOT)], env)
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel = next((tmp_path / "dist").glob("pgqueue-*.whl"))
+    venv.create(tmp_path / "venv", with_pip=True)
+    bin_dir = tmp_path / "venv" / "bin"
+    installed = run([str(bin_dir / "pip"), "install", "-q", str(wheel)], env)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    dsn = pg_server.create_database("t_wheel", template=None)
+    try:
+        migrated = run([str(bin_dir / "pgqueue"), "migrate", "--dsn", dsn], env, cwd=tmp_path)
+        assert migrated.returncode == 0, migrated.stderr
+        assert "applied" in migrated.stdout
+        checked = run([str(bin_dir / "pgqueue"), "migrate", "--check", "--dsn", dsn], env, cwd=tmp_path)
+        assert checked.returncode == 0, checked.stdout
+        enqueued = run([str(bin_dir / "pgqueue"), "enqueue", "hello", "--dsn", dsn], env, cwd=tmp_path)
+        assert enqueued.returncode == 0 and enqueued.stdout.strip().isdigit(), enqueued.stderr
+    finally:
+        pg_server.drop_database(dsn)
