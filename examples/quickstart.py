@@ -1,13 +1,16 @@
-"""The quick-start example: declare tasks, enqueue them every way, look at the runs.
+"""The quick-start example: declare tasks, enqueue them every way, run them, read the results.
 
 Run it with `bash scripts/demo.sh` (which starts a local database), or with PGQUEUE_DSN set.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 from pydantic import BaseModel
 
 from pgqueue import PgQueue, Retry
+from pgqueue.worker import Worker, WorkerSettings
 
 app = PgQueue()
 
@@ -44,10 +47,15 @@ def main() -> None:
     print(f"enqueued run {one.id} (summarize), run {again.id} with an idempotency key "
           f"(repeat returned the same run: {same.id == again.id}), {len(many)} word_count runs in bulk, "
           f"and run {later.id} scheduled an hour from now")
-    for handle in [one, again, *many, later]:
+    # In production `pgqueue worker examples.quickstart:app --queues default,llm` runs these;
+    # here a worker runs in-process until no due run is left.
+    asyncio.run(Worker(app, WorkerSettings(queues=["default", "llm"], burst=True)).run())
+    print(f"summary of article 1: {one.result(timeout=10)!r}")
+    print(f"word counts: {[h.result(timeout=10) for h in many]}")
+    for handle in [one, *many, later]:
         info = handle.info()
         print(f"  run {info.id:>5}  {info.task:<11} queue={info.queue:<8} status={info.status:<9} "
-              f"run_at={info.run_at:%H:%M:%S}  input={info.input}")
+              f"attempts={info.attempt}  run_at={info.run_at:%H:%M:%S}")
     app.close()
 
 

@@ -1,11 +1,13 @@
 """pgqueue: durable tasks and workflows for Python, on PostgreSQL alone."""
 
 from .app import PgQueue
+from .context import RetryLater, RunContext, TaskCancelled, current_run
 from .errors import (
     ConfigurationError,
     DatabaseUnavailable,
     InputTooLarge,
     InvalidInput,
+    InvalidRunState,
     PgQueueError,
     RunFailed,
     RunNotFound,
@@ -24,9 +26,12 @@ __all__ = [
     "DatabaseUnavailable",
     "InputTooLarge",
     "InvalidInput",
+    "InvalidRunState",
     "PgQueue",
     "PgQueueError",
     "Retry",
+    "RetryLater",
+    "RunContext",
     "RunFailed",
     "RunHandle",
     "RunInfo",
@@ -35,6 +40,8 @@ __all__ = [
     "SchemaOutdated",
     "Task",
     "TaskCall",
+    "TaskCancelled",
     "TaskDefinitionError",
     "UnknownTask",
+    "current_run",
 ]

@@ -13,7 +13,7 @@ from typing import Any, LiteralString, TypeVar, cast
 
 import psycopg
 
-from .errors import InputTooLarge, InvalidInput, SchemaMissing
+from .errors import InputTooLarge, InvalidInput, InvalidRunState, RunNotFound, SchemaMissing
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
@@ -43,6 +43,10 @@ def translate(exc: psycopg.Error) -> Exception:
         return InputTooLarge(message)
     if diag.sqlstate == "PQ002":
         return InvalidInput(message)
+    if diag.sqlstate == "PQ003":
+        return RunNotFound(message)
+    if diag.sqlstate == "PQ004":
+        return InvalidRunState(message)
     if diag.sqlstate in ("42P01", "42883", "3F000") and "pgqueue" in str(diag.message_primary):
         return SchemaMissing("the pgqueue schema is missing or incomplete in this database; "
                              "run `pgqueue migrate`")

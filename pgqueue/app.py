@@ -12,6 +12,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from ._ops import Op, Statement, run_async, run_sync
 from ._sql import query
+from .admin import cancel_op, retry_op
 from .config import connect, connect_async, require_dsn
 from .errors import InvalidInput, TaskDefinitionError, UnknownTask
 from .migrations import check_schema_op, migrate
@@ -202,6 +203,14 @@ class PgQueue:
                         progress=progress)
         return [RunHandle(self, run_id, created)
                 for run_id, created in self.execute(op, connection, transaction=True)]
+
+    def cancel(self, run_id: int) -> str:
+        """Cancel a run: 'cancelled' if it had not started, 'cancel_requested' if it is running."""
+        return self.execute(cancel_op(run_id))
+
+    def retry(self, run_id: int) -> str:
+        """Queue a failed, cancelled or dead run again with a fresh retry budget."""
+        return self.execute(retry_op(run_id))
 
     def run(self, run_id: int) -> RunHandle[Any]:
         """A handle on an existing run."""

@@ -54,5 +54,9 @@ class RunFailed(PgQueueError):
         super().__init__(f"run {run_id} ended {status}{detail}")
 
 
+class InvalidRunState(PgQueueError):
+    """The run's state does not allow that action (e.g. retrying a running run)."""
+
+
 class RunNotFound(PgQueueError):
     """No run with that id exists (it may have been pruned by retention)."""

@@ -7,13 +7,16 @@ PGQUEUE_PG_BIN's binaries) and removed at the end.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -22,6 +25,7 @@ from psycopg.conninfo import make_conninfo
 from pgqueue import PgQueue
 from pgqueue.embedded import EmbeddedServer, find_pg_bin
 from pgqueue.migrations import migrate
+from pgqueue.worker import Worker, WorkerSettings
 
 TEMPLATE_DB = "pgqueue_test_template"
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,3 +119,43 @@ def cli_env(dsn: str) -> dict[str, str]:
     env["PGQUEUE_DSN"] = dsn
     env["PYTHONPATH"] = str(ROOT / "tests")
     return env
+
+
+@pytest.fixture
+def worker_tasks(dsn: str) -> Iterator[Any]:
+    """tests/worker_app.py bound to this module's database, with an empty executions table."""
+    import worker_app
+
+    worker_app.app._dsn = dsn
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(worker_app.EXECUTIONS_DDL)
+        conn.execute("TRUNCATE executions")
+    yield worker_app
+    worker_app.app.close()
+
+
+FAST = {"lease": 2.0, "heartbeat": 0.5, "poll_interval": 0.1, "grace_period": 3.0}
+
+
+@asynccontextmanager
+async def running_worker(app: PgQueue, **settings: Any) -> AsyncIterator[Worker]:
+    """A worker running in this event loop, with short intervals; stopped gracefully at the end."""
+    worker = Worker(app, WorkerSettings(**{"queues": ["default"], **FAST, **settings}))
+    task = asyncio.create_task(worker.run())
+    started = asyncio.create_task(worker.started.wait())
+    await asyncio.wait([task, started], timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()  # raise the worker's start-up error
+    try:
+        yield worker
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(task, 60)
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 20, what: str = "condition") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)

@@ -40,7 +40,7 @@ def test_enqueue_and_show(cli_env: dict[str, str], conn: psycopg.Connection[Any]
                      "--tag", "cli", env=cli_env)
     assert result.returncode == 0, result.stderr
     run_id = int(result.stdout)
-    shown = json.loads(pgqueue("run", str(run_id), env=cli_env).stdout)
+    shown = json.loads(pgqueue("runs", "show", str(run_id), "--json", env=cli_env).stdout)
     assert (shown["task"], shown["input"], shown["priority"], shown["tags"]) == ("summarize", {"doc_id": 5}, 3, ["cli"])
     again = pgqueue("enqueue", "summarize", "--idempotency-key", "k", env=cli_env)
     same = pgqueue("enqueue", "summarize", "--idempotency-key", "k", env=cli_env)

@@ -8,9 +8,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from sample_app import Document
 
 from pgqueue import InputTooLarge, InvalidInput, PgQueue
+from sample_app import Document
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import json
 import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -12,37 +10,28 @@ from typing import Any, TypeVar
 
 import click
 
-from pgqueue import PgQueue, PgQueueError
+from pgqueue import PgQueue
 from pgqueue._codec import parse_json_object
 from pgqueue.config import describe_dsn, resolve_dsn
 from pgqueue.embedded import EmbeddedServer
 from pgqueue.migrations import check_schema, migrate, pending
 
+from .common import dsn_option, friendly_errors
 from .loading import load_app
+from .runs_cmd import runs_group, status_cmd
+from .worker_cmd import worker_cmd
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly_errors(fn: F) -> F:
-    """Turn pgqueue's errors into one line on stderr and exit status 1, never a traceback."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except PgQueueError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(1)
-    return wrapper  # type: ignore[return-value]
-
-
-dsn_option = click.option("--dsn", envvar="PGQUEUE_DSN", default=None, show_envvar=True,
-                          help="PostgreSQL DSN (else PGQUEUE_DSN, else DATABASE_URL).")
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pgqueue")
 def main() -> None:
     """pgqueue: durable tasks and workflows on PostgreSQL."""
+
+
+main.add_command(worker_cmd)
+main.add_command(runs_group)
+main.add_command(status_cmd)
 
 
 @main.command("migrate")
@@ -188,14 +177,3 @@ def enqueue_many_cmd(task: str, file: str, app_path: str | None, dsn: str | None
         click.echo(f"enqueued {len(handles)} runs of {task} (ids {handles[0].id}..{handles[-1].id})")
     else:
         click.echo("no input lines: nothing enqueued")
-
-
-@main.command("run")
-@click.argument("run_id", type=int)
-@dsn_option
-@friendly_errors
-def run_cmd(run_id: int, dsn: str | None) -> None:
-    """Show one run as JSON (a fuller `runs show` comes with the worker)."""
-    info = PgQueue(dsn).run(run_id).info()
-    click.echo(json.dumps(info.__dict__, default=str, indent=2))
-

@@ -39,6 +39,10 @@ CREATE TABLE pgqueue.runs (
     expires_at        timestamptz,
     -- attempts started so far; also the fencing token of outcome writes
     attempt           integer NOT NULL DEFAULT 0,
+    attempt_started_at timestamptz,
+    -- attempts that failed in the task's code (exception or timeout); retries are decided
+    -- on this, so retry-after requests and crash recoveries do not use up attempts
+    failures          integer NOT NULL DEFAULT 0,
     -- times the run was rescued from a dead worker (not counted as failures)
     recoveries        integer NOT NULL DEFAULT 0,
     worker_id         uuid,
@@ -58,9 +62,13 @@ CREATE UNIQUE INDEX runs_idempotency_key ON pgqueue.runs (task, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 -- the rescuer looks for expired leases
 CREATE INDEX runs_running_lease ON pgqueue.runs (lease_expires_at) WHERE status = 'running';
+-- schedule-to-start deadlines of runs still waiting
+CREATE INDEX runs_queued_expiry ON pgqueue.runs (expires_at)
+    WHERE status = 'queued' AND expires_at IS NOT NULL;
 -- suspended runs wake up by time
 CREATE INDEX runs_suspended_until ON pgqueue.runs (run_at) WHERE status IN ('sleeping', 'waiting');
 CREATE INDEX runs_status_id ON pgqueue.runs (status, id);
+CREATE INDEX runs_failed_finished ON pgqueue.runs (finished_at) WHERE status IN ('failed', 'dead');
 CREATE INDEX runs_task_id ON pgqueue.runs (task, id);
 CREATE INDEX runs_parent ON pgqueue.runs (parent_id) WHERE parent_id IS NOT NULL;
 
@@ -171,6 +179,7 @@ CREATE TABLE pgqueue.workers (
     pid          integer NOT NULL,
     queues       text[] NOT NULL,
     concurrency  integer NOT NULL,
+    lease_s      double precision NOT NULL,
     started_at   timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now(),
     stopped_at   timestamptz

@@ -1,0 +1,84 @@
+"""`pgqueue worker MODULE:ATTR`: run the tasks of an app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import click
+
+from pgqueue.worker import Worker, WorkerSettings
+
+from .common import dsn_option, friendly_errors
+from .loading import load_app
+
+
+def _queues(value: str) -> list[str]:
+    queues = [q.strip() for q in value.split(",") if q.strip()]
+    if not queues:
+        raise click.BadParameter("give at least one queue name, e.g. --queues default,llm")
+    return queues
+
+
+@click.command("worker")
+@click.argument("app_path", metavar="MODULE:ATTR")
+@dsn_option
+@click.option("--queues", "-q", default="default", envvar="PGQUEUE_QUEUES", show_envvar=True, show_default=True,
+              help="Comma-separated queues to serve.")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=10, envvar="PGQUEUE_CONCURRENCY",
+              show_envvar=True, show_default=True, help="Runs executed at once.")
+@click.option("--batch-size", type=click.IntRange(min=0), default=0, envvar="PGQUEUE_BATCH_SIZE",
+              show_envvar=True, help="Most runs claimed per round trip (0: all free slots).")
+@click.option("--name", default=None, envvar="PGQUEUE_WORKER_NAME", show_envvar=True,
+              help="Worker name (default host-pid).")
+@click.option("--lease", type=click.FloatRange(min=0.5), default=30.0, envvar="PGQUEUE_LEASE", show_envvar=True,
+              show_default=True, help="Seconds a run stays leased without a heartbeat.")
+@click.option("--heartbeat", type=click.FloatRange(min=0.1), default=5.0, envvar="PGQUEUE_HEARTBEAT",
+              show_envvar=True, show_default=True, help="Seconds between heartbeats.")
+@click.option("--poll-interval", type=click.FloatRange(min=0.01), default=1.0, envvar="PGQUEUE_POLL_INTERVAL",
+              show_envvar=True, show_default=True, help="Seconds between claims when idle without notification.")
+@click.option("--grace-period", type=click.FloatRange(min=0), default=30.0, envvar="PGQUEUE_GRACE_PERIOD",
+              show_envvar=True, show_default=True, help="Seconds running runs get to finish on shutdown.")
+@click.option("--max-recoveries", type=click.IntRange(min=0), default=3, envvar="PGQUEUE_MAX_RECOVERIES",
+              show_envvar=True, show_default=True, help="Crash recoveries before a run is marked dead.")
+@click.option("--burst", is_flag=True, help="Exit when no due run is left.")
+@click.option("--log-level", default="INFO", envvar="PGQUEUE_LOG_LEVEL", show_envvar=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@friendly_errors
+def worker_cmd(app_path: str, dsn: str | None, queues: str, concurrency: int, batch_size: int, name: str | None,
+               lease: float, heartbeat: float, poll_interval: float, grace_period: float, max_recoveries: int,
+               burst: bool, log_level: str) -> None:
+    """Run the tasks of the PgQueue app at MODULE:ATTR (like `uvicorn module:app`).
+
+    SIGTERM or SIGINT stops claiming, lets running runs finish within the grace period, hands
+    the rest back to the queue and exits 0; a second signal exits at once.
+    """
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = load_app(app_path)
+    if dsn:
+        app._dsn = dsn
+    settings = WorkerSettings(queues=_queues(queues), concurrency=concurrency, batch_size=batch_size,
+                              lease=lease, heartbeat=heartbeat, poll_interval=poll_interval,
+                              grace_period=grace_period, max_recoveries=max_recoveries, burst=burst)
+    if name:
+        settings.name = name
+    asyncio.run(_serve(Worker(app, settings)))
+
+
+async def _serve(worker: Worker) -> None:
+    loop = asyncio.get_running_loop()
+    signals = [0]
+
+    def on_signal(signum: int) -> None:
+        signals[0] += 1
+        if signals[0] > 1:
+            logging.getLogger("pgqueue.worker").warning("second signal: exiting now; leases of running runs "
+                                                        "expire and other workers take them over")
+            os._exit(1)
+        worker.request_stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await worker.run()

@@ -1,0 +1,125 @@
+"""Running one claimed run and turning what happened into an outcome to record."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .context import RetryLater, RunContext, TaskCancelled, _current
+from .errors import InvalidInput
+
+if TYPE_CHECKING:
+    from .app import PgQueue
+    from .task import Task
+
+MAX_TRACEBACK = 16_000  # characters kept per attempt
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    task: str
+    input: dict[str, Any]
+    attempt: int
+    failures: int
+    expired: bool
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to write for one attempt. `status` is the run's next status ('queued' = retry)."""
+
+    run_id: int
+    attempt: int
+    status: str
+    attempt_outcome: str
+    result: str | None = None
+    error: dict[str, Any] | None = None
+    delay: float = 0.0
+    failed: int = 0
+
+
+def error_info(exc: BaseException, with_traceback: bool = True) -> dict[str, Any]:
+    info: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    if with_traceback and exc.__traceback__ is not None:
+        info["traceback"] = "".join(traceback.format_exception(exc))[-MAX_TRACEBACK:]
+    return info
+
+
+def failure(run: Claimed, task: Task[Any, Any] | None, exc: BaseException,
+            attempt_outcome: str = "failed") -> Outcome:
+    """A failed attempt: retried per the task's policy, else the run fails."""
+    failures = run.failures + 1
+    if task is not None and task.settings.retry.should_retry(failures, exc):
+        return Outcome(run.id, run.attempt, "queued", "retry" if attempt_outcome == "failed" else attempt_outcome,
+                       error=error_info(exc), delay=task.settings.retry.delay(failures), failed=1)
+    return Outcome(run.id, run.attempt, "failed", attempt_outcome, error=error_info(exc), failed=1)
+
+
+def final_failure(run: Claimed, kind: str, message: str, attempt_outcome: str = "failed") -> Outcome:
+    """A failure that no retry can fix (unknown task, bad input, expired)."""
+    return Outcome(run.id, run.attempt, "failed", attempt_outcome, error={"type": kind, "message": message})
+
+
+class Executor:
+    """Runs claimed runs: async tasks on the event loop, sync tasks in the worker's thread pool."""
+
+    def __init__(self, app: PgQueue, threads: ThreadPoolExecutor) -> None:
+        self.app = app
+        self.threads = threads
+
+    async def run(self, run: Claimed, ctx: RunContext) -> Outcome:
+        if run.expired:
+            return final_failure(run, "Expired", "the run did not start within its schedule-to-start window",
+                                 "expired")
+        task = self.app.tasks.get(run.task)
+        if task is None:
+            known = ", ".join(sorted(self.app.tasks)) or "none"
+            return final_failure(run, "UnknownTask",
+                                 f"this worker has no task named {run.task!r} (it knows: {known}); "
+                                 "deploy the code that defines it, then retry the run")
+        try:
+            args, kwargs = task.codec.decode(run.input)
+        except InvalidInput as exc:
+            return final_failure(run, "InvalidInput", str(exc))
+        try:
+            value = await asyncio.wait_for(self._call(task, args, kwargs, ctx), task.settings.timeout)
+            result = json.dumps(task.codec.encode_output(value), separators=(",", ":"))
+        except RetryLater as request:
+            return Outcome(run.id, run.attempt, "queued", "retry", error=error_info(request, False),
+                           delay=request.delay)
+        except TimeoutError:
+            timeout = TimeoutError(f"the attempt ran longer than the task's timeout of {task.settings.timeout:g}s")
+            return failure(run, task, timeout, "timeout")
+        except asyncio.CancelledError:
+            if not ctx.cancel_requested:
+                raise  # the worker is shutting down: the run is handed back
+            return self._cancelled(run)
+        except TaskCancelled:
+            return self._cancelled(run)
+        except Exception as exc:
+            return failure(run, task, exc)
+        return Outcome(run.id, run.attempt, "succeeded", "succeeded", result=result)
+
+    @staticmethod
+    def _cancelled(run: Claimed) -> Outcome:
+        return Outcome(run.id, run.attempt, "cancelled", "cancelled",
+                       error={"type": "Cancelled", "message": "the run was cancelled while running"})
+
+    async def _call(self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                    ctx: RunContext) -> Any:
+        token = _current.set(ctx)
+        try:
+            if task.is_async:
+                return await task.fn(*args, **kwargs)
+            # copy_context carries current_run() into the thread
+            call = contextvars.copy_context().run
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.threads, lambda: call(task.fn, *args, **kwargs))
+        finally:
+            _current.reset(token)
