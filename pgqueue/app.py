@@ -129,8 +129,11 @@ class PgQueue:
                 dsn = self.dsn
                 with connect(dsn, autocommit=True) as conn:  # clear errors before the pool retries
                     run_sync(conn, check_schema_op())
+                # check=: a connection broken by a server restart or failover is replaced on
+                # checkout instead of failing the caller's enqueue
                 self._pool = ConnectionPool(dsn, min_size=1, max_size=self.pool_size,
-                                            kwargs={"autocommit": True}, open=True, name="pgqueue")
+                                            kwargs={"autocommit": True}, open=True, name="pgqueue",
+                                            check=ConnectionPool.check_connection)
             return self._pool
 
     async def async_pool(self) -> AsyncConnectionPool:
@@ -139,7 +142,8 @@ class PgQueue:
             async with await connect_async(dsn, autocommit=True) as conn:
                 await run_async(conn, check_schema_op())
             pool = AsyncConnectionPool(dsn, min_size=1, max_size=self.pool_size,
-                                       kwargs={"autocommit": True}, open=False, name="pgqueue-async")
+                                       kwargs={"autocommit": True}, open=False, name="pgqueue-async",
+                                       check=AsyncConnectionPool.check_connection)
             await pool.open()
             if self._async_pool is None:
                 self._async_pool = pool

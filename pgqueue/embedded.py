@@ -157,6 +157,8 @@ def _make_reachable(folder: Path, user: str) -> None:
 
 def _port_is_free(port: int) -> bool:
     with socket.socket() as sock:
+        # like PostgreSQL itself: a port whose old connections linger in TIME_WAIT is usable
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -1,0 +1,208 @@
+"""Real `pgqueue worker` processes, and breaking things around them.
+
+Each test checks invariants afterwards from the database: every run finished, and no run's
+side effect (a row the task writes in `executions`) happened twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from conftest import ROOT
+from pgqueue.embedded import EmbeddedServer, find_pg_bin
+from pgqueue.migrations import migrate
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+
+FAST = ["--lease", "2", "--heartbeat", "0.5", "--poll-interval", "0.1"]
+
+
+class Workers:
+    """Starts worker processes and makes sure none outlives the test."""
+
+    def __init__(self, dsn: str, logs: Path) -> None:
+        self.dsn = dsn
+        self.logs = logs
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PGQUEUE_DSN": self.dsn, "PYTHONPATH": str(ROOT / "tests")}
+        log = open(self.logs / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen([sys.executable, "-m", "pgqueue_cli", "worker", "worker_app:app", *args],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.procs.append(proc)
+        return proc
+
+    def log_of(self, index: int) -> str:
+        return (self.logs / f"worker-{index}.log").read_text()
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def workers(dsn: str, worker_tasks: Any, tmp_path: Path) -> Iterator[Workers]:
+    group = Workers(dsn, tmp_path)
+    yield group
+    group.stop_all()
+
+
+def sql(dsn: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(statement, params)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def statuses(dsn: str, ids: list[int]) -> dict[str, int]:
+    return dict(sql(dsn, "SELECT status, count(*) FROM pgqueue.runs WHERE id = ANY(%s) GROUP BY status", (ids,)))
+
+
+def executions_per_run(dsn: str, ids: list[int]) -> dict[int, int]:
+    rows = sql(dsn, "SELECT run_id, count(*) FROM executions WHERE run_id = ANY(%s) GROUP BY run_id", (ids,))
+    return dict(rows)
+
+
+def test_ten_thousand_runs_through_four_workers_each_exactly_once(worker_tasks: Any, workers: Workers,
+                                                                 dsn: str) -> None:
+    ids = [h.id for h in worker_tasks.record.enqueue_many([{"n": i} for i in range(10_000)])]
+    procs = [workers.start("--concurrency", "20", "--burst", *FAST) for _ in range(4)]
+    for proc in procs:
+        assert proc.wait(timeout=240) == 0
+    assert statuses(dsn, ids) == {"succeeded": 10_000}
+    counts = executions_per_run(dsn, ids)
+    assert len(counts) == 10_000 and set(counts.values()) == {1}
+    per_worker = sql(dsn, "SELECT pid, count(*) FROM executions GROUP BY pid")
+    assert len(per_worker) >= 2, per_worker  # the work was shared
+
+
+def test_sigkilled_worker_runs_are_finished_by_another(worker_tasks: Any, workers: Workers, dsn: str) -> None:
+    quick = [h.id for h in worker_tasks.record.enqueue_many([{"n": i} for i in range(5)])]
+    naps = [h.id for h in worker_tasks.nap.enqueue_many([{"seconds": 3}] * 5)]
+    victim = workers.start("--concurrency", "10", *FAST)
+    wait_until(lambda: statuses(dsn, quick) == {"succeeded": 5} and statuses(dsn, naps) == {"running": 5},
+               what="quick runs done and naps running")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    workers.start("--concurrency", "10", *FAST)
+    wait_until(lambda: statuses(dsn, naps) == {"succeeded": 5}, what="naps rescued and finished")
+    assert set(executions_per_run(dsn, quick + naps).values()) == {1}
+    rows = sql(dsn, "SELECT recoveries, failures FROM pgqueue.runs WHERE id = ANY(%s)", (naps,))
+    assert set(rows) == {(1, 0)}
+    outcomes = sql(dsn, "SELECT array_agg(outcome ORDER BY attempt) FROM pgqueue.attempts"
+                        " WHERE run_id = ANY(%s) GROUP BY run_id", (naps,))
+    assert {tuple(o[0]) for o in outcomes} == {("crashed", "succeeded")}
+
+
+def test_terminated_connections_are_reopened_and_nothing_is_lost(worker_tasks: Any, workers: Workers,
+                                                                 dsn: str) -> None:
+    naps = [h.id for h in worker_tasks.nap.enqueue_many([{"seconds": 1.5}] * 6)]
+    workers.start("--concurrency", "10", *FAST)
+    wait_until(lambda: statuses(dsn, naps) == {"running": 6}, what="naps running")
+    killed = sql(dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                      " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    assert len(killed) >= 3  # claim/heartbeat, listener, the tasks' own connection
+    later = [h.id for h in worker_tasks.record.enqueue_many([{"n": i} for i in range(20)])]
+    wait_until(lambda: statuses(dsn, naps + later) == {"succeeded": 26}, what="all runs to finish")
+    assert set(executions_per_run(dsn, naps + later).values()) == {1}
+    assert "lost the notification connection" in workers.log_of(0) or "failed" in workers.log_of(0)
+
+
+def test_postgres_restart_mid_run(worker_tasks: Any, tmp_path: Path) -> None:
+    server = EmbeddedServer(tmp_path / "own-server", find_pg_bin())
+    server.ensure_running()
+    try:
+        dsn = server.dsn
+        migrate(dsn)
+        worker_tasks.app._dsn = dsn
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(worker_tasks.EXECUTIONS_DDL)
+        naps = [h.id for h in worker_tasks.nap.enqueue_many([{"seconds": 2}] * 4)]
+        group = Workers(dsn, tmp_path)
+        try:
+            group.start("--concurrency", "10", "--lease", "15", "--heartbeat", "0.5", "--poll-interval", "0.1")
+            wait_until(lambda: statuses(dsn, naps) == {"running": 4}, what="naps running")
+            server.restart()
+            later = [h.id for h in worker_tasks.record.enqueue_many([{"n": i} for i in range(10)])]
+            wait_until(lambda: statuses(dsn, naps + later) == {"succeeded": 14}, timeout=90,
+                       what="all runs to finish after the restart")
+            assert set(executions_per_run(dsn, naps + later).values()) == {1}
+            assert group.procs[0].poll() is None  # the worker survived
+        finally:
+            group.stop_all()
+    finally:
+        worker_tasks.app.close()
+        server.destroy()
+
+
+def test_sigterm_hands_back_after_the_grace_period_and_exits_zero(worker_tasks: Any, workers: Workers,
+                                                                  dsn: str) -> None:
+    short = worker_tasks.nap.enqueue(0.5).id
+    long = worker_tasks.nap.enqueue(60).id
+    proc = workers.start("--grace-period", "2", *FAST)
+    wait_until(lambda: statuses(dsn, [short, long]) == {"running": 2}, what="both running")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert sql(dsn, "SELECT id, status FROM pgqueue.runs WHERE id = ANY(%s) ORDER BY id", ([short, long],)) == [
+        (short, "succeeded"), (long, "queued")]
+    assert "handing 1 unfinished run(s) back" in workers.log_of(0)
+    again = workers.start(*FAST)
+    wait_until(lambda: statuses(dsn, [long]) == {"running": 1}, what="handed-back run picked up again")
+    again.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    again.send_signal(signal.SIGTERM)  # second signal: exit at once
+    assert again.wait(timeout=10) != 0
+    assert statuses(dsn, [long]) == {"running": 1}  # its lease will expire and another worker takes it
+
+
+def test_a_run_that_keeps_killing_its_worker_ends_dead(worker_tasks: Any, workers: Workers, dsn: str) -> None:
+    run_id = worker_tasks.crash_worker.enqueue().id
+    for _ in range(8):
+        proc = workers.start("--lease", "1", "--heartbeat", "0.3", "--poll-interval", "0.1", "--max-recoveries", "2")
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline and statuses(dsn, [run_id]) != {"dead": 1}:
+            time.sleep(0.1)
+        if statuses(dsn, [run_id]) == {"dead": 1}:
+            break
+    assert sql(dsn, "SELECT status, recoveries, error->>'type' FROM pgqueue.runs WHERE id = %s", (run_id,)) == [
+        ("dead", 3, "CrashLoop")]
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("no_such_module:app", "module 'no_such_module' not found"),
+    ("worker_app:nothing", "has no attribute 'nothing'"),
+    ("worker_app:record", "not a PgQueue app"),
+    ("worker_app", "is not MODULE:ATTR"),
+])
+def test_bad_app_path(dsn: str, target: str, message: str) -> None:
+    env = {**os.environ, "PGQUEUE_DSN": dsn, "PYTHONPATH": str(ROOT / "tests")}
+    result = subprocess.run([sys.executable, "-m", "pgqueue_cli", "worker", target], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_worker_refuses_an_unmigrated_database(empty_dsn: str) -> None:
+    env = {**os.environ, "PGQUEUE_DSN": empty_dsn, "PYTHONPATH": str(ROOT / "tests")}
+    result = subprocess.run([sys.executable, "-m", "pgqueue_cli", "worker", "worker_app:app"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "run `pgqueue migrate`" in result.stderr
