@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import select
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
@@ -129,11 +130,9 @@ class PgQueue:
                 dsn = self.dsn
                 with connect(dsn, autocommit=True) as conn:  # clear errors before the pool retries
                     run_sync(conn, check_schema_op())
-                # check=: a connection broken by a server restart or failover is replaced on
-                # checkout instead of failing the caller's enqueue
                 self._pool = ConnectionPool(dsn, min_size=1, max_size=self.pool_size,
                                             kwargs={"autocommit": True}, open=True, name="pgqueue",
-                                            check=ConnectionPool.check_connection)
+                                            check=check_idle_connection)
             return self._pool
 
     async def async_pool(self) -> AsyncConnectionPool:
@@ -143,7 +142,7 @@ class PgQueue:
                 await run_async(conn, check_schema_op())
             pool = AsyncConnectionPool(dsn, min_size=1, max_size=self.pool_size,
                                        kwargs={"autocommit": True}, open=False, name="pgqueue-async",
-                                       check=AsyncConnectionPool.check_connection)
+                                       check=check_idle_connection_async)
             await pool.open()
             if self._async_pool is None:
                 self._async_pool = pool
@@ -245,6 +244,27 @@ class PgQueue:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _server_spoke(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether an idle connection has something to read: the server ended it, or said something."""
+    if conn.closed or conn.broken:
+        return True
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    return bool(readable)
+
+
+def check_idle_connection(conn: psycopg.Connection[Any]) -> None:
+    """Pool checkout check: a connection ended by a server restart or pg_terminate_backend is
+    readable (it got the termination notice or EOF), so only then is it pinged (and replaced if
+    dead). Costs no round trip for healthy connections."""
+    if _server_spoke(conn):
+        ConnectionPool.check_connection(conn)
+
+
+async def check_idle_connection_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    if _server_spoke(conn):
+        await AsyncConnectionPool.check_connection(conn)
 
 
 def _json_object(item: object, index: int) -> Mapping[str, Any]:

@@ -98,6 +98,10 @@ def enqueue_op(task: str, inputs: Sequence[str], options: EnqueueOptions, *,
         "metadata": Jsonb(dict(options.metadata)),
         "schedule_to_start": schedule_to_start,
     }
+    if len(inputs) == 1 and not progress:
+        rows = yield Statement(query("runs", "enqueue_one"), {
+            **params, "input": inputs[0], "key": keys[0] if keys is not None else None})
+        return [(rows[0][0], rows[0][1])]
     found: list[tuple[int, bool]] = []
     for start in range(0, len(inputs), BULK_CHUNK):
         chunk = slice(start, start + BULK_CHUNK)

@@ -56,7 +56,7 @@ CREATE TABLE pgqueue.runs (
     root_id           bigint,
     workflow_node     text,
     trace_context     jsonb
-) WITH (fillfactor = 80);
+) WITH (fillfactor = 90);
 
 CREATE UNIQUE INDEX runs_idempotency_key ON pgqueue.runs (task, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
@@ -67,7 +67,6 @@ CREATE INDEX runs_queued_expiry ON pgqueue.runs (expires_at)
     WHERE status = 'queued' AND expires_at IS NOT NULL;
 -- suspended runs wake up by time
 CREATE INDEX runs_suspended_until ON pgqueue.runs (run_at) WHERE status IN ('sleeping', 'waiting');
-CREATE INDEX runs_status_id ON pgqueue.runs (status, id);
 CREATE INDEX runs_failed_finished ON pgqueue.runs (finished_at) WHERE status IN ('failed', 'dead');
 CREATE INDEX runs_task_id ON pgqueue.runs (task, id);
 CREATE INDEX runs_parent ON pgqueue.runs (parent_id) WHERE parent_id IS NOT NULL;

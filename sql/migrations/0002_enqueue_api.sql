@@ -5,6 +5,60 @@
 -- bytes (stored jsonb size; default 1 MiB). Change it per database with
 --   ALTER DATABASE mydb SET pgqueue.max_input_bytes = 4194304;
 
+-- Largest accepted input (stored jsonb size), from the pgqueue.max_input_bytes setting.
+CREATE FUNCTION pgqueue.max_input_bytes() RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting('pgqueue.max_input_bytes', true), '')::bigint, 1048576)
+$$;
+
+-- Whether DOC can be a run's input: a JSON object within the size limit.
+CREATE FUNCTION pgqueue.input_ok(doc jsonb, max_bytes bigint) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT doc IS NOT NULL AND jsonb_typeof(doc) = 'object' AND pg_column_size(doc) <= max_bytes
+$$;
+
+-- Raise the error that says why DOC (input number IDX of TASK) was refused.
+CREATE FUNCTION pgqueue.reject_input(task text, doc jsonb, idx bigint, max_bytes bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF doc IS NULL OR jsonb_typeof(doc) <> 'object' THEN
+        RAISE EXCEPTION 'pgqueue: input #% of task "%" is not a JSON object', idx, task
+            USING ERRCODE = 'PQ002',
+            HINT = 'A run''s input is a JSON object of the task''s arguments, e.g. {"doc_id": 42}.';
+    END IF;
+    RAISE EXCEPTION 'pgqueue: input #% of task "%" is % bytes, over the limit of % bytes',
+        idx, task, pg_column_size(doc), max_bytes USING ERRCODE = 'PQ001',
+        HINT = 'Store large payloads elsewhere and pass a reference, or raise the limit with '
+               'ALTER DATABASE ... SET pgqueue.max_input_bytes = <bytes>.';
+END
+$$;
+
+-- Checks the options every enqueue shares and fills in the task's registered defaults
+-- (queue 'default' and priority 0 for a task nobody registered).
+CREATE FUNCTION pgqueue.enqueue_settings(
+    task text, INOUT queue text, INOUT priority integer, INOUT schedule_to_start interval)
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+DECLARE
+    t pgqueue.tasks;
+BEGIN
+    IF enqueue_settings.task IS NULL OR enqueue_settings.task = '' THEN
+        RAISE EXCEPTION 'pgqueue: task name is empty' USING ERRCODE = 'PQ002',
+            HINT = 'Pass the name the task was declared with, e.g. pgqueue.enqueue(''summarize'', ''{}'').';
+    END IF;
+    IF enqueue_settings.queue IS NULL OR enqueue_settings.priority IS NULL THEN
+        SELECT * INTO t FROM pgqueue.tasks WHERE name = enqueue_settings.task;
+        queue := coalesce(enqueue_settings.queue, t.queue, 'default');
+        priority := coalesce(enqueue_settings.priority, t.priority, 0);
+        schedule_to_start := coalesce(enqueue_settings.schedule_to_start, t.schedule_to_start);
+    END IF;
+    IF enqueue_settings.priority NOT BETWEEN -32768 AND 32767 THEN
+        RAISE EXCEPTION 'pgqueue: priority % is out of range', enqueue_settings.priority USING ERRCODE = 'PQ002',
+            HINT = 'Use a priority between -32768 and 32767; higher runs first.';
+    END IF;
+END
+$$;
+
 CREATE FUNCTION pgqueue.enqueue_many(
     task              text,
     inputs            jsonb[],
@@ -20,59 +74,30 @@ CREATE FUNCTION pgqueue.enqueue_many(
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    v_limit    bigint := coalesce(nullif(current_setting('pgqueue.max_input_bytes', true), '')::bigint,
-                                  1048576);
-    v_queue    text := enqueue_many.queue;
-    v_priority integer := enqueue_many.priority;
-    v_s2s      interval := enqueue_many.schedule_to_start;
+    v_limit    bigint := pgqueue.max_input_bytes();
+    v_queue    text;
+    v_priority integer;
+    v_s2s      interval;
     v_run_at   timestamptz := coalesce(enqueue_many.run_at, now()) + coalesce(enqueue_many.delay, '0');
-    v_bad      bigint;
-    v_size     integer;
+    v_bad      record;
     v_new      bigint[];
-    t_queue    text;
-    t_priority integer;
-    t_s2s      interval;
 BEGIN
-    IF enqueue_many.task IS NULL OR enqueue_many.task = '' THEN
-        RAISE EXCEPTION 'pgqueue: task name is empty' USING ERRCODE = 'PQ002',
-            HINT = 'Pass the name the task was declared with, e.g. pgqueue.enqueue(''summarize'', ''{}'').';
-    END IF;
+    SELECT * INTO v_queue, v_priority, v_s2s
+      FROM pgqueue.enqueue_settings(enqueue_many.task, enqueue_many.queue, enqueue_many.priority,
+                                    enqueue_many.schedule_to_start);
     IF idempotency_keys IS NOT NULL
        AND cardinality(idempotency_keys) <> cardinality(inputs) THEN
         RAISE EXCEPTION 'pgqueue: % idempotency keys for % inputs',
             cardinality(idempotency_keys), cardinality(inputs) USING ERRCODE = 'PQ002',
             HINT = 'Give one key per input, or none.';
     END IF;
-
-    SELECT u.ord INTO v_bad FROM unnest(inputs) WITH ORDINALITY AS u(doc, ord)
-     WHERE u.doc IS NULL OR jsonb_typeof(u.doc) <> 'object' LIMIT 1;
-    IF v_bad IS NOT NULL THEN
-        RAISE EXCEPTION 'pgqueue: input #% of task "%" is not a JSON object', v_bad - 1, enqueue_many.task
-            USING ERRCODE = 'PQ002',
-            HINT = 'A run''s input is a JSON object of the task''s arguments, e.g. {"doc_id": 42}.';
-    END IF;
-
-    SELECT u.ord, pg_column_size(u.doc) INTO v_bad, v_size
+    -- one pass over the inputs finds the first bad one
+    SELECT u.doc, u.ord - 1 AS idx INTO v_bad
       FROM unnest(inputs) WITH ORDINALITY AS u(doc, ord)
-     WHERE pg_column_size(u.doc) > v_limit LIMIT 1;
-    IF v_bad IS NOT NULL THEN
-        RAISE EXCEPTION 'pgqueue: input #% of task "%" is % bytes, over the limit of % bytes',
-            v_bad - 1, enqueue_many.task, v_size, v_limit USING ERRCODE = 'PQ001',
-            HINT = 'Store large payloads elsewhere and pass a reference, or raise the limit with '
-                   'ALTER DATABASE ... SET pgqueue.max_input_bytes = <bytes>.';
-    END IF;
-
-    IF v_queue IS NULL OR v_priority IS NULL THEN
-        -- defaults registered by the task's workers (none: queue 'default', priority 0)
-        SELECT t.queue, t.priority, t.schedule_to_start INTO t_queue, t_priority, t_s2s
-          FROM pgqueue.tasks t WHERE t.name = enqueue_many.task;
-        v_queue := coalesce(v_queue, t_queue, 'default');
-        v_priority := coalesce(v_priority, t_priority, 0);
-        v_s2s := coalesce(v_s2s, t_s2s);
-    END IF;
-    IF v_priority NOT BETWEEN -32768 AND 32767 THEN
-        RAISE EXCEPTION 'pgqueue: priority % is out of range', v_priority USING ERRCODE = 'PQ002',
-            HINT = 'Use a priority between -32768 and 32767; higher runs first.';
+     WHERE NOT pgqueue.input_ok(u.doc, v_limit)
+     LIMIT 1;
+    IF FOUND THEN
+        PERFORM pgqueue.reject_input(enqueue_many.task, v_bad.doc, v_bad.idx, v_limit);
     END IF;
 
     IF idempotency_keys IS NULL THEN
@@ -125,6 +150,61 @@ $$;
 COMMENT ON FUNCTION pgqueue.enqueue_many IS
     'Enqueue one run of TASK per element of INPUTS; returns (id, created) in input order.';
 
+-- One run: the same rules as enqueue_many, without the array machinery (the common case
+-- of an application enqueueing as it goes). Returns the run id and whether it was created
+-- (false: an existing run had this idempotency key).
+CREATE FUNCTION pgqueue.enqueue_one(
+    task              text,
+    input             jsonb DEFAULT '{}',
+    queue             text DEFAULT NULL,
+    priority          integer DEFAULT NULL,
+    run_at            timestamptz DEFAULT NULL,
+    delay             interval DEFAULT NULL,
+    idempotency_key   text DEFAULT NULL,
+    tags              text[] DEFAULT '{}',
+    metadata          jsonb DEFAULT '{}',
+    schedule_to_start interval DEFAULT NULL,
+    OUT id            bigint,
+    OUT created       boolean
+)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_limit    bigint := pgqueue.max_input_bytes();
+    v_queue    text := enqueue_one.queue;
+    v_priority integer := enqueue_one.priority;
+    v_s2s      interval := enqueue_one.schedule_to_start;
+    v_run_at   timestamptz := coalesce(enqueue_one.run_at, now()) + coalesce(enqueue_one.delay, '0');
+BEGIN
+    IF v_queue IS NULL OR v_priority IS NULL OR enqueue_one.task IS NULL OR enqueue_one.task = ''
+       OR v_priority NOT BETWEEN -32768 AND 32767 THEN
+        SELECT * INTO v_queue, v_priority, v_s2s
+          FROM pgqueue.enqueue_settings(enqueue_one.task, v_queue, v_priority, v_s2s);
+    END IF;
+    IF NOT pgqueue.input_ok(enqueue_one.input, v_limit) THEN
+        PERFORM pgqueue.reject_input(enqueue_one.task, enqueue_one.input, 0, v_limit);
+    END IF;
+    INSERT INTO pgqueue.runs (task, queue, priority, input, run_at, expires_at, idempotency_key, tags, metadata)
+    VALUES (enqueue_one.task, v_queue, v_priority, enqueue_one.input, v_run_at, v_run_at + v_s2s,
+            enqueue_one.idempotency_key, coalesce(enqueue_one.tags, '{}'), coalesce(enqueue_one.metadata, '{}'))
+    ON CONFLICT (task, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING runs.id INTO id;
+    IF id IS NULL THEN
+        -- a new statement: sees a run committed by a concurrent enqueue that ON CONFLICT waited for
+        SELECT r.id INTO id FROM pgqueue.runs r
+         WHERE r.task = enqueue_one.task AND r.idempotency_key = enqueue_one.idempotency_key;
+        created := false;
+        RETURN;
+    END IF;
+    created := true;
+    INSERT INTO pgqueue.ready (run_id, queue, priority, run_at, task)
+    VALUES (id, v_queue, v_priority, v_run_at, enqueue_one.task);
+    IF v_run_at <= now() THEN
+        PERFORM pg_notify('pgqueue_ready', v_queue);
+    END IF;
+END
+$$;
+
 CREATE FUNCTION pgqueue.enqueue(
     task              text,
     input             jsonb DEFAULT '{}',
@@ -138,10 +218,8 @@ CREATE FUNCTION pgqueue.enqueue(
     schedule_to_start interval DEFAULT NULL
 ) RETURNS bigint
 LANGUAGE sql AS $$
-    SELECT e.id FROM pgqueue.enqueue_many(
-        task, ARRAY[coalesce(input, '{}'::jsonb)], queue, priority, run_at, delay,
-        CASE WHEN idempotency_key IS NULL THEN NULL ELSE ARRAY[idempotency_key] END,
-        tags, metadata, schedule_to_start) AS e;
+    SELECT e.id FROM pgqueue.enqueue_one(task, coalesce(input, '{}'::jsonb), queue, priority, run_at, delay,
+                                         idempotency_key, tags, metadata, schedule_to_start) AS e;
 $$;
 
 COMMENT ON FUNCTION pgqueue.enqueue IS

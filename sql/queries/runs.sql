@@ -3,12 +3,25 @@
 -- name: enqueue_many
 SELECT id, created FROM pgqueue.enqueue_many(
     %(task)s,
-    %(inputs)s::text[]::jsonb[],
+    %(inputs)b::text[]::jsonb[],
     queue => %(queue)s,
     priority => %(priority)s,
     run_at => %(run_at)s,
     delay => %(delay)s,
     idempotency_keys => %(keys)s::text[],
+    tags => %(tags)s::text[],
+    metadata => %(metadata)s::jsonb,
+    schedule_to_start => %(schedule_to_start)s)
+
+-- name: enqueue_one
+SELECT id, created FROM pgqueue.enqueue_one(
+    %(task)s,
+    %(input)s::jsonb,
+    queue => %(queue)s,
+    priority => %(priority)s,
+    run_at => %(run_at)s,
+    delay => %(delay)s,
+    idempotency_key => %(key)s,
     tags => %(tags)s::text[],
     metadata => %(metadata)s::jsonb,
     schedule_to_start => %(schedule_to_start)s)
