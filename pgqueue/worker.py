@@ -149,7 +149,11 @@ class Worker:
                 entry.task.cancel()
             await asyncio.gather(*(e.task for e in unfinished), return_exceptions=True)
             await self._hand_back([e.run for e in unfinished])
-        await asyncio.wait_for(self._completer.wait_idle(), timeout=max(5.0, self.settings.lease))
+        try:
+            await asyncio.wait_for(self._completer.wait_idle(), timeout=max(5.0, self.settings.lease))
+        except TimeoutError:
+            log.error("%d outcome(s) could not be written before shutdown; those runs are run again after "
+                      "their lease expires", len(self._completer.pending()))
 
     # -- database access -------------------------------------------------------------------
 
