@@ -2,6 +2,7 @@
 
 from .app import PgQueue
 from .context import RetryLater, RunContext, TaskCancelled, current_run
+from .durable import NonDeterminismError
 from .errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -27,6 +28,7 @@ __all__ = [
     "InputTooLarge",
     "InvalidInput",
     "InvalidRunState",
+    "NonDeterminismError",
     "PgQueue",
     "PgQueueError",
     "Retry",

@@ -26,10 +26,11 @@ class Completer:
     """
 
     def __init__(self, worker_id: str, connection: Callable[[], Any],
-                 backoff: Callable[[int], Awaitable[None]]) -> None:
+                 backoff: Callable[[int], Awaitable[None]], on_written: Callable[[], None]) -> None:
         self.worker_id = worker_id
         self._connection = connection
         self._backoff = backoff
+        self._on_written = on_written
         self._pending: list[Outcome] = []
         self._arrived = asyncio.Event()
         self._idle = asyncio.Event()
@@ -42,6 +43,9 @@ class Completer:
 
     def pending(self) -> list[Outcome]:
         return list(self._pending)
+
+    def backlog(self) -> int:
+        return len(self._pending)
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -62,6 +66,7 @@ class Completer:
                     await self._backoff(failures)
                     continue
                 del self._pending[:len(batch)]
+                self._on_written()
             self._idle.set()
 
     async def _write(self, batch: list[Outcome]) -> None:
@@ -77,7 +82,7 @@ class Completer:
             "failed": [o.failed for o in batch],
         }
         async with self._connection() as conn:
-            cur = await conn.execute(query("worker", "complete"), params, prepare=True)
+            cur = await conn.execute(query("worker", "complete"), params)
             applied = {row[0] for row in await cur.fetchall()}
         for outcome in batch:
             if outcome.run_id not in applied:

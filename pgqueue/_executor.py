@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import logging
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .context import RetryLater, RunContext, TaskCancelled, _current
+from .durable import RunTakenOver, Suspended
 from .errors import InvalidInput
 
 if TYPE_CHECKING:
     from .app import PgQueue
     from .task import Task
+
+log = logging.getLogger("pgqueue.worker")
 
 MAX_TRACEBACK = 16_000  # characters kept per attempt
 
@@ -73,7 +77,8 @@ class Executor:
         self.app = app
         self.threads = threads
 
-    async def run(self, run: Claimed, ctx: RunContext) -> Outcome:
+    async def run(self, run: Claimed, ctx: RunContext) -> Outcome | None:
+        """The outcome to record; None when the run already recorded its own (suspended)."""
         if run.expired:
             return final_failure(run, "Expired", "the run did not start within its schedule-to-start window",
                                  "expired")
@@ -90,6 +95,11 @@ class Executor:
         try:
             value = await asyncio.wait_for(self._call(task, args, kwargs, ctx), task.settings.timeout)
             result = json.dumps(task.codec.encode_output(value), separators=(",", ":"))
+        except Suspended:
+            return None
+        except RunTakenOver as lost:
+            log.warning("run %d: %s; this attempt's work is dropped", run.id, lost)
+            return None
         except RetryLater as request:
             return Outcome(run.id, run.attempt, "queued", "retry", error=error_info(request, False),
                            delay=request.delay)

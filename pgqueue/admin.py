@@ -85,8 +85,8 @@ def cancel_op(run_id: int) -> Op[str]:
     return str((yield _q("cancel_run", (run_id,)))[0][0])
 
 
-def retry_op(run_id: int) -> Op[str]:
-    return str((yield _q("retry_run", (run_id,)))[0][0])
+def replay_op(run_id: int, from_start: bool = False) -> Op[str]:
+    return str((yield _q("replay_run", (run_id, from_start)))[0][0])
 
 
 def status_op() -> Op[tuple[list[QueueStatus], list[WorkerStatus]]]:

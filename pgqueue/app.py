@@ -13,8 +13,9 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from ._ops import Op, Statement, run_async, run_sync
 from ._sql import query
-from .admin import cancel_op, retry_op
+from .admin import cancel_op, replay_op
 from .config import connect, connect_async, require_dsn
+from .durable import send_event_op
 from .errors import InvalidInput, TaskDefinitionError, UnknownTask
 from .migrations import check_schema_op, migrate
 from .retry import Retry
@@ -70,8 +71,8 @@ class PgQueue:
     @overload
     def task(self, *, name: str | None = None, queue: str = "default", priority: int = 0,
              retry: Retry | None = None, timeout: float | None = None,
-             schedule_to_start: float | None = None, concurrency: Any = None,
-             rate_limits: Sequence[Any] = ()) -> _TaskDecorator: ...
+             schedule_to_start: float | None = None, on_event: str | Sequence[str] = (),
+             concurrency: Any = None, rate_limits: Sequence[Any] = ()) -> _TaskDecorator: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Declare a task. Use as `@app.task` or `@app.task(queue=..., retry=..., ...)`.
@@ -79,7 +80,8 @@ class PgQueue:
         name: defaults to the function's name; queue, priority (higher runs first);
         retry: a `Retry` policy (default 3 attempts, exponential backoff with jitter);
         timeout: start-to-close seconds per attempt; schedule_to_start: seconds a run may
-        wait before it fails as expired.
+        wait before it fails as expired; on_event: event names that start a run of this task
+        with the event's payload as input.
         """
         if fn is not None:
             return self._register(fn)
@@ -122,6 +124,8 @@ class PgQueue:
                 s = task.settings
                 s2s = None if s.schedule_to_start is None else f"{s.schedule_to_start} seconds"
                 yield Statement(query("runs", "register_task"), (s.name, s.queue, s.priority, s2s))
+                for event in (s.on_event,) if isinstance(s.on_event, str) else s.on_event:
+                    yield Statement(query("durable", "subscribe"), (event, s.name))
         self.execute(op())
 
     def pool(self) -> ConnectionPool:
@@ -212,8 +216,21 @@ class PgQueue:
         return self.execute(cancel_op(run_id))
 
     def retry(self, run_id: int) -> str:
-        """Queue a failed, cancelled or dead run again with a fresh retry budget."""
-        return self.execute(retry_op(run_id))
+        """Queue a failed, cancelled or dead run again with a fresh retry budget; its completed
+        steps are kept, so it resumes from the step that failed."""
+        return self.execute(replay_op(run_id, from_start=False))
+
+    def replay(self, run_id: int, *, from_start: bool = False) -> str:
+        """Like `retry`; `from_start=True` discards the completed steps first."""
+        return self.execute(replay_op(run_id, from_start=from_start))
+
+    def send_event(self, name: str, key: str = "", payload: Any = None) -> int:
+        """Send an event: runs waiting for (name, key) wake up with `payload`, tasks subscribed
+        to `name` start with it as input. Returns how many waiting runs were woken."""
+        return self.execute(send_event_op(name, key, payload))
+
+    async def send_event_async(self, name: str, key: str = "", payload: Any = None) -> int:
+        return await self.execute_async(send_event_op(name, key, payload))
 
     def run(self, run_id: int) -> RunHandle[Any]:
         """A handle on an existing run."""

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import contextvars
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from .errors import PgQueueError
+from .retry import Retry
+
+if TYPE_CHECKING:
+    from .app import PgQueue
+    from .durable import Durable
+
+T = TypeVar("T")
 
 
 class RetryLater(Exception):
@@ -29,13 +39,20 @@ class TaskCancelled(PgQueueError):
 
 @dataclass
 class RunContext:
-    """The run a task is executing; get it with `pgqueue.current_run()`."""
+    """The run a task is executing; get it with `pgqueue.current_run()`.
+
+    Besides the run's identity and its cancellation flag, it offers durable execution:
+    checkpointed steps, durable sleep and waiting for events. Async tasks use `step`,
+    `sleep`, `wait_for_event`; sync tasks use the `_sync` twins.
+    """
 
     run_id: int
     task: str
     attempt: int
     worker_id: str
+    app: PgQueue | None = field(default=None, repr=False)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _durable: Durable | None = field(default=None, repr=False)
 
     @property
     def cancel_requested(self) -> bool:
@@ -45,6 +62,98 @@ class RunContext:
     def raise_if_cancelled(self) -> None:
         if self._cancel.is_set():
             raise TaskCancelled(f"run {self.run_id} was cancelled")
+
+    def durable(self) -> Durable:
+        if self._durable is None:
+            from .durable import Durable
+
+            if self.app is None:
+                raise PgQueueError("durable steps need a run executed by a worker")
+            self._durable = Durable(self.app, self.run_id, self.attempt, self.worker_id)
+        return self._durable
+
+    # -- steps -----------------------------------------------------------------------------
+
+    @overload
+    async def step(self, name: str, fn: Callable[..., Awaitable[T]], *args: Any,
+                   retry: Retry | None = None, timeout: float | None = None) -> T: ...
+    @overload
+    async def step(self, name: str, fn: Callable[..., T], *args: Any,
+                   retry: Retry | None = None, timeout: float | None = None) -> T: ...
+
+    async def step(self, name: str, fn: Callable[..., Any], *args: Any,
+                   retry: Retry | None = None, timeout: float | None = None) -> Any:
+        """Run `fn(*args)` once per run: later attempts get its stored result back.
+
+        `retry`: the step's own policy; a failing step then requeues the run after the step's
+        backoff (holding no worker slot) without using up the task's attempts. Without it, a
+        failure propagates and the task's policy applies. `timeout`: seconds, async `fn` only.
+        Calls in a loop get distinct keys (name#0, name#1, ...).
+        """
+        from .durable import run_step
+
+        return await run_step(self.durable(), name, fn, args, retry, timeout)
+
+    def step_sync(self, name: str, fn: Callable[..., T], *args: Any, retry: Retry | None = None) -> T:
+        """`step` for sync tasks."""
+        from .durable import run_step_sync
+
+        return cast(T, run_step_sync(self.durable(), name, fn, args, retry))
+
+    async def step_in_transaction(self, name: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run `await fn(conn, *args)` in a transaction that also records the step: the
+        database writes `fn` makes on `conn` and the checkpoint commit together, exactly once
+        (if the run was taken over meanwhile, both roll back)."""
+        from .durable import run_step
+
+        assert self.app is not None
+        pool = await self.app.async_pool()
+        async with pool.connection() as conn, conn.transaction():
+            return cast(T, await run_step(self.durable(), name, fn, (conn, *args), None, None, conn))
+
+    def step_in_transaction_sync(self, name: str, fn: Callable[..., T], *args: Any) -> T:
+        from .durable import run_step_sync
+
+        assert self.app is not None
+        with self.app.pool().connection() as conn, conn.transaction():
+            return cast(T, run_step_sync(self.durable(), name, fn, (conn, *args), None, conn))
+
+    # -- suspending ------------------------------------------------------------------------
+
+    async def sleep(self, seconds: float) -> None:
+        """Suspend the run for `seconds` (database clock). It holds no worker slot and no
+        connection meanwhile, and continues on any worker, also after restarts."""
+        from .durable import raise_if_suspended
+
+        assert self.app is not None
+        raise_if_suspended(await self.app.execute_async(self.durable().sleep_op(seconds), transaction=True))
+
+    def sleep_sync(self, seconds: float) -> None:
+        from .durable import raise_if_suspended
+
+        assert self.app is not None
+        raise_if_suspended(self.app.execute(self.durable().sleep_op(seconds), transaction=True))
+
+    async def sleep_until(self, when: datetime) -> None:
+        await self.sleep(max(0.0, (when - datetime.now(UTC)).total_seconds()))
+
+    async def wait_for_event(self, name: str, key: str = "", *, timeout: float | None = None,
+                             default: Any = None) -> Any:
+        """Suspend until the event (name, key) is sent; return its payload, or `default` after
+        `timeout` seconds. An event sent since the run was created counts (lookback)."""
+        from .durable import raise_if_suspended
+
+        assert self.app is not None
+        return raise_if_suspended(await self.app.execute_async(self.durable().wait_op(name, key, timeout, default),
+                                                               transaction=True))
+
+    def wait_for_event_sync(self, name: str, key: str = "", *, timeout: float | None = None,
+                            default: Any = None) -> Any:
+        from .durable import raise_if_suspended
+
+        assert self.app is not None
+        return raise_if_suspended(self.app.execute(self.durable().wait_op(name, key, timeout, default),
+                                                   transaction=True))
 
 
 _current: contextvars.ContextVar[RunContext] = contextvars.ContextVar("pgqueue_run")

@@ -38,11 +38,15 @@ class TaskSettings:
     timeout: float | None = None
     #: schedule-to-start: seconds a run may wait to start before it fails as expired
     schedule_to_start: float | None = None
+    #: events that start a run of this task, with the event's payload as input
+    on_event: str | Sequence[str] = ()
     #: room for flow control: a concurrency rule and rate-limit rules (see the flow-control docs)
     concurrency: Any = None
     rate_limits: Sequence[Any] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.on_event, str):
+            object.__setattr__(self, "on_event", (self.on_event,))
         if not _NAME.match(self.name):
             raise TaskDefinitionError(
                 f"task name {self.name!r} is not valid: use letters, digits and . _ : - (at most 200)")

@@ -92,7 +92,7 @@ class Worker:
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
         self._pool: AsyncConnectionPool | None = None
-        self._completer = Completer(self.id, self._connection, self._backoff)
+        self._completer = Completer(self.id, self._connection, self._backoff, on_written=self._slot_free.set)
         self.started = asyncio.Event()
         self.claimed_total = 0
 
@@ -110,7 +110,11 @@ class Worker:
         dsn = self.app.dsn
         async with await connect_async(dsn, autocommit=True) as conn:
             await run_async(conn, check_schema_op())
-        self._pool = AsyncConnectionPool(dsn, min_size=2, max_size=5, kwargs={"autocommit": True},
+        # prepare_threshold=None: no server-side prepared statements, so every batch gets a plan
+        # for its actual arrays. A generic plan of `complete` was measured scanning all running
+        # runs per outcome (1.3 s instead of 7 ms for a batch of 500).
+        self._pool = AsyncConnectionPool(dsn, min_size=2, max_size=5,
+                                         kwargs={"autocommit": True, "prepare_threshold": None},
                                          open=False, name=f"pgqueue-worker-{self.settings.name}")
         await self._pool.open()
         try:
@@ -165,7 +169,7 @@ class Worker:
 
     async def _execute(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         async with self._connection() as conn:
-            cur = await conn.execute(query("worker", name), params, prepare=True)
+            cur = await conn.execute(query("worker", name), params)
             return await cur.fetchall() if cur.description is not None else []
 
     async def _execute_quietly(self, name: str, params: dict[str, Any]) -> None:
@@ -186,7 +190,9 @@ class Worker:
         settings = self.settings
         failures = 0
         while not self._stopping.is_set():
-            free = settings.concurrency - len(self._running)
+            # a slot is free once the run's outcome is written, not when its code returns: else
+            # claims outrun the completer and the held runs (and every batch) grow without bound
+            free = settings.concurrency - len(self._running) - self._completer.backlog()
             if free <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
@@ -224,14 +230,15 @@ class Worker:
             waiter.cancel()
 
     def _start(self, run: Claimed) -> None:
-        ctx = RunContext(run.id, run.task, run.attempt, self.id)
+        ctx = RunContext(run.id, run.task, run.attempt, self.id, self.app)
         task = asyncio.create_task(self._execute_run(run, ctx), name=f"run-{run.id}")
         self._running[run.id] = _Running(run, ctx, task)
 
     async def _execute_run(self, run: Claimed, ctx: RunContext) -> None:
         try:
             outcome = await self._executor.run(run, ctx)
-            self._completer.add(outcome)
+            if outcome is not None:
+                self._completer.add(outcome)
         except asyncio.CancelledError:
             pass  # handed back by _shutdown, or the lease was lost
         except Exception:
@@ -293,7 +300,7 @@ class Worker:
 
     def _apply_heartbeat(self, sent: set[int], answer: dict[int, bool]) -> None:
         for run_id, entry in list(self._running.items()):
-            if run_id not in sent:
+            if run_id not in sent or entry.task.done():
                 continue  # claimed after the heartbeat was sent
             if run_id not in answer:
                 log.warning("run %d: lease lost (rescued by another worker); abandoning this attempt", run_id)

@@ -159,3 +159,17 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 20
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def durable_tasks(dsn: str) -> Iterator[Any]:
+    """tests/durable_app.py bound to this module's database, with empty side-effect tables."""
+    import durable_app
+
+    durable_app.app._dsn = dsn
+    durable_app.BEHAVIOUR.update(store_fails=False, renamed_step=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(durable_app.EFFECTS_DDL)
+        conn.execute("TRUNCATE effects, stored")
+    yield durable_app
+    durable_app.app.close()

@@ -30,15 +30,16 @@ FAST = ["--lease", "2", "--heartbeat", "0.5", "--poll-interval", "0.1"]
 class Workers:
     """Starts worker processes and makes sure none outlives the test."""
 
-    def __init__(self, dsn: str, logs: Path) -> None:
+    def __init__(self, dsn: str, logs: Path, app: str = "worker_app:app") -> None:
         self.dsn = dsn
         self.logs = logs
+        self.app = app
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, *args: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, "PGQUEUE_DSN": self.dsn, "PYTHONPATH": str(ROOT / "tests")}
         log = open(self.logs / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", "pgqueue_cli", "worker", "worker_app:app", *args],
+        proc = subprocess.Popen([sys.executable, "-m", "pgqueue_cli", "worker", self.app, *args],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.procs.append(proc)
         return proc
@@ -206,3 +207,25 @@ def test_worker_refuses_an_unmigrated_database(empty_dsn: str) -> None:
     result = subprocess.run([sys.executable, "-m", "pgqueue_cli", "worker", "worker_app:app"], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "run `pgqueue migrate`" in result.stderr
+
+
+@pytest.fixture
+def durable_workers(dsn: str, durable_tasks: Any, tmp_path: Path) -> Iterator[Workers]:
+    group = Workers(dsn, tmp_path, app="durable_app:app")
+    yield group
+    group.stop_all()
+
+
+def test_pipeline_survives_sigkill_during_the_llm_step(durable_tasks: Any, durable_workers: Workers,
+                                                       dsn: str) -> None:
+    run_id = durable_tasks.pipeline.enqueue(durable_tasks.Document(text="one. two. three", llm_seconds=3)).id
+    victim = durable_workers.start(*FAST)
+    wait_until(lambda: bool(sql(dsn, "SELECT 1 FROM effects WHERE run_id = %s AND what = 'llm'", (run_id,))),
+               what="the LLM step to start")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    durable_workers.start(*FAST)
+    wait_until(lambda: statuses(dsn, [run_id]) == {"succeeded": 1}, what="the pipeline to finish")
+    assert dict(sql(dsn, "SELECT what, count(*) FROM effects WHERE run_id = %s GROUP BY what", (run_id,))) == {
+        "parse": 1, "chunk": 1, "llm": 2, "store": 1}
+    assert sql(dsn, "SELECT count(*) FROM stored WHERE run_id = %s", (run_id,)) == [(1,)]

@@ -18,7 +18,7 @@ from pgqueue.migrations import check_schema, migrate, pending
 
 from .common import dsn_option, friendly_errors
 from .loading import load_app
-from .runs_cmd import runs_group, status_cmd
+from .runs_cmd import event_group, runs_group, status_cmd
 from .worker_cmd import worker_cmd
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,6 +32,7 @@ def main() -> None:
 main.add_command(worker_cmd)
 main.add_command(runs_group)
 main.add_command(status_cmd)
+main.add_command(event_group)
 
 
 @main.command("migrate")

@@ -99,9 +99,20 @@ def show_cmd(run_id: int, as_json: bool, dsn: str | None) -> None:
 @dsn_option
 @friendly_errors
 def retry_cmd(run_id: int, dsn: str | None) -> None:
-    """Queue a failed, cancelled or dead run again."""
+    """Queue a failed, cancelled or dead run again (completed steps are kept)."""
     PgQueue(dsn).retry(run_id)
     click.echo(f"run {run_id} queued again")
+
+
+@runs_group.command("replay")
+@click.argument("run_id", type=int)
+@click.option("--from-start", is_flag=True, help="Discard the completed steps and run from the start.")
+@dsn_option
+@friendly_errors
+def replay_cmd(run_id: int, from_start: bool, dsn: str | None) -> None:
+    """Run a failed or cancelled run again, from its failed step (or --from-start)."""
+    PgQueue(dsn).replay(run_id, from_start=from_start)
+    click.echo(f"run {run_id} queued again " + ("from the start" if from_start else "from its failed step"))
 
 
 @runs_group.command("cancel")
@@ -114,6 +125,27 @@ def cancel_cmd(run_id: int, dsn: str | None) -> None:
     messages = {"cancelled": f"run {run_id} cancelled",
                 "cancel_requested": f"run {run_id} is running: its worker was asked to stop it"}
     click.echo(messages.get(outcome, f"run {run_id} had already finished ({outcome}); nothing to cancel"))
+
+
+@click.group("event")
+def event_group() -> None:
+    """Send events (approvals, signals) to waiting runs and subscribed tasks."""
+
+
+@event_group.command("send")
+@click.argument("name")
+@click.option("--key", default="", help="Event key, e.g. approval:run-42.")
+@click.option("--payload", default="{}", help="JSON payload.")
+@dsn_option
+@friendly_errors
+def event_send_cmd(name: str, key: str, payload: str, dsn: str | None) -> None:
+    """Send event NAME; runs waiting for it wake up with the payload."""
+    try:
+        value = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"--payload is not valid JSON ({exc.msg})") from None
+    woken = PgQueue(dsn).send_event(name, key, value)
+    click.echo(f"event {name!r} key {key!r} sent; {woken} waiting run(s) woken")
 
 
 @click.command("status")

@@ -104,7 +104,7 @@ CREATE TABLE pgqueue.attempts (
     finished_at   timestamptz,
     outcome       text NOT NULL
         CHECK (outcome IN ('running', 'succeeded', 'failed', 'retry', 'timeout',
-                           'crashed', 'cancelled', 'expired', 'handed_back')),
+                           'crashed', 'cancelled', 'expired', 'handed_back', 'suspended')),
     error_type    text,
     error_message text,
     traceback     text,
@@ -116,7 +116,8 @@ CREATE TABLE pgqueue.steps (
     step_key    text NOT NULL,          -- name#sequence, unique within the run
     seq         integer NOT NULL,
     name        text NOT NULL,
-    status      text NOT NULL CHECK (status IN ('running', 'succeeded', 'failed')),
+    -- sleeping: a durable sleep not over yet (output holds wake_at)
+    status      text NOT NULL CHECK (status IN ('succeeded', 'failed', 'sleeping')),
     output      jsonb,
     error       jsonb,
     attempts    integer NOT NULL DEFAULT 1,
@@ -137,6 +138,7 @@ CREATE INDEX events_name_key ON pgqueue.events (name, key, created_at);
 CREATE TABLE pgqueue.event_waits (
     run_id     bigint NOT NULL,
     step_key   text NOT NULL,
+    seq        integer NOT NULL,
     event_name text NOT NULL,
     event_key  text NOT NULL DEFAULT '',
     since      timestamptz NOT NULL DEFAULT now(),
@@ -182,6 +184,13 @@ CREATE TABLE pgqueue.workers (
     started_at   timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now(),
     stopped_at   timestamptz
+);
+
+-- Tasks started by an event: each event NAME enqueues a run of TASK with the payload as input.
+CREATE TABLE pgqueue.event_subscriptions (
+    event_name text NOT NULL,
+    task       text NOT NULL,
+    PRIMARY KEY (event_name, task)
 );
 
 CREATE TABLE pgqueue.queues (

@@ -15,6 +15,7 @@ BEGIN
     END IF;
     IF v_status IN ('queued', 'sleeping', 'waiting') THEN
         DELETE FROM pgqueue.ready WHERE ready.run_id = cancel_run.run_id;
+        DELETE FROM pgqueue.event_waits WHERE event_waits.run_id = cancel_run.run_id;
         UPDATE pgqueue.runs
            SET status = 'cancelled', finished_at = now(),
                error = jsonb_build_object('type', 'Cancelled', 'message', 'cancelled before it ran')
@@ -29,9 +30,10 @@ BEGIN
 END
 $$;
 
--- Run a finished-but-unsuccessful run again (failed, cancelled or dead): it is queued at
--- once with a fresh retry budget; its attempts so far stay in the history.
-CREATE FUNCTION pgqueue.retry_run(run_id bigint) RETURNS text
+-- Run a failed, cancelled or dead run again, queued at once with a fresh retry budget. Its
+-- completed steps are kept (it resumes from the step that failed) unless FROM_START, which
+-- discards them. Its attempts so far stay in the history.
+CREATE FUNCTION pgqueue.replay_run(run_id bigint, from_start boolean DEFAULT false) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
     v_run pgqueue.runs;
@@ -42,10 +44,13 @@ BEGIN
             HINT = 'List runs with `pgqueue runs list`.';
     END IF;
     IF v_run.status NOT IN ('failed', 'cancelled', 'dead') THEN
-        RAISE EXCEPTION 'pgqueue: run % is %, only failed, cancelled or dead runs can be retried',
+        RAISE EXCEPTION 'pgqueue: run % is %, only failed, cancelled or dead runs can be retried or replayed',
             run_id, v_run.status USING ERRCODE = 'PQ004',
             HINT = 'Wait for it to finish, or cancel it first.';
     END IF;
+    DELETE FROM pgqueue.steps s
+     WHERE s.run_id = replay_run.run_id AND (from_start OR s.status <> 'succeeded');
+    DELETE FROM pgqueue.event_waits w WHERE w.run_id = replay_run.run_id;
     UPDATE pgqueue.runs
        SET status = 'queued', run_at = now(), finished_at = NULL, failures = 0, recoveries = 0,
            cancel_requested = false, error = NULL, result = NULL
@@ -55,4 +60,10 @@ BEGIN
     PERFORM pg_notify('pgqueue_ready', v_run.queue);
     RETURN 'queued';
 END
+$$;
+
+-- Retry = replay from the failed step.
+CREATE FUNCTION pgqueue.retry_run(run_id bigint) RETURNS text
+LANGUAGE sql AS $$
+    SELECT pgqueue.replay_run(run_id, false)
 $$;

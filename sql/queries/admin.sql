@@ -20,8 +20,8 @@ SELECT attempt, worker_id::text, started_at, finished_at, outcome, error_type, e
 -- name: cancel_run
 SELECT pgqueue.cancel_run(%s)
 
--- name: retry_run
-SELECT pgqueue.retry_run(%s)
+-- name: replay_run
+SELECT pgqueue.replay_run(%s, %s)
 
 -- name: queue_status
 -- Per queue: due and scheduled runs waiting, running, failed in the last hour, oldest wait.

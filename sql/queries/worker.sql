@@ -39,7 +39,7 @@ UPDATE pgqueue.runs AS run
        worker_id = %(worker)s,
        lease_expires_at = now() + make_interval(secs => %(lease_s)s)
   FROM taken
- WHERE run.id = taken.run_id AND run.status = 'queued'
+ WHERE run.id = taken.run_id AND run.status IN ('queued', 'sleeping', 'waiting')
 RETURNING run.id, run.task, run.input, run.attempt, run.failures,
           coalesce(run.expires_at < now(), false) AS expired
 

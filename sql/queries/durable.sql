@@ -1,0 +1,91 @@
+-- Queries of durable execution: step checkpoints, durable sleep, waiting for events.
+-- Every write is fenced: it applies only while the run is running this attempt on this worker.
+
+-- name: load_steps
+SELECT seq, step_key, status, output, error, attempts, now() AS db_now
+  FROM pgqueue.steps
+ WHERE run_id = %(run)s
+ ORDER BY seq
+
+-- name: record_step
+INSERT INTO pgqueue.steps AS s (run_id, step_key, seq, name, status, output, error, attempts,
+                                started_at, finished_at)
+SELECT %(run)s, %(key)s, %(seq)s, %(name)s, %(status)s,
+       pgqueue.check_payload(%(output)s::jsonb, format('the output of step "%%s"', %(key)s::text)),
+       %(error)s::jsonb, 1, now() - make_interval(secs => %(duration)s), now()
+  FROM pgqueue.runs r
+ WHERE r.id = %(run)s AND r.attempt = %(attempt)s AND r.status = 'running' AND r.worker_id = %(worker)s
+ON CONFLICT (run_id, step_key) DO UPDATE
+   SET status = excluded.status, output = excluded.output, error = excluded.error,
+       attempts = s.attempts + 1, started_at = excluded.started_at, finished_at = excluded.finished_at
+RETURNING s.attempts
+
+-- name: begin_sleep
+-- Record a durable sleep's wake time (database clock) as a step that is not over yet.
+INSERT INTO pgqueue.steps AS s (run_id, step_key, seq, name, status, output)
+SELECT %(run)s, %(key)s, %(seq)s, 'sleep', 'sleeping',
+       jsonb_build_object('wake_at', now() + make_interval(secs => %(seconds)s))
+  FROM pgqueue.runs r
+ WHERE r.id = %(run)s AND r.attempt = %(attempt)s AND r.status = 'running' AND r.worker_id = %(worker)s
+ON CONFLICT (run_id, step_key) DO UPDATE SET output = excluded.output
+RETURNING (s.output ->> 'wake_at')::timestamptz
+
+-- name: end_sleep
+UPDATE pgqueue.steps SET status = 'succeeded', finished_at = now()
+ WHERE run_id = %(run)s AND step_key = %(key)s
+
+-- name: suspend
+-- The run stops running without finishing: it sleeps until `wake_at`, or waits (for an event)
+-- until woken or until `wake_at` (its timeout; none: only an event wakes it). It holds no
+-- worker slot and no connection meanwhile.
+WITH suspended AS (
+    UPDATE pgqueue.runs AS run
+       SET status = %(status)s, run_at = coalesce(%(wake_at)s, run.run_at),
+           worker_id = NULL, lease_expires_at = NULL
+     WHERE run.id = %(run)s AND run.attempt = %(attempt)s AND run.status = 'running'
+       AND run.worker_id = %(worker)s
+    RETURNING run.id, run.queue, run.priority, run.task, run.concurrency_key, run.attempt,
+              run.attempt_started_at
+), requeued AS (
+    INSERT INTO pgqueue.ready (run_id, queue, priority, run_at, task, concurrency_key)
+    SELECT id, queue, priority, %(wake_at)s, task, concurrency_key FROM suspended
+     WHERE %(wake_at)s::timestamptz IS NOT NULL
+), recorded AS (
+    INSERT INTO pgqueue.attempts (run_id, attempt, worker_id, started_at, finished_at, outcome, error_message)
+    SELECT id, attempt, %(worker)s, coalesce(attempt_started_at, now()), now(), 'suspended', %(reason)s
+      FROM suspended
+    ON CONFLICT (run_id, attempt) DO NOTHING
+)
+SELECT id FROM suspended
+
+-- name: event_lock
+SELECT pgqueue.event_lock(%(name)s, %(event_key)s)
+
+-- name: find_event
+-- The latest matching event sent since the run was created (the lookback rule).
+SELECT e.payload
+  FROM pgqueue.events e
+ WHERE e.name = %(name)s AND e.key = %(event_key)s
+   AND e.created_at >= (SELECT created_at FROM pgqueue.runs WHERE id = %(run)s)
+ ORDER BY e.id DESC
+ LIMIT 1
+
+-- name: register_wait
+INSERT INTO pgqueue.event_waits (run_id, step_key, seq, event_name, event_key, timeout_at)
+VALUES (%(run)s, %(key)s, %(seq)s, %(name)s, %(event_key)s,
+        now() + make_interval(secs => %(timeout)s))
+ON CONFLICT (run_id, step_key) DO UPDATE SET since = pgqueue.event_waits.since
+RETURNING timeout_at
+
+-- name: wait_state
+-- Of a wait registered by an earlier attempt: its timeout, and whether it has passed.
+SELECT timeout_at, timeout_at <= now() FROM pgqueue.event_waits WHERE run_id = %(run)s AND step_key = %(key)s
+
+-- name: drop_wait
+DELETE FROM pgqueue.event_waits WHERE run_id = %(run)s AND step_key = %(key)s
+
+-- name: send_event
+SELECT pgqueue.send_event(%(name)s, %(event_key)s, %(payload)s::jsonb)
+
+-- name: subscribe
+INSERT INTO pgqueue.event_subscriptions (event_name, task) VALUES (%s, %s) ON CONFLICT DO NOTHING

@@ -1,0 +1,175 @@
+"""Durable execution: checkpointed steps, per-step retries, sleep, events, replay, determinism."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+import pytest
+
+from conftest import running_worker, wait_for
+from pgqueue import InputTooLarge, RunFailed
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def effects(dsn: str, run_id: int) -> dict[str, int]:
+    with psycopg.connect(dsn) as conn:
+        return dict(conn.execute("SELECT what, count(*) FROM effects WHERE run_id = %s GROUP BY what",
+                                 (run_id,)).fetchall())
+
+
+def status_of(dsn: str, ids: list[int]) -> dict[str, int]:
+    with psycopg.connect(dsn) as conn:
+        return dict(conn.execute("SELECT status, count(*) FROM pgqueue.runs WHERE id = ANY(%s) GROUP BY status",
+                                 (ids,)).fetchall())
+
+
+async def async_status(dsn: str, ids: list[int]) -> dict[str, int]:
+    return await asyncio.to_thread(status_of, dsn, ids)
+
+
+async def test_step_failing_twice_with_429_retries_only_that_step(durable_tasks: Any, dsn: str) -> None:
+    handle = await durable_tasks.pipeline.enqueue_async(
+        durable_tasks.Document(text="Postgres is enough. Steps are durable. Nothing twice", llm_failures=2))
+    async with running_worker(durable_tasks.app, poll_interval=0.05):
+        assert await handle.result(timeout=30) > 0
+    assert effects(dsn, handle.id) == {"parse": 1, "chunk": 1, "llm": 3, "store": 1}
+    with psycopg.connect(dsn) as conn:
+        steps = conn.execute("SELECT step_key, status, attempts FROM pgqueue.steps WHERE run_id = %s ORDER BY seq",
+                             (handle.id,)).fetchall()
+        run = conn.execute("SELECT failures, attempt FROM pgqueue.runs WHERE id = %s", (handle.id,)).fetchone()
+    assert steps == [("parse#0", "succeeded", 1), ("chunk#0", "succeeded", 1), ("llm#0", "succeeded", 3),
+                     ("store#0", "succeeded", 1)]
+    assert run == (0, 3)  # three attempts, none counted as a failure of the task (max_attempts=1)
+
+
+async def test_sync_steps_and_sync_sleep(durable_tasks: Any, dsn: str) -> None:
+    handle = await durable_tasks.sync_pipeline.enqueue_async(20)
+    async with running_worker(durable_tasks.app, poll_interval=0.05):
+        assert await handle.result(timeout=30) == 41
+    assert effects(dsn, handle.id) == {"double": 1, "add": 1}
+
+
+async def test_steps_in_a_loop_get_distinct_keys(durable_tasks: Any, dsn: str) -> None:
+    handle = await durable_tasks.loops.enqueue_async(4)
+    async with running_worker(durable_tasks.app):
+        assert await handle.result(timeout=30) == [0, 1, 4, 9]
+    with psycopg.connect(dsn) as conn:
+        keys = [r[0] for r in conn.execute("SELECT step_key FROM pgqueue.steps WHERE run_id = %s ORDER BY seq",
+                                           (handle.id,))]
+    assert keys == ["square#0", "square#1", "square#2", "square#3"]
+
+
+async def test_durable_sleep_holds_no_slot_and_survives_a_worker_restart(durable_tasks: Any, dsn: str) -> None:
+    handle = await durable_tasks.sleeper.enqueue_async(1.5)
+    async with running_worker(durable_tasks.app, concurrency=1):
+        await wait_for(lambda: _is(dsn, handle.id, "sleeping"), what="the run to sleep")
+        other = await durable_tasks.loops.enqueue_async(2)  # the only slot is free while it sleeps
+        assert await other.result(timeout=10) == [0, 1]
+    # the worker is gone; a new one continues the run after the wake time
+    async with running_worker(durable_tasks.app, poll_interval=0.05):
+        await handle.result(timeout=30)
+    assert effects(dsn, handle.id) == {"before": 1, "after": 1}
+    with psycopg.connect(dsn) as conn:
+        outcomes = [r[0] for r in conn.execute(
+            "SELECT outcome FROM pgqueue.attempts WHERE run_id = %s ORDER BY attempt", (handle.id,))]
+        slept = conn.execute("SELECT finished_at - started_at FROM pgqueue.runs WHERE id = %s",
+                             (handle.id,)).fetchone()
+    assert outcomes == ["suspended", "succeeded"]
+    assert slept is not None and slept[0].total_seconds() >= 1.5
+
+
+async def _is(dsn: str, run_id: int, status: str) -> bool:
+    return await async_status(dsn, [run_id]) == {status: 1}
+
+
+async def test_hundred_runs_wait_for_approval_without_holding_slots(durable_tasks: Any, dsn: str) -> None:
+    waiting = [h.id for h in await durable_tasks.approval.enqueue_many_async(
+        [{"doc_id": i} for i in range(99)] + [{"doc_id": 99, "timeout": 1.0}])]
+    async with running_worker(durable_tasks.app, concurrency=1, poll_interval=0.05):
+        await wait_for(lambda: _count_waiting(dsn, waiting[:99], 99), timeout=60, what="99 runs waiting")
+        others = await durable_tasks.loops.enqueue_many_async([{"n": 3}] * 10)
+        assert [await h.result(timeout=20) for h in others] == [[0, 1, 4]] * 10
+        for i in range(50):  # approvals from Python ...
+            assert await durable_tasks.app.send_event_async("approval", f"doc-{i}", {"approved": True, "by": "py"}) == 1
+        with psycopg.connect(dsn, autocommit=True) as conn:  # ... and from SQL
+            for i in range(50, 99):
+                conn.execute("SELECT pgqueue.send_event('approval', %s, '{\"approved\": true, \"by\": \"sql\"}')",
+                             (f"doc-{i}",))
+        results = [await durable_tasks.app.run_async(i).result(timeout=30) for i in waiting]
+    assert results[:50] == [{"approved": True, "by": "py"}] * 50
+    assert results[50:99] == [{"approved": True, "by": "sql"}] * 49
+    assert results[99] == {"approved": False, "reason": "timed out"}  # the wait expired
+    assert all(effects(dsn, i) == {"draft": 1, "publish": 1} for i in waiting)
+
+
+async def _count_waiting(dsn: str, ids: list[int], n: int) -> bool:
+    return (await async_status(dsn, ids)).get("waiting") == n
+
+
+async def test_event_sent_before_the_wait_is_not_lost(durable_tasks: Any, dsn: str) -> None:
+    handle = await durable_tasks.approval.enqueue_async(500)
+    await durable_tasks.app.send_event_async("approval", "doc-500", {"approved": True, "early": True})
+    async with running_worker(durable_tasks.app):
+        assert await handle.result(timeout=20) == {"approved": True, "early": True}
+    with psycopg.connect(dsn) as conn:
+        outcomes = [r[0] for r in conn.execute("SELECT outcome FROM pgqueue.attempts WHERE run_id = %s",
+                                               (handle.id,))]
+    assert outcomes == ["succeeded"]  # it never had to suspend
+
+
+async def test_event_starts_subscribed_tasks(durable_tasks: Any, dsn: str) -> None:
+    async with running_worker(durable_tasks.app):
+        await asyncio.to_thread(durable_tasks.app.send_event, "document.uploaded", "", {"doc_id": 77})
+        await wait_for(lambda: _effect_exists(dsn, "uploaded 77"), what="the subscribed task to run")
+
+
+async def _effect_exists(dsn: str, what: str) -> bool:
+    def check() -> bool:
+        with psycopg.connect(dsn) as conn:
+            return conn.execute("SELECT count(*) FROM effects WHERE what = %s", (what,)).fetchone() == (1,)
+    return await asyncio.to_thread(check)
+
+
+async def test_replay_from_the_failed_step_and_from_the_start(durable_tasks: Any, dsn: str) -> None:
+    durable_tasks.BEHAVIOUR["store_fails"] = True
+    handle = await durable_tasks.pipeline.enqueue_async(durable_tasks.Document(text="a. b"))
+    async with running_worker(durable_tasks.app, poll_interval=0.05):
+        with pytest.raises(RunFailed, match="the store is down"):
+            await handle.result(timeout=20)
+        assert effects(dsn, handle.id) == {"parse": 1, "chunk": 1, "llm": 1}
+        durable_tasks.BEHAVIOUR["store_fails"] = False
+        durable_tasks.app.replay(handle.id)
+        await handle.result(timeout=20)
+        assert effects(dsn, handle.id) == {"parse": 1, "chunk": 1, "llm": 1, "store": 1}
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM stored WHERE run_id = %s", (handle.id,))
+            conn.execute("UPDATE pgqueue.runs SET status = 'failed' WHERE id = %s", (handle.id,))
+        durable_tasks.app.replay(handle.id, from_start=True)
+        await handle.result(timeout=20)
+    assert effects(dsn, handle.id) == {"parse": 2, "chunk": 2, "llm": 2, "store": 2}
+
+
+async def test_changed_code_under_a_running_run_is_detected(durable_tasks: Any) -> None:
+    handle = await durable_tasks.evolving.enqueue_async()
+    async with running_worker(durable_tasks.app):
+        with pytest.raises(RunFailed, match="fail after two steps"):
+            await handle.result(timeout=20)
+        durable_tasks.BEHAVIOUR["renamed_step"] = True
+        durable_tasks.app.retry(handle.id)
+        with pytest.raises(RunFailed, match=r"step 1 was recorded as 'second#0' but the code now calls 'second_v2#0'"):
+            await handle.result(timeout=20)
+
+
+async def test_step_output_over_the_limit_fails_clearly(durable_tasks: Any) -> None:
+    handle = await durable_tasks.big_output.enqueue_async()
+    async with running_worker(durable_tasks.app):
+        with pytest.raises(RunFailed, match=r"output of step .huge#0. is .* over the limit"):
+            await handle.result(timeout=20)
+
+
+def test_event_payload_over_the_limit_is_refused(durable_tasks: Any) -> None:
+    with pytest.raises(InputTooLarge, match="payload of event \"big\""):
+        durable_tasks.app.send_event("big", "", {"blob": "x" * 2_000_000})
