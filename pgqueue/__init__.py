@@ -2,7 +2,7 @@
 
 from .app import PgQueue
 from .context import RetryLater, RunContext, TaskCancelled, current_run
-from .durable import NonDeterminismError
+from .durable import ChildRunFailed, NonDeterminismError
 from .errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -23,6 +23,7 @@ from .task import Task, TaskCall
 
 __all__ = [
     "AsyncRunHandle",
+    "ChildRunFailed",
     "ConfigurationError",
     "DatabaseUnavailable",
     "InputTooLarge",

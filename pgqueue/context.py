@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
@@ -15,6 +15,7 @@ from .retry import Retry
 if TYPE_CHECKING:
     from .app import PgQueue
     from .durable import Durable
+    from .task import Task
 
 T = TypeVar("T")
 
@@ -117,6 +118,39 @@ class RunContext:
         assert self.app is not None
         with self.app.pool().connection() as conn, conn.transaction():
             return cast(T, run_step_sync(self.durable(), name, fn, (conn, *args), None, conn))
+
+    # -- child runs ------------------------------------------------------------------------
+
+    async def spawn(self, task: Task[Any, Any], items: Iterable[Any]) -> list[int]:
+        """Enqueue one child run of `task` per item (a model instance or a mapping of its
+        arguments), in bulk; returns their ids. Re-executions of this run never spawn twice."""
+        from .durable import raise_if_suspended
+
+        assert self.app is not None
+        texts = task._encode_many(items)
+        op = self.durable().spawn_op(task.name, texts, task.settings.queue, task.settings.priority)
+        return raise_if_suspended(await self.app.execute_async(op, transaction=True))
+
+    def spawn_sync(self, task: Task[Any, Any], items: Iterable[Any]) -> list[int]:
+        assert self.app is not None
+        texts = task._encode_many(items)
+        op = self.durable().spawn_op(task.name, texts, task.settings.queue, task.settings.priority)
+        return self.app.execute(op, transaction=True)
+
+    async def gather(self, ids: list[int]) -> list[Any]:
+        """The results of child runs `ids`, in order, once all children of this run have
+        finished. Waiting holds no worker slot. Raises ChildRunFailed if any did not succeed."""
+        from .durable import raise_if_suspended
+
+        assert self.app is not None
+        return list(raise_if_suspended(await self.app.execute_async(self.durable().gather_op(ids),
+                                                                    transaction=True)))
+
+    def gather_sync(self, ids: list[int]) -> list[Any]:
+        from .durable import raise_if_suspended
+
+        assert self.app is not None
+        return list(raise_if_suspended(self.app.execute(self.durable().gather_op(ids), transaction=True)))
 
     # -- suspending ------------------------------------------------------------------------
 

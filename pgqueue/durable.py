@@ -28,6 +28,7 @@ from ._sql import query
 from .context import RetryLater
 from .errors import PgQueueError
 from .retry import Retry
+from .runs import EnqueueOptions, enqueue_op
 
 if TYPE_CHECKING:
     import psycopg
@@ -189,6 +190,50 @@ class Durable:
             timeout_at = rows[0][0]
         yield from self._suspend("waiting", timeout_at, f"waiting for event {name!r} key {key!r}")
         return SUSPENDED
+
+
+    # -- child runs ------------------------------------------------------------------------
+
+    def spawn_op(self, task: str, inputs: list[str], queue: str, priority: int) -> Op[list[int]]:
+        """Enqueue children in the same transaction as the step that records them: a replay of
+        the parent returns the same ids and never spawns twice."""
+        plan = yield from self.plan_op(f"spawn:{task}")
+        if plan.done:
+            return list(cast(Recorded, plan.recorded).output)
+        run = self.fence["run"]
+        keys = [f"{run}/{plan.key}/{i}" for i in range(len(inputs))]
+        found = yield from enqueue_op(task, inputs, EnqueueOptions(), default_queue=queue,
+                                      default_priority=priority, idempotency_keys=keys, parent_id=int(run))
+        created = sum(1 for _, was_created in found if was_created)
+        if not (yield _q("add_children", {**self.fence, "n": created})):
+            raise RunTakenOver(f"run {run} is no longer running here")
+        ids = [run_id for run_id, _ in found]
+        yield from self.record_op(plan, "succeeded", ids)
+        return ids
+
+    def gather_op(self, ids: list[int]) -> Op[object]:
+        """Outcomes of children `ids`, once every child of this run has finished; until then
+        the run waits (no slot held) and the last child to finish wakes it."""
+        plan = yield from self.plan_op("gather")
+        if plan.done:
+            return cast(Recorded, plan.recorded).output
+        pending = (yield _q("pending_children", self.fence))[0][0]
+        if pending > 0:
+            yield from self._suspend("waiting", None, f"waiting for {pending} child run(s)")
+            return SUSPENDED
+        rows = yield _q("children_outcomes", {"ids": ids})
+        failed = [(run_id, status, error) for run_id, status, _, error in rows if status != "succeeded"]
+        if failed:
+            detail = "; ".join(f"run {i} {s}: {(e or {}).get('type')}: {(e or {}).get('message')}"
+                               for i, s, e in failed[:5])
+            raise ChildRunFailed(f"{len(failed)} of {len(rows)} child runs did not succeed ({detail})")
+        results = [result for _, _, result, _ in rows]
+        yield from self.record_op(plan, "succeeded", results)
+        return results
+
+
+class ChildRunFailed(PgQueueError):
+    """Some children gathered by a run failed, were cancelled or dead."""
 
 
 def send_event_op(name: str, key: str = "", payload: Any = None) -> Op[int]:

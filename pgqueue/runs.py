@@ -63,6 +63,9 @@ class RunInfo:
     idempotency_key: str | None
     tags: list[str]
     metadata: dict[str, Any]
+    parent_id: int | None = None
+    children_total: int = 0
+    children_pending: int = 0
 
     @property
     def done(self) -> bool:
@@ -76,7 +79,8 @@ def enqueue_op(task: str, inputs: Sequence[str], options: EnqueueOptions, *,
                default_queue: str | None = None, default_priority: int | None = None,
                schedule_to_start: timedelta | None = None,
                idempotency_keys: Sequence[str] | None = None,
-               progress: Callable[[int], None] | None = None) -> Op[list[tuple[int, bool]]]:
+               progress: Callable[[int], None] | None = None,
+               parent_id: int | None = None) -> Op[list[tuple[int, bool]]]:
     """Insert runs of `task`, one per JSON input text; returns (id, created) in input order.
 
     None defaults let the database use the task's registered queue and priority.
@@ -98,7 +102,7 @@ def enqueue_op(task: str, inputs: Sequence[str], options: EnqueueOptions, *,
         "metadata": Jsonb(dict(options.metadata)),
         "schedule_to_start": schedule_to_start,
     }
-    if len(inputs) == 1 and not progress:
+    if len(inputs) == 1 and not progress and parent_id is None:
         rows = yield Statement(query("runs", "enqueue_one"), {
             **params, "input": inputs[0], "key": keys[0] if keys is not None else None})
         return [(rows[0][0], rows[0][1])]
@@ -109,6 +113,7 @@ def enqueue_op(task: str, inputs: Sequence[str], options: EnqueueOptions, *,
             **params,
             "inputs": list(inputs[chunk]),
             "keys": list(keys[chunk]) if keys is not None else None,
+            "parent_id": parent_id,
         })
         found += [(row[0], row[1]) for row in rows]
         if progress:

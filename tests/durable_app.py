@@ -143,3 +143,29 @@ async def big_output() -> None:
 async def on_upload(doc_id: int, name: str = "") -> int:
     effect(f"uploaded {doc_id}")
     return doc_id
+
+
+@app.task
+async def embed_chunk(i: int) -> int:
+    if i < 0:
+        raise ValueError("negative chunk")
+    return i * 2
+
+
+@app.task
+async def fan_out(n: int, chunk: int = 1000, child_seconds: float = 0.0) -> int:
+    ctx = current_run()
+    ids: list[int] = []
+    for start in range(0, n, chunk):
+        ids += await ctx.spawn(embed_chunk, [{"i": i} for i in range(start, min(n, start + chunk))])
+    if child_seconds:
+        ids += await ctx.spawn(nap, [{"seconds": child_seconds}])
+    results = await ctx.gather(ids)
+    await ctx.step("total", lambda: effect("total"))
+    return sum(r for r in results if isinstance(r, int))
+
+
+@app.task
+async def nap(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "rested"

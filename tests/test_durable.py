@@ -173,3 +173,45 @@ async def test_step_output_over_the_limit_fails_clearly(durable_tasks: Any) -> N
 def test_event_payload_over_the_limit_is_refused(durable_tasks: Any) -> None:
     with pytest.raises(InputTooLarge, match="payload of event \"big\""):
         durable_tasks.app.send_event("big", "", {"blob": "x" * 2_000_000})
+
+
+async def test_fan_out_and_gather(durable_tasks: Any, dsn: str) -> None:
+    handle = await durable_tasks.fan_out.enqueue_async(300, 100)
+    async with running_worker(durable_tasks.app, concurrency=20, poll_interval=0.05):
+        assert await handle.result(timeout=60) == 2 * sum(range(300))
+    info = await handle.info()
+    assert (info.children_total, info.children_pending) == (300, 0)
+    assert effects(dsn, handle.id) == {"total": 1}
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT parent_id) FROM pgqueue.runs WHERE parent_id = %s",
+                            (handle.id,)).fetchone() == (300, 1)
+
+
+async def test_a_failed_child_fails_the_gather(durable_tasks: Any) -> None:
+    @durable_tasks.app.task(name="bad_fan_out")
+    async def bad_fan_out() -> list[int]:
+        ctx = durable_tasks.current_run()
+        return await ctx.gather(await ctx.spawn(durable_tasks.embed_chunk, [{"i": 1}, {"i": -1}]))
+
+    handle = await bad_fan_out.enqueue_async()
+    async with running_worker(durable_tasks.app, poll_interval=0.05):
+        with pytest.raises(RunFailed, match=r"ChildRunFailed: 1 of 2 child runs did not succeed .*negative chunk"):
+            await handle.result(timeout=60)
+    del durable_tasks.app.tasks["bad_fan_out"]
+
+
+async def test_cancel_a_running_workflow_cancels_its_children(durable_tasks: Any, dsn: str) -> None:
+    handle = await durable_tasks.fan_out.enqueue_async(50, 50, 30.0)
+    async with running_worker(durable_tasks.app, concurrency=4, poll_interval=0.05):
+        await wait_for(lambda: _is(dsn, handle.id, "waiting"), what="the parent to wait for its children")
+        assert await asyncio.to_thread(durable_tasks.app.cancel, handle.id) == "cancelled"
+        with pytest.raises(RunFailed, match="cancelled"):
+            await handle.result(timeout=10)
+
+        def children() -> dict[str, int]:
+            with psycopg.connect(dsn) as conn:
+                return dict(conn.execute("SELECT status, count(*) FROM pgqueue.runs WHERE parent_id = %s"
+                                         " GROUP BY status", (handle.id,)).fetchall())
+        await wait_for(lambda: asyncio.to_thread(lambda: set(children()) <= {"succeeded", "cancelled"}),
+                       what="every child to be finished or cancelled")
+        assert children().get("cancelled", 0) >= 1  # the 30 s nap never finished

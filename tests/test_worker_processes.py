@@ -229,3 +229,24 @@ def test_pipeline_survives_sigkill_during_the_llm_step(durable_tasks: Any, durab
     assert dict(sql(dsn, "SELECT what, count(*) FROM effects WHERE run_id = %s GROUP BY what", (run_id,))) == {
         "parse": 1, "chunk": 1, "llm": 2, "store": 1}
     assert sql(dsn, "SELECT count(*) FROM stored WHERE run_id = %s", (run_id,)) == [(1,)]
+
+
+def test_fan_out_of_ten_thousand_children_across_a_worker_restart(durable_tasks: Any, durable_workers: Workers,
+                                                                   dsn: str) -> None:
+    parent = durable_tasks.fan_out.enqueue(10_000, 1000).id
+    first = durable_workers.start("--concurrency", "50", *FAST)
+    wait_until(lambda: sql(dsn, "SELECT count(*) FROM pgqueue.runs WHERE parent_id = %s AND status = 'succeeded'",
+                           (parent,))[0][0] >= 2000, what="a part of the children to finish")
+    first.send_signal(signal.SIGTERM)  # a deploy: the parent's worker restarts mid fan-out
+    assert first.wait(timeout=60) == 0
+    durable_workers.start("--concurrency", "50", *FAST)
+    wait_until(lambda: statuses(dsn, [parent]) == {"succeeded": 1}, timeout=240, what="the parent to finish")
+    assert sql(dsn, "SELECT result FROM pgqueue.runs WHERE id = %s", (parent,)) == [(2 * sum(range(10_000)),)]
+    children = sql(dsn, "SELECT count(*), count(*) FILTER (WHERE status = 'succeeded') FROM pgqueue.runs"
+                        " WHERE parent_id = %s", (parent,))
+    assert children == [(10_000, 10_000)]
+    # every child ran to completion exactly once (a hand-back on shutdown is not a completion)
+    assert sql(dsn, "SELECT count(*) FROM pgqueue.attempts a JOIN pgqueue.runs r ON r.id = a.run_id"
+                    " WHERE r.parent_id = %s AND a.outcome IN ('succeeded', 'crashed', 'failed')",
+               (parent,)) == [(10_000,)]
+    assert sql(dsn, "SELECT count(*) FROM effects WHERE run_id = %s AND what = 'total'", (parent,)) == [(1,)]

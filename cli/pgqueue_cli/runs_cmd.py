@@ -81,6 +81,11 @@ def show_cmd(run_id: int, as_json: bool, dsn: str | None) -> None:
                f"  finished {_cell(info.finished_at)}")
     click.echo(f"  attempts {info.attempt}  recoveries {info.recoveries}  priority {info.priority}"
                + (f"  tags {','.join(info.tags)}" if info.tags else ""))
+    if info.parent_id is not None:
+        click.echo(f"  parent run {info.parent_id}")
+    if info.children_total:
+        done = info.children_total - info.children_pending
+        click.echo(f"  children {done}/{info.children_total} done")
     click.echo(f"  input  {json.dumps(info.input)}")
     if info.result is not None:
         click.echo(f"  result {json.dumps(info.result)}")

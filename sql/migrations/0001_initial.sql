@@ -54,6 +54,9 @@ CREATE TABLE pgqueue.runs (
     metadata          jsonb NOT NULL DEFAULT '{}',
     parent_id         bigint,
     root_id           bigint,
+    -- children spawned by this run, and how many of them have not finished yet
+    children_total    integer NOT NULL DEFAULT 0,
+    children_pending  integer NOT NULL DEFAULT 0,
     workflow_node     text,
     trace_context     jsonb
 ) WITH (fillfactor = 90);

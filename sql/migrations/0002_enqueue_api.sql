@@ -69,7 +69,8 @@ CREATE FUNCTION pgqueue.enqueue_many(
     idempotency_keys  text[] DEFAULT NULL,
     tags              text[] DEFAULT '{}',
     metadata          jsonb DEFAULT '{}',
-    schedule_to_start interval DEFAULT NULL
+    schedule_to_start interval DEFAULT NULL,
+    parent_id         bigint DEFAULT NULL
 ) RETURNS TABLE (id bigint, created boolean)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -81,6 +82,7 @@ DECLARE
     v_run_at   timestamptz := coalesce(enqueue_many.run_at, now()) + coalesce(enqueue_many.delay, '0');
     v_bad      record;
     v_new      bigint[];
+    v_root     bigint;
 BEGIN
     SELECT * INTO v_queue, v_priority, v_s2s
       FROM pgqueue.enqueue_settings(enqueue_many.task, enqueue_many.queue, enqueue_many.priority,
@@ -90,6 +92,9 @@ BEGIN
         RAISE EXCEPTION 'pgqueue: % idempotency keys for % inputs',
             cardinality(idempotency_keys), cardinality(inputs) USING ERRCODE = 'PQ002',
             HINT = 'Give one key per input, or none.';
+    END IF;
+    IF enqueue_many.parent_id IS NOT NULL THEN
+        SELECT coalesce(r.root_id, r.id) INTO v_root FROM pgqueue.runs r WHERE r.id = enqueue_many.parent_id;
     END IF;
     -- one pass over the inputs finds the first bad one
     SELECT u.doc, u.ord - 1 AS idx INTO v_bad
@@ -103,9 +108,11 @@ BEGIN
     IF idempotency_keys IS NULL THEN
         RETURN QUERY
         WITH ins AS (
-            INSERT INTO pgqueue.runs (task, queue, priority, input, run_at, expires_at, tags, metadata)
+            INSERT INTO pgqueue.runs (task, queue, priority, input, run_at, expires_at, tags, metadata,
+                                      parent_id, root_id)
             SELECT enqueue_many.task, v_queue, v_priority, u.doc, v_run_at, v_run_at + v_s2s,
-                   coalesce(enqueue_many.tags, '{}'), coalesce(enqueue_many.metadata, '{}')
+                   coalesce(enqueue_many.tags, '{}'), coalesce(enqueue_many.metadata, '{}'),
+                   enqueue_many.parent_id, v_root
               FROM unnest(inputs) WITH ORDINALITY AS u(doc, ord)
              ORDER BY u.ord
             RETURNING id
@@ -117,9 +124,10 @@ BEGIN
     ELSE
         WITH ins AS (
             INSERT INTO pgqueue.runs (task, queue, priority, input, run_at, expires_at,
-                                      idempotency_key, tags, metadata)
+                                      idempotency_key, tags, metadata, parent_id, root_id)
             SELECT enqueue_many.task, v_queue, v_priority, u.doc, v_run_at, v_run_at + v_s2s,
-                   u.key, coalesce(enqueue_many.tags, '{}'), coalesce(enqueue_many.metadata, '{}')
+                   u.key, coalesce(enqueue_many.tags, '{}'), coalesce(enqueue_many.metadata, '{}'),
+                   enqueue_many.parent_id, v_root
               FROM unnest(inputs, idempotency_keys) WITH ORDINALITY AS u(doc, key, ord)
              ORDER BY u.ord
             ON CONFLICT (task, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING

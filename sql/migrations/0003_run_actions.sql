@@ -1,34 +1,4 @@
--- Acting on runs from SQL (the CLI and the Python API call these too).
-
--- Cancel a run. A queued run is cancelled at once and never starts; a running one is asked to
--- stop (its worker sees the request at its next heartbeat). Returns what happened:
--- 'cancelled', 'cancel_requested', or the run's final status when it had already finished.
-CREATE FUNCTION pgqueue.cancel_run(run_id bigint) RETURNS text
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_status text;
-BEGIN
-    SELECT status INTO v_status FROM pgqueue.runs WHERE id = run_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'pgqueue: no run with id %', run_id USING ERRCODE = 'PQ003',
-            HINT = 'List runs with `pgqueue runs list`.';
-    END IF;
-    IF v_status IN ('queued', 'sleeping', 'waiting') THEN
-        DELETE FROM pgqueue.ready WHERE ready.run_id = cancel_run.run_id;
-        DELETE FROM pgqueue.event_waits WHERE event_waits.run_id = cancel_run.run_id;
-        UPDATE pgqueue.runs
-           SET status = 'cancelled', finished_at = now(),
-               error = jsonb_build_object('type', 'Cancelled', 'message', 'cancelled before it ran')
-         WHERE id = run_id;
-        PERFORM pg_notify('pgqueue_done', '');
-        RETURN 'cancelled';
-    ELSIF v_status = 'running' THEN
-        UPDATE pgqueue.runs SET cancel_requested = true WHERE id = run_id;
-        RETURN 'cancel_requested';
-    END IF;
-    RETURN v_status;
-END
-$$;
+-- Acting on runs from SQL (the CLI and the Python API call these too); cancel_run is in 0005.
 
 -- Run a failed, cancelled or dead run again, queued at once with a fresh retry budget. Its
 -- completed steps are kept (it resumes from the step that failed) unless FROM_START, which
@@ -57,6 +27,8 @@ BEGIN
      WHERE id = run_id;
     INSERT INTO pgqueue.ready (run_id, queue, priority, run_at, task, concurrency_key)
     VALUES (run_id, v_run.queue, v_run.priority, now(), v_run.task, v_run.concurrency_key);
+    -- a replayed child counts as unfinished again for its parent
+    UPDATE pgqueue.runs SET children_pending = children_pending + 1 WHERE id = v_run.parent_id;
     PERFORM pg_notify('pgqueue_ready', v_run.queue);
     RETURN 'queued';
 END

@@ -89,3 +89,19 @@ SELECT pgqueue.send_event(%(name)s, %(event_key)s, %(payload)s::jsonb)
 
 -- name: subscribe
 INSERT INTO pgqueue.event_subscriptions (event_name, task) VALUES (%s, %s) ON CONFLICT DO NOTHING
+
+-- name: add_children
+UPDATE pgqueue.runs
+   SET children_total = children_total + %(n)s, children_pending = children_pending + %(n)s
+ WHERE id = %(run)s AND attempt = %(attempt)s AND status = 'running' AND worker_id = %(worker)s
+RETURNING id
+
+-- name: pending_children
+-- Locks the parent's row: a child finishing now waits for this transaction, then sees its outcome.
+SELECT children_pending FROM pgqueue.runs WHERE id = %(run)s FOR UPDATE
+
+-- name: children_outcomes
+SELECT c.id, c.status, c.result, c.error
+  FROM unnest(%(ids)s::bigint[]) WITH ORDINALITY AS want(id, ord)
+  JOIN pgqueue.runs c ON c.id = want.id
+ ORDER BY want.ord

@@ -11,7 +11,8 @@ SELECT id, created FROM pgqueue.enqueue_many(
     idempotency_keys => %(keys)s::text[],
     tags => %(tags)s::text[],
     metadata => %(metadata)s::jsonb,
-    schedule_to_start => %(schedule_to_start)s)
+    schedule_to_start => %(schedule_to_start)s,
+    parent_id => %(parent_id)s::bigint)
 
 -- name: enqueue_one
 SELECT id, created FROM pgqueue.enqueue_one(
@@ -28,7 +29,8 @@ SELECT id, created FROM pgqueue.enqueue_one(
 
 -- name: get_run
 SELECT id, task, queue, priority, status, input, result, error, run_at, created_at,
-       started_at, finished_at, attempt, recoveries, idempotency_key, tags, metadata
+       started_at, finished_at, attempt, recoveries, idempotency_key, tags, metadata,
+       parent_id, children_total, children_pending
   FROM pgqueue.runs
  WHERE id = %s
 

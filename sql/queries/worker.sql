@@ -65,7 +65,7 @@ WITH outcome AS (
      WHERE run.id = o.id AND run.attempt = o.attempt AND run.status = 'running'
        AND run.worker_id = %(worker)s
     RETURNING run.id, run.status, run.queue, run.priority, run.run_at, run.task, run.concurrency_key,
-              run.attempt, run.attempt_started_at
+              run.attempt, run.attempt_started_at, run.parent_id
 ), requeued AS (
     INSERT INTO pgqueue.ready (run_id, queue, priority, run_at, task, concurrency_key)
     SELECT id, queue, priority, run_at, task, concurrency_key FROM applied WHERE status = 'queued'
@@ -81,8 +81,12 @@ WITH outcome AS (
     SELECT pg_notify('pgqueue_ready', queue) FROM (SELECT DISTINCT queue FROM requeued WHERE run_at <= now()) q
 ), done AS (
     SELECT pg_notify('pgqueue_done', '') WHERE EXISTS (SELECT 1 FROM applied WHERE status <> 'queued')
+), parents AS (
+    SELECT pgqueue.finish_children(array_agg(parent_id)) FROM applied
+     WHERE parent_id IS NOT NULL AND status IN ('succeeded', 'failed', 'cancelled', 'dead')
 )
-SELECT id FROM applied, (SELECT count(*) FROM woken) w, (SELECT count(*) FROM done) d
+SELECT id FROM applied, (SELECT count(*) FROM woken) w, (SELECT count(*) FROM done) d,
+       (SELECT count(*) FROM parents) p
 
 -- name: heartbeat
 -- Extend the leases of the runs this worker still holds; a run missing from the answer was
@@ -124,7 +128,8 @@ WITH lost AS MATERIALIZED (
            lease_expires_at = NULL
       FROM lost
      WHERE run.id = lost.id AND run.status = 'running' AND run.attempt = lost.attempt
-    RETURNING run.id, run.status, run.queue, run.priority, run.run_at, run.task, run.concurrency_key
+    RETURNING run.id, run.status, run.queue, run.priority, run.run_at, run.task, run.concurrency_key,
+              run.parent_id
 ), requeued AS (
     INSERT INTO pgqueue.ready (run_id, queue, priority, run_at, task, concurrency_key)
     SELECT id, queue, priority, run_at, task, concurrency_key FROM rescued WHERE status = 'queued'
@@ -138,8 +143,11 @@ WITH lost AS MATERIALIZED (
     ON CONFLICT (run_id, attempt) DO NOTHING
 ), woken AS (
     SELECT pg_notify('pgqueue_ready', queue) FROM (SELECT DISTINCT queue FROM requeued) q
+), parents AS (
+    SELECT pgqueue.finish_children(array_agg(parent_id)) FROM rescued
+     WHERE parent_id IS NOT NULL AND status = 'dead'
 )
-SELECT id, status FROM rescued, (SELECT count(*) FROM woken) w
+SELECT id, status FROM rescued, (SELECT count(*) FROM woken) w, (SELECT count(*) FROM parents) p
 
 -- name: expire
 -- Runs that waited longer than their schedule-to-start window fail as expired.
@@ -151,14 +159,18 @@ WITH expired AS (
        FOR UPDATE SKIP LOCKED
 ), removed AS (
     DELETE FROM pgqueue.ready r USING expired WHERE r.run_id = expired.id RETURNING r.run_id
+), failed AS (
+    UPDATE pgqueue.runs AS run
+       SET status = 'failed', finished_at = now(),
+           error = jsonb_build_object('type', 'Expired',
+                                      'message', 'the run did not start within its schedule-to-start window')
+      FROM removed
+     WHERE run.id = removed.run_id
+    RETURNING run.id, run.parent_id
+), parents AS (
+    SELECT pgqueue.finish_children(array_agg(parent_id)) FROM failed WHERE parent_id IS NOT NULL
 )
-UPDATE pgqueue.runs AS run
-   SET status = 'failed', finished_at = now(),
-       error = jsonb_build_object('type', 'Expired',
-                                  'message', 'the run did not start within its schedule-to-start window')
-  FROM removed
- WHERE run.id = removed.run_id
-RETURNING run.id
+SELECT id FROM failed, (SELECT count(*) FROM parents) p
 
 -- name: hand_back
 -- Graceful shutdown: give unfinished runs back to the queue at once, without counting a failure.
