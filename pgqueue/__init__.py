@@ -20,6 +20,7 @@ from .errors import (
 from .retry import Retry
 from .runs import AsyncRunHandle, RunHandle, RunInfo
 from .task import Task, TaskCall
+from .workflow import Workflow, WorkflowFailed
 
 __all__ = [
     "AsyncRunHandle",
@@ -46,5 +47,7 @@ __all__ = [
     "TaskCancelled",
     "TaskDefinitionError",
     "UnknownTask",
+    "Workflow",
+    "WorkflowFailed",
     "current_run",
 ]

@@ -11,6 +11,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from ._codec import InputCodec
 from ._ops import Op, Statement, run_async, run_sync
 from ._sql import query
 from .admin import cancel_op, replay_op
@@ -21,6 +22,7 @@ from .migrations import check_schema_op, migrate
 from .retry import Retry
 from .runs import AsyncRunHandle, EnqueueOptions, RunHandle, enqueue_op, to_json_text
 from .task import Task, TaskSettings
+from .workflow import Workflow
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -88,7 +90,7 @@ class PgQueue:
         return _TaskDecorator(self, options)
 
     def _register(self, fn: Callable[..., Any], *, name: str | None = None,
-                  retry: Retry | None = None, **options: Any) -> Task[Any, Any]:
+                  retry: Retry | None = None, codec: InputCodec | None = None, **options: Any) -> Task[Any, Any]:
         if not callable(fn):
             raise TaskDefinitionError(f"@app.task decorates a function, not {fn!r}")
         # The bare function name reads well from SQL (`pgqueue.enqueue('summarize', ...)`)
@@ -97,9 +99,16 @@ class PgQueue:
         settings = TaskSettings(name=task_name, retry=retry or Retry(), **options)
         if task_name in self.tasks and self.tasks[task_name].fn is not fn:
             raise TaskDefinitionError(f"two tasks are named {task_name!r}; give one of them name=...")
-        task: Task[Any, Any] = Task(self, fn, settings)
+        task: Task[Any, Any] = Task(self, fn, settings, codec)
         self.tasks[task_name] = task
         return task
+
+    def workflow(self, name: str, *, queue: str = "default", on_failure: Task[Any, Any] | None = None) -> Workflow:
+        """Declare a DAG workflow; add nodes with `@wf.node(parents=[...])` (see `pgqueue.workflow`).
+
+        on_failure: a task started with `{"workflow_run": id, "errors": {node: error}}` when a
+        node fails for good."""
+        return Workflow(self, name, queue=queue, on_failure=on_failure)
 
     def get_task(self, name: str) -> Task[Any, Any]:
         try:

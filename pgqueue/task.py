@@ -144,12 +144,12 @@ class Task(TaskCall[P, R]):
     """A declared task. Call it like the function; enqueue it to run on a worker."""
 
     def __init__(self, app: PgQueue, fn: Callable[P, R] | Callable[P, Awaitable[R]],
-                 settings: TaskSettings) -> None:
+                 settings: TaskSettings, codec: InputCodec | None = None) -> None:
         self.app = app
         self.fn = fn
         self.settings = settings
         self.is_async = inspect.iscoroutinefunction(fn)
-        self.codec = InputCodec(settings.name, fn)
+        self.codec = codec or InputCodec(settings.name, fn)
         super().__init__(self, EnqueueOptions(), None)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn

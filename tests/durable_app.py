@@ -169,3 +169,45 @@ async def fan_out(n: int, chunk: int = 1000, child_seconds: float = 0.0) -> int:
 async def nap(seconds: float) -> str:
     await asyncio.sleep(seconds)
     return "rested"
+
+
+# -- a DAG workflow: fetch -> (embed, summarize) -> store ------------------------------------
+
+
+class DocRef(BaseModel):
+    doc_id: int
+    fail_at: str = ""
+
+
+@app.task
+async def ingest_failed(workflow_run: int, errors: dict[str, Any]) -> None:
+    effect(f"on_failure of {workflow_run}: {sorted(errors)}")
+
+
+ingest = app.workflow("ingest", on_failure=ingest_failed)
+
+
+@ingest.node()
+async def fetch(ref: DocRef) -> dict[str, Any]:
+    effect("fetch")
+    return {"doc_id": ref.doc_id, "text": f"text of {ref.doc_id}", "fail_at": ref.fail_at}
+
+
+@ingest.node(parents=[fetch], retry=Retry(max_attempts=1))
+async def embed(fetch: dict[str, Any]) -> list[float]:
+    await asyncio.sleep(0.5)
+    if fetch["fail_at"] == "embed":
+        raise ValueError("embedding model unavailable")
+    return [float(len(fetch["text"])), 1.0]
+
+
+@ingest.node(parents=[fetch])
+async def summarize(fetch: dict[str, Any]) -> str:
+    await asyncio.sleep(0.5 if fetch["fail_at"] != "embed" else 5)
+    return fetch["text"].upper()
+
+
+@ingest.node(parents=[embed, summarize], name="store")
+async def store_node(embed: list[float], summarize: str) -> dict[str, Any]:
+    effect("store")
+    return {"vector": embed, "summary": summarize}

@@ -215,3 +215,54 @@ async def test_cancel_a_running_workflow_cancels_its_children(durable_tasks: Any
         await wait_for(lambda: asyncio.to_thread(lambda: set(children()) <= {"succeeded", "cancelled"}),
                        what="every child to be finished or cancelled")
         assert children().get("cancelled", 0) >= 1  # the 30 s nap never finished
+
+
+async def test_dag_runs_parallel_branches_and_feeds_outputs(durable_tasks: Any, dsn: str) -> None:
+    handle = await durable_tasks.ingest.enqueue_async(durable_tasks.DocRef(doc_id=7))
+    async with running_worker(durable_tasks.app, concurrency=4, poll_interval=0.05):
+        assert await handle.result(timeout=30) == {"vector": [9.0, 1.0], "summary": "TEXT OF 7"}
+    with psycopg.connect(dsn) as conn:
+        nodes = dict((node, (start, end)) for node, start, end in conn.execute(
+            "SELECT workflow_node, started_at, finished_at FROM pgqueue.runs WHERE parent_id = %s", (handle.id,)))
+    assert set(nodes) == {"fetch", "embed", "summarize", "store"}
+    (embed_start, embed_end), (sum_start, sum_end) = nodes["embed"], nodes["summarize"]
+    assert embed_start < sum_end and sum_start < embed_end  # the two branches overlapped
+    assert nodes["store"][0] >= max(embed_end, sum_end) and nodes["fetch"][1] <= min(embed_start, sum_start)
+
+
+async def test_dag_failure_stops_the_rest_and_runs_on_failure(durable_tasks: Any, dsn: str) -> None:
+    handle = await durable_tasks.ingest.enqueue_async(durable_tasks.DocRef(doc_id=8, fail_at="embed"))
+    async with running_worker(durable_tasks.app, concurrency=4, poll_interval=0.05):
+        with pytest.raises(RunFailed, match=r"WorkflowFailed: workflow 'ingest' failed at embed .*embedding model"):
+            await handle.result(timeout=30)
+        await wait_for(lambda: _effect_exists(dsn, f"on_failure of {handle.id}: ['embed']"),
+                       what="the on-failure task")
+    with psycopg.connect(dsn) as conn:
+        nodes = dict(conn.execute("SELECT workflow_node, status FROM pgqueue.runs WHERE parent_id = %s",
+                                  (handle.id,)).fetchall())
+    assert nodes["fetch"] == "succeeded" and nodes["embed"] == "failed"
+    assert nodes["summarize"] == "cancelled" and "store" not in nodes  # dependants never started
+
+
+def test_dag_declaration_errors(durable_tasks: Any) -> None:
+    from pgqueue import TaskDefinitionError
+    from pgqueue.workflow import validate_dag
+
+    with pytest.raises(TaskDefinitionError, match=r"the workflow has a cycle: a -> c -> b -> a"):
+        validate_dag({"a": ["c"], "b": ["a"], "c": ["b"]})
+    with pytest.raises(TaskDefinitionError, match="unknown parent 'ghost'"):
+        validate_dag({"a": ["ghost"]})
+    wf = durable_tasks.app.workflow("broken")
+    with pytest.raises(TaskDefinitionError, match="unknown parent 'later'"):
+        @wf.node(parents=["later"])
+        async def early(later: int) -> int:
+            return later
+    with pytest.raises(TaskDefinitionError, match="must take one parameter per parent"):
+        @wf.node()
+        async def root(x: int) -> int:
+            return x
+
+        @wf.node(parents=[root])
+        async def child(wrong_name: int) -> int:
+            return wrong_name
+    assert validate_dag({"a": [], "b": ["a"], "c": ["a", "b"]}) == ["a", "b", "c"]

@@ -57,6 +57,8 @@ CREATE TABLE pgqueue.runs (
     -- children spawned by this run, and how many of them have not finished yet
     children_total    integer NOT NULL DEFAULT 0,
     children_pending  integer NOT NULL DEFAULT 0,
+    -- a waiting workflow run wakes whenever one of its children finishes, not only the last
+    wake_on_each_child boolean NOT NULL DEFAULT false,
     workflow_node     text,
     trace_context     jsonb
 ) WITH (fillfactor = 90);

@@ -18,18 +18,20 @@ BEGIN
     ), counted AS (
         UPDATE pgqueue.runs AS parent
            SET children_pending = greatest(0, parent.children_pending - f.n),
-               status = CASE WHEN parent.status = 'waiting' AND parent.children_pending - f.n <= 0
+               status = CASE WHEN parent.status = 'waiting'
+                                  AND (parent.children_pending - f.n <= 0 OR parent.wake_on_each_child)
                              THEN 'queued' ELSE parent.status END,
-               run_at = CASE WHEN parent.status = 'waiting' AND parent.children_pending - f.n <= 0
+               run_at = CASE WHEN parent.status = 'waiting'
+                                  AND (parent.children_pending - f.n <= 0 OR parent.wake_on_each_child)
                              THEN now() ELSE parent.run_at END
           FROM finished f
          WHERE parent.id = f.parent_id
         RETURNING parent.id, parent.status, parent.children_pending, parent.queue, parent.priority,
-                  parent.run_at, parent.task, parent.concurrency_key
+                  parent.run_at, parent.task, parent.concurrency_key, parent.wake_on_each_child
     ), woken AS (
         INSERT INTO pgqueue.ready (run_id, queue, priority, run_at, task, concurrency_key)
         SELECT id, queue, priority, run_at, task, concurrency_key FROM counted
-         WHERE status = 'queued' AND children_pending = 0
+         WHERE status = 'queued' AND (children_pending = 0 OR wake_on_each_child)
         ON CONFLICT (run_id) DO UPDATE SET run_at = least(pgqueue.ready.run_at, excluded.run_at)
         RETURNING queue
     )

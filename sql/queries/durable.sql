@@ -105,3 +105,21 @@ SELECT c.id, c.status, c.result, c.error
   FROM unnest(%(ids)s::bigint[]) WITH ORDINALITY AS want(id, ord)
   JOIN pgqueue.runs c ON c.id = want.id
  ORDER BY want.ord
+
+-- name: workflow_nodes
+SELECT workflow_node, id, status, result, error
+  FROM pgqueue.runs
+ WHERE parent_id = %(run)s AND workflow_node IS NOT NULL
+
+-- name: mark_node
+UPDATE pgqueue.runs SET workflow_node = %(node)s WHERE id = %(child)s
+
+-- name: wake_on_each_child
+UPDATE pgqueue.runs SET wake_on_each_child = true
+ WHERE id = %(run)s AND attempt = %(attempt)s AND status = 'running' AND worker_id = %(worker)s
+   AND NOT wake_on_each_child
+
+-- name: cancel_children
+SELECT pgqueue.cancel_run(id)
+  FROM pgqueue.runs
+ WHERE parent_id = %(run)s AND status IN ('queued', 'running', 'sleeping', 'waiting')
