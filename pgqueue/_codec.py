@@ -74,7 +74,8 @@ class InputCodec:
         try:
             if isinstance(item, self.model):
                 # validated again: model_construct() or attribute assignment can bypass checks
-                validated = self.model.model_validate(item.model_dump())
+                # (from its fields directly: cheaper than a model_dump() first)
+                validated = self.model.model_validate({**item.__dict__, **(item.__pydantic_extra__ or {})})
             elif isinstance(item, (str, bytes)):
                 validated = self.model.model_validate_json(item)
             else:
