@@ -53,9 +53,21 @@ def translate(exc: psycopg.Error) -> Exception:
     return exc
 
 
-def run_sync(conn: psycopg.Connection[Any], op: Op[T]) -> T:
+_NOT_STARTED: Any = object()
+
+
+def start(op: Op[T]) -> tuple[Statement | None, T | None]:
+    """Advance `op` to its first statement; (None, result) when it needs no database at all,
+    so that callers only take a connection when there is something to send."""
     try:
-        statement = next(op)
+        return next(op), None
+    except StopIteration as done:
+        return None, cast(T, done.value)
+
+
+def run_sync(conn: psycopg.Connection[Any], op: Op[T], first: Statement = _NOT_STARTED) -> T:
+    try:
+        statement = next(op) if first is _NOT_STARTED else first
         while True:
             try:
                 cur = conn.execute(_query(statement), statement.params,
@@ -71,9 +83,9 @@ def run_sync(conn: psycopg.Connection[Any], op: Op[T]) -> T:
         return cast(T, done.value)
 
 
-async def run_async(conn: psycopg.AsyncConnection[Any], op: Op[T]) -> T:
+async def run_async(conn: psycopg.AsyncConnection[Any], op: Op[T], first: Statement = _NOT_STARTED) -> T:
     try:
-        statement = next(op)
+        statement = next(op) if first is _NOT_STARTED else first
         while True:
             try:
                 cur = await conn.execute(_query(statement), statement.params,

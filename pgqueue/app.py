@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import select
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from ._codec import InputCodec
-from ._ops import Op, Statement, run_async, run_sync
+from ._ops import Op, Statement, run_async, run_sync, start
 from ._sql import query
 from .admin import cancel_op, replay_op
 from .config import connect, connect_async, require_dsn
@@ -62,6 +63,7 @@ class PgQueue:
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._pool: ConnectionPool | None = None
         self._async_pool: AsyncConnectionPool | None = None
+        self._async_lock: asyncio.Lock | None = None
         self._lock = threading.Lock()
 
     # -- declaring tasks -------------------------------------------------------------------
@@ -145,46 +147,53 @@ class PgQueue:
                     run_sync(conn, check_schema_op())
                 self._pool = ConnectionPool(dsn, min_size=1, max_size=self.pool_size,
                                             kwargs={"autocommit": True}, open=True, name="pgqueue",
-                                            check=check_idle_connection)
+                                            check=check_idle_connection, configure=_configure)
             return self._pool
 
     async def async_pool(self) -> AsyncConnectionPool:
         if self._async_pool is None:
-            dsn = self.dsn
-            async with await connect_async(dsn, autocommit=True) as conn:
-                await run_async(conn, check_schema_op())
-            pool = AsyncConnectionPool(dsn, min_size=1, max_size=self.pool_size,
-                                       kwargs={"autocommit": True}, open=False, name="pgqueue-async",
-                                       check=check_idle_connection_async)
-            await pool.open()
-            if self._async_pool is None:
-                self._async_pool = pool
-            else:
-                await pool.close()
+            if self._async_lock is None:
+                self._async_lock = asyncio.Lock()
+            async with self._async_lock:  # many tasks may ask at once: create one pool
+                if self._async_pool is None:
+                    dsn = self.dsn
+                    async with await connect_async(dsn, autocommit=True) as conn:
+                        await run_async(conn, check_schema_op())
+                    pool = AsyncConnectionPool(dsn, min_size=1, max_size=self.pool_size,
+                                               kwargs={"autocommit": True}, open=False, name="pgqueue-async",
+                                               check=check_idle_connection_async, configure=_configure_async)
+                    await pool.open()
+                    self._async_pool = pool
         return self._async_pool
 
     def execute(self, op: Op[T], connection: psycopg.Connection[Any] | None = None,
                 transaction: bool = False) -> T:
         """Run an operation on `connection` (the caller's transaction) or a pooled connection."""
+        first, value = start(op)
+        if first is None:
+            return cast(T, value)
         if connection is not None:
             with connection.transaction() if transaction else contextlib.nullcontext():
-                return run_sync(connection, op)
+                return run_sync(connection, op, first)
         with self.pool().connection() as conn, conn.transaction() if transaction else contextlib.nullcontext():
-            return run_sync(conn, op)
+            return run_sync(conn, op, first)
 
     async def execute_async(self, op: Op[T], connection: psycopg.AsyncConnection[Any] | None = None,
                             transaction: bool = False) -> T:
+        first, value = start(op)
+        if first is None:
+            return cast(T, value)
         if connection is not None:
             if transaction:
                 async with connection.transaction():
-                    return await run_async(connection, op)
-            return await run_async(connection, op)
+                    return await run_async(connection, op, first)
+            return await run_async(connection, op, first)
         pool = await self.async_pool()
         async with pool.connection() as conn:
             if transaction:
                 async with conn.transaction():
-                    return await run_async(conn, op)
-            return await run_async(conn, op)
+                    return await run_async(conn, op, first)
+            return await run_async(conn, op, first)
 
     @contextlib.contextmanager
     def listen_connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -270,6 +279,19 @@ class PgQueue:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+# Plan every statement for its actual parameters: a generic plan cached while a table was
+# empty or tiny (a fresh install) can keep scanning it whole long after it has grown.
+_CUSTOM_PLANS = "SET plan_cache_mode = force_custom_plan"
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(_CUSTOM_PLANS)
+
+
+async def _configure_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.execute(_CUSTOM_PLANS)
 
 
 def _server_spoke(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:

@@ -109,9 +109,12 @@ class Durable:
 
     def plan_op(self, name: str) -> Op[Plan]:
         if self._history is None:
-            rows = yield _q("load_steps", self.fence)
-            self._history = {row[0]: Recorded(*row[:6]) for row in rows}
-            self.db_now = rows[0][6] if rows else None
+            if self.fence["attempt"] == 1:
+                self._history = {}  # a first attempt has no history: save the round trip
+            else:
+                rows = yield _q("load_steps", self.fence)
+                self._history = {row[0]: Recorded(*row[:6]) for row in rows}
+                self.db_now = rows[0][6] if rows else None
         seq = self._next_seq
         self._next_seq += 1
         key = f"{name}#{self._per_name[name]}"

@@ -108,6 +108,10 @@ class Worker:
 
     async def run(self) -> None:
         dsn = self.app.dsn
+        # durable steps of concurrent runs each commit through the app's pools: more connections
+        # let their commits share WAL flushes instead of queueing for a few (capped, so that
+        # many workers stay within max_connections; the pools only grow on demand)
+        self.app.pool_size = max(self.app.pool_size, min(self.settings.concurrency, 20))
         async with await connect_async(dsn, autocommit=True) as conn:
             await run_async(conn, check_schema_op())
         # prepare_threshold=None: no server-side prepared statements, so every batch gets a plan
