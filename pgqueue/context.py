@@ -13,6 +13,7 @@ from .errors import PgQueueError
 from .retry import Retry
 
 if TYPE_CHECKING:
+    from ._stepwriter import StepWriter
     from .app import PgQueue
     from .durable import Durable
     from .task import Task
@@ -54,6 +55,7 @@ class RunContext:
     app: PgQueue | None = field(default=None, repr=False)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _durable: Durable | None = field(default=None, repr=False)
+    _writer: StepWriter | None = field(default=None, repr=False)
 
     @property
     def cancel_requested(self) -> bool:
@@ -70,7 +72,7 @@ class RunContext:
 
             if self.app is None:
                 raise PgQueueError("durable steps need a run executed by a worker")
-            self._durable = Durable(self.app, self.run_id, self.attempt, self.worker_id)
+            self._durable = Durable(self.app, self.run_id, self.attempt, self.worker_id, self._writer)
         return self._durable
 
     # -- steps -----------------------------------------------------------------------------

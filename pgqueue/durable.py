@@ -33,6 +33,7 @@ from .runs import EnqueueOptions, enqueue_op
 if TYPE_CHECKING:
     import psycopg
 
+    from ._stepwriter import StepWriter
     from .app import PgQueue
 
 T = TypeVar("T")
@@ -97,9 +98,11 @@ def _json(value: Any) -> str:
 class Durable:
     """The step history of one attempt of one run, and the operations on it."""
 
-    def __init__(self, app: PgQueue, run_id: int, attempt: int, worker_id: str) -> None:
+    def __init__(self, app: PgQueue, run_id: int, attempt: int, worker_id: str,
+                 writer: StepWriter | None = None) -> None:
         self.app = app
         self.fence = {"run": run_id, "attempt": attempt, "worker": worker_id}
+        self.writer = writer
         self._history: dict[int, Recorded] | None = None
         self.db_now: datetime | None = None
         self._next_seq = 0
@@ -271,6 +274,18 @@ def _after_failure(plan: Plan, attempts: int, exc: Exception, retry: Retry | Non
                                                 f"attempt {attempts} of {retry.max_attempts}") from exc
 
 
+async def _record_async(durable: Durable, plan: Plan, status: str, output: Any, error: dict[str, Any] | None,
+                        duration: float, connection: psycopg.AsyncConnection[Any] | None) -> int:
+    """Through the worker's batching writer, unless the step must commit on `connection`."""
+    if durable.writer is None or connection is not None:
+        return await durable.app.execute_async(durable.record_op(plan, status, output, error, duration), connection)
+    attempts = await durable.writer.record(durable.fence, plan.key, plan.seq, plan.name, status, output, error,
+                                           duration)
+    if attempts is None:
+        raise RunTakenOver(f"run {durable.fence['run']} is no longer running here")
+    return attempts
+
+
 async def run_step(durable: Durable, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
                    retry: Retry | None, timeout: float | None = None,
                    connection: psycopg.AsyncConnection[Any] | None = None) -> Any:
@@ -284,13 +299,12 @@ async def run_step(durable: Durable, name: str, fn: Callable[..., Any], args: tu
         if inspect.isawaitable(value):
             value = await asyncio.wait_for(cast(Awaitable[Any], value), timeout)
     except Exception as exc:
-        op = durable.record_op(plan, "failed", error=_error(exc), duration=time.monotonic() - started)
-        attempts = await app.execute_async(op, connection)
+        attempts = await _record_async(durable, plan, "failed", None, _error(exc), time.monotonic() - started,
+                                       connection)
         _after_failure(plan, attempts, exc, retry)
         raise
     output = _adapter(fn).dump_python(value, mode="json")
-    await app.execute_async(durable.record_op(plan, "succeeded", output, duration=time.monotonic() - started),
-                            connection)
+    await _record_async(durable, plan, "succeeded", output, None, time.monotonic() - started, connection)
     return value
 
 

@@ -29,6 +29,7 @@ from ._completer import Completer
 from ._executor import Claimed, Executor
 from ._ops import run_async
 from ._sql import query
+from ._stepwriter import StepWriter
 from .app import PgQueue
 from .config import connect_async, describe_dsn
 from .context import RunContext
@@ -93,6 +94,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._pool: AsyncConnectionPool | None = None
         self._completer = Completer(self.id, self._connection, self._backoff, on_written=self._slot_free.set)
+        self._steps: StepWriter | None = None
         self.started = asyncio.Event()
         self.claimed_total = 0
 
@@ -117,7 +119,7 @@ class Worker:
         # prepare_threshold=None: no server-side prepared statements, so every batch gets a plan
         # for its actual arrays. A generic plan of `complete` was measured scanning all running
         # runs per outcome (1.3 s instead of 7 ms for a batch of 500).
-        self._pool = AsyncConnectionPool(dsn, min_size=2, max_size=5,
+        self._pool = AsyncConnectionPool(dsn, min_size=2, max_size=6,
                                          kwargs={"autocommit": True, "prepare_threshold": None},
                                          open=False, name=f"pgqueue-worker-{self.settings.name}")
         await self._pool.open()
@@ -130,8 +132,11 @@ class Worker:
             log.info("pgqueue worker %s started: database %s, queues %s, concurrency %d, tasks: %s",
                      self.settings.name, describe_dsn(dsn), ",".join(self.settings.queues),
                      self.settings.concurrency, ", ".join(sorted(self.app.tasks)) or "none")
+            [(max_payload,)] = await self._execute("max_payload", {}, group="durable")
+            self._steps = StepWriter(self.id, self._connection, int(max_payload))
             background = [asyncio.create_task(loop(), name=loop.__name__) for loop in
-                          (self._listen_loop, self._heartbeat_loop, self._maintenance_loop, self._completer.run)]
+                          (self._listen_loop, self._heartbeat_loop, self._maintenance_loop, self._completer.run,
+                           self._steps.run)]
             self.started.set()
             try:
                 await self._claim_loop()
@@ -171,9 +176,9 @@ class Worker:
         async with self._pool.connection(timeout=max(2.0, self.settings.lease / 2)) as conn:
             yield conn
 
-    async def _execute(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    async def _execute(self, name: str, params: dict[str, Any], group: str = "worker") -> list[tuple[Any, ...]]:
         async with self._connection() as conn:
-            cur = await conn.execute(query("worker", name), params)
+            cur = await conn.execute(query(group, name), params)
             return await cur.fetchall() if cur.description is not None else []
 
     async def _execute_quietly(self, name: str, params: dict[str, Any]) -> None:
@@ -234,7 +239,7 @@ class Worker:
             waiter.cancel()
 
     def _start(self, run: Claimed) -> None:
-        ctx = RunContext(run.id, run.task, run.attempt, self.id, self.app)
+        ctx = RunContext(run.id, run.task, run.attempt, self.id, self.app, _writer=self._steps)
         task = asyncio.create_task(self._execute_run(run, ctx), name=f"run-{run.id}")
         self._running[run.id] = _Running(run, ctx, task)
 
