@@ -83,6 +83,7 @@ class Options:
     backlog: int
     backlog_drain: int
     statements: bool
+    only_backlog: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class Results:
     batched: dict[int, list[float]] = field(default_factory=lambda: {1: [], 2: []})
     latency: list[float] = field(default_factory=list)  # p50, p95, p99 in ms
     latency_ceiling: list[float] = field(default_factory=list)
-    backlog: dict[int, float] = field(default_factory=dict)
+    backlog: dict[int, list[Drain]] = field(default_factory=dict)
     backlog_ceiling: dict[int, float] = field(default_factory=dict)
     statements: str = ""
 
@@ -326,12 +327,15 @@ def nth_finish_rate(dsn: str, n: int) -> float:
     return n / float(span)
 
 
-def backlog_once(dsn: str, backlog: int, opts: Options) -> float:
-    """jobs/s of one worker over --backlog-drain runs with `backlog` more queued behind them."""
+def backlog_once(dsn: str, backlog: int, opts: Options) -> Drain:
+    """One worker over --backlog-drain runs with `backlog` more queued behind them (rate, wall, CPU)."""
     prepare_queue(dsn, backlog + opts.backlog_drain)
+    cpu0, busy0, start = children_cpu_seconds(), machine_busy_seconds(), time.perf_counter()
     with workers(dsn, 1, opts.concurrency, burst=False):
         wait_until(lambda: succeeded(dsn) >= opts.backlog_drain, 600, "the backlog drain", interval=0.1)
-    return nth_finish_rate(dsn, opts.backlog_drain)
+    wall = time.perf_counter() - start
+    cpu, busy = children_cpu_seconds() - cpu0, machine_busy_seconds() - busy0
+    return Drain(rate=nth_finish_rate(dsn, opts.backlog_drain), wall=wall, worker_cpu=cpu, machine_cpu=busy)
 
 
 # -- ceilings (pgbench on a plain table) --------------------------------------------------------
@@ -495,9 +499,15 @@ def measure_drains(dsn: str, opts: Options, results: Results) -> None:
 
 
 def measure_backlogs(dsn: str, opts: Options, results: Results) -> None:
+    # interleaved and repeated like the drains: one 1-second window per size is at the mercy of
+    # whatever else runs on the machine (the median of --repeat rounds is reported)
+    for i in range(opts.repeat):
+        for backlog in (SMALL_BACKLOG, opts.backlog):
+            log(f"  backlog {backlog:,} ({i + 1}/{opts.repeat}): pgqueue, 1 worker, {opts.backlog_drain:,} runs")
+            drain = backlog_once(dsn, backlog, opts)
+            log(f"    {drain.rate:,.0f} jobs/s, {drain.wall:.2f} s wall, machine busy {drain.machine_cpu:.2f} s")
+            results.backlog.setdefault(backlog, []).append(drain)
     for backlog in (SMALL_BACKLOG, opts.backlog):
-        log(f"  backlog {backlog:,}: pgqueue, 1 worker, {opts.backlog_drain:,} runs")
-        results.backlog[backlog] = backlog_once(dsn, backlog, opts)
         log(f"  backlog {backlog:,}: ceiling, one-row pgbench -t {opts.backlog_drain:,}")
         results.backlog_ceiling[backlog] = backlog_ceiling(dsn, backlog, opts.backlog_drain)
     fill_bench_jobs(dsn, 0)
@@ -507,6 +517,10 @@ def measure_backlogs(dsn: str, opts: Options, results: Results) -> None:
 def run_benchmark(dsn: str, opts: Options) -> Results:
     execute(dsn, *BENCH_JOBS_DDL.split(";"))
     results = Results()
+    if opts.only_backlog:
+        log("backlog")
+        measure_backlogs(dsn, opts, results)
+        return results
     for i in range(opts.repeat):
         log(f"round {i + 1}/{opts.repeat}")
         measure_drains(dsn, opts, results)
@@ -552,9 +566,10 @@ def latency_rows(results: Results, opts: Options) -> list[list[str]]:
 
 
 def backlog_rows(results: Results, opts: Options) -> list[list[str]]:
-    small = results.backlog[SMALL_BACKLOG]
+    small = median([d.rate for d in results.backlog[SMALL_BACKLOG]])
     rows = []
-    for backlog, rate in results.backlog.items():
+    for backlog, drains in results.backlog.items():
+        rate = median([d.rate for d in drains])
         ceiling = results.backlog_ceiling[backlog]
         target, met = ("", "") if backlog == SMALL_BACKLOG else \
             (f">= backlog {SMALL_BACKLOG:,} rate", verdict(rate >= small * 0.95))
@@ -565,6 +580,8 @@ def backlog_rows(results: Results, opts: Options) -> list[list[str]]:
 
 def report(results: Results, opts: Options) -> str:
     header = ["metric", "pgqueue", "ceiling", "ratio", "target", "met"]
+    if opts.only_backlog:
+        return format_table(header, backlog_rows(results, opts))
     rows = [*drain_rows(results), *latency_rows(results, opts), *backlog_rows(results, opts)]
     return format_table(header, rows)
 
@@ -576,8 +593,14 @@ def drain_details(results: Results, opts: Options) -> str:
             lines.append(f"  {processes} proc: {d.rate:8,.0f} | wall {d.wall:5.2f} s ({opts.runs / d.wall:7,.0f} "
                          f"jobs/s incl. start-up) | worker CPU {d.worker_cpu:5.2f} s | machine busy "
                          f"{d.machine_cpu:5.2f} s (≈ Postgres + rest: {d.machine_cpu - d.worker_cpu:5.2f} s)")
+    for backlog, drains in results.backlog.items():
+        for d in drains:
+            lines.append(f"  backlog {backlog:>9,}: {d.rate:8,.0f} | wall {d.wall:5.2f} s | "
+                         f"worker CPU {d.worker_cpu:5.2f} s | machine busy {d.machine_cpu:5.2f} s")
     for name, values in (("one-row", results.one_row), ("batched", results.batched)):
         for clients, rates in values.items():
+            if not rates:
+                continue
             lines.append(f"  ceiling {name}, {clients} client(s): " + ", ".join(fmt_rate(r) for r in rates))
     return "\n".join(lines)
 
@@ -625,6 +648,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str | None]:
     parser.add_argument("--backlog-drain", type=int, default=10_000, help="runs drained in the backlog test")
     parser.add_argument("--statements", action="store_true",
                         help="throwaway server only: preload pg_stat_statements, print a drain's statements")
+    parser.add_argument("--only-backlog", action="store_true", help="run only the backlog part")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 repeat, 5,000 runs, 2 s pgbench, 3 s latency, 100,000 backlog")
     args = parser.parse_args(argv)
@@ -633,7 +657,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str | None]:
         args.backlog = 100_000
     opts = Options(runs=args.runs, concurrency=args.concurrency, repeat=args.repeat, seconds=args.seconds,
                    rate=args.rate, latency_seconds=args.latency_seconds, backlog=args.backlog,
-                   backlog_drain=args.backlog_drain, statements=args.statements)
+                   backlog_drain=args.backlog_drain, statements=args.statements,
+                   only_backlog=args.only_backlog)
     return opts, args.dsn
 
 
