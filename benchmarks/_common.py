@@ -187,3 +187,17 @@ def command_line() -> str:
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+SETTINGS_SHOWN = ("shared_buffers", "synchronous_commit", "fsync", "wal_level", "max_wal_size", "max_connections",
+                  "shared_preload_libraries", "autovacuum")
+
+
+def print_server_header(server: BenchServer) -> None:
+    """The lines every benchmark starts with: how it was run and on what server."""
+    print(f"command:    {command_line()}")
+    print(f"postgres:   {server.version()}")
+    settings = server.settings(list(SETTINGS_SHOWN))
+    print("settings:   " + ", ".join(f"{k}={v}" for k, v in sorted(settings.items())))
+    print(f"server:     {'throwaway embedded' if server.embedded else 'given by DSN'}, same machine; "
+          f"{os.cpu_count()} CPUs")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -40,7 +39,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BenchServer, bench_server, command_line, fmt_rate, format_table, fresh_database, log, median
+from _common import BenchServer, bench_server, fmt_rate, format_table, fresh_database, log, median, print_server_header
 from worker import (
     children_cpu_seconds,
     enable_statements,
@@ -362,13 +361,7 @@ def details(results: Results, opts: Options) -> str:
 
 
 def print_header(server: BenchServer, opts: Options) -> None:
-    print(f"command:    {command_line()}")
-    print(f"postgres:   {server.version()}")
-    settings = server.settings(["shared_buffers", "synchronous_commit", "fsync", "wal_level", "max_wal_size",
-                                "max_connections", "shared_preload_libraries", "autovacuum"])
-    print("settings:   " + ", ".join(f"{k}={v}" for k, v in sorted(settings.items())))
-    print(f"server:     {'throwaway embedded' if server.embedded else 'given by DSN'}, same machine; "
-          f"{os.cpu_count()} CPUs")
+    print_server_header(server)
     print(f"parameters: runs={opts.runs:,}, children={opts.children:,} (spawned {SPAWN_CHUNK:,} per call), "
           f"1 worker process, concurrency={opts.concurrency}, repeat={opts.repeat} (median), "
           f"statements={'pg_stat_statements' if opts.statements else 'off'}")

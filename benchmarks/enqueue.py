@@ -46,12 +46,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     BenchServer,
     bench_server,
-    command_line,
     fmt_rate,
     format_table,
     fresh_database,
     log,
     median,
+    print_server_header,
     run_pgbench,
 )
 
@@ -311,11 +311,7 @@ def raw_values(results: Results) -> str:
 
 
 def print_header(server: BenchServer, opts: Options) -> None:
-    print(f"command:    {command_line()}")
-    print(f"postgres:   {server.version()}")
-    settings = server.settings(["shared_buffers", "synchronous_commit", "fsync", "wal_level", "max_wal_size"])
-    print("settings:   " + ", ".join(f"{k}={v}" for k, v in sorted(settings.items())))
-    print(f"server:     {'throwaway embedded' if server.embedded else 'given by DSN'}")
+    print_server_header(server)
     print(f"parameters: repeat={opts.repeat} (median reported), seconds={opts.seconds}, bulk={opts.bulk:,}, "
           f"ceiling table indexes={'yes' if opts.ceiling_indexes else 'none'}")
 

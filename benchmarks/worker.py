@@ -49,7 +49,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     BenchServer,
     bench_server,
-    command_line,
     fmt_rate,
     format_table,
     fresh_database,
@@ -57,6 +56,7 @@ from _common import (
     median,
     parse_tps,
     pgbench_argv,
+    print_server_header,
     run_pgbench,
 )
 
@@ -606,13 +606,7 @@ def drain_details(results: Results, opts: Options) -> str:
 
 
 def print_header(server: BenchServer, opts: Options) -> None:
-    print(f"command:    {command_line()}")
-    print(f"postgres:   {server.version()}")
-    settings = server.settings(["shared_buffers", "synchronous_commit", "fsync", "wal_level", "max_wal_size",
-                                "max_connections", "shared_preload_libraries", "autovacuum"])
-    print("settings:   " + ", ".join(f"{k}={v}" for k, v in sorted(settings.items())))
-    print(f"server:     {'throwaway embedded' if server.embedded else 'given by DSN'}, same machine; "
-          f"{os.cpu_count()} CPUs")
+    print_server_header(server)
     print(f"parameters: runs={opts.runs:,}, concurrency={opts.concurrency}, repeat={opts.repeat} (median), "
           f"pgbench seconds={opts.seconds}, rate={opts.rate:g}/s for {opts.latency_seconds:g} s, "
           f"backlog={SMALL_BACKLOG:,} vs {opts.backlog:,} (drain {opts.backlog_drain:,})")

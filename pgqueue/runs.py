@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import psycopg
 from psycopg.types.json import Jsonb
 
 from ._ops import Op, Statement
@@ -216,6 +215,3 @@ class AsyncRunHandle(_HandleBase[R]):
                     pass
                 poll = min(_MAX_POLL, poll * 2)
 
-
-def is_connection(obj: object) -> bool:
-    return isinstance(obj, (psycopg.Connection, psycopg.AsyncConnection))

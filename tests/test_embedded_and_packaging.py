@@ -61,3 +61,13 @@ def test_built_wheel_installs_and_migrates(tmp_path: Path, pg_server: Server) ->
         assert enqueued.returncode == 0 and enqueued.stdout.strip().isdigit(), enqueued.stderr
     finally:
         pg_server.drop_database(dsn)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["enqueue.py", "durable.py"])
+def test_benchmark_smoke_run(script: str) -> None:
+    """The benchmarks keep working (figures are not checked: these machines are noisy)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PGQUEUE_DSN", "DATABASE_URL", "PGQUEUE_BENCH_DSN")}
+    result = run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"], env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ratio" in result.stdout and "PostgreSQL" in result.stdout
