@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import select
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
@@ -17,6 +18,7 @@ from ._ops import Op, Statement, run_async, run_sync, start
 from ._sql import query
 from .admin import cancel_op, replay_op
 from .config import connect, connect_async, require_dsn
+from .cron import Schedule
 from .durable import send_event_op
 from .errors import InvalidInput, TaskDefinitionError, UnknownTask
 from .migrations import check_schema_op, migrate
@@ -61,6 +63,7 @@ class PgQueue:
         self._dsn = dsn
         self.pool_size = pool_size
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, Schedule] = {}
         self._pool: ConnectionPool | None = None
         self._async_pool: AsyncConnectionPool | None = None
         self._async_lock: asyncio.Lock | None = None
@@ -111,6 +114,27 @@ class PgQueue:
         on_failure: a task started with `{"workflow_run": id, "errors": {node: error}}` when a
         node fails for good."""
         return Workflow(self, name, queue=queue, on_failure=on_failure)
+
+    def schedule(self, task: Task[Any, Any] | str, expression: str, *, name: str | None = None,
+                 input: Mapping[str, Any] | Any = None, timezone: str = "UTC", queue: str | None = None,
+                 priority: int | None = None, misfire: str = "run_once",
+                 catch_up_limit: int | None = None) -> Schedule:
+        """Declare a cron schedule for a task; workers write it to `pgqueue.cron_schedules` at start.
+
+        expression: 5 fields, or 6 with seconds first; misfire: what to do with ticks missed while
+        no worker ran — "skip" (fire only a tick less than a minute late), "run_once" (one run for
+        the latest missed tick) or "catch_up" (every missed tick, at most `catch_up_limit`)."""
+        task_name = task if isinstance(task, str) else task.name
+        data: dict[str, Any] = {}
+        if input is not None:
+            known = self.tasks.get(task_name)
+            data = json.loads(known.codec.encode_item(input)) if known else dict(input)
+        schedule = Schedule(name or task_name, expression, task_name, data, timezone, queue, priority, misfire,
+                            catch_up_limit)
+        if schedule.name in self.schedules:
+            raise TaskDefinitionError(f"two schedules are named {schedule.name!r}; give one of them name=...")
+        self.schedules[schedule.name] = schedule
+        return schedule
 
     def get_task(self, name: str) -> Task[Any, Any]:
         try:

@@ -33,6 +33,7 @@ from ._stepwriter import StepWriter
 from .app import PgQueue
 from .config import connect_async, describe_dsn
 from .context import RunContext
+from .cron import fire_due_op, sync_op
 from .errors import ConfigurationError
 from .migrations import check_schema_op
 
@@ -125,6 +126,7 @@ class Worker:
         await self._pool.open()
         try:
             await asyncio.to_thread(self.app.register_tasks)
+            await self.app.execute_async(sync_op(list(self.app.schedules.values())))
             await self._execute("register_worker", {
                 "id": self.id, "name": self.settings.name, "host": socket.gethostname(), "pid": os.getpid(),
                 "queues": self.settings.queues, "concurrency": self.settings.concurrency,
@@ -136,7 +138,7 @@ class Worker:
             self._steps = StepWriter(self.id, self._connection, int(max_payload))
             background = [asyncio.create_task(loop(), name=loop.__name__) for loop in
                           (self._listen_loop, self._heartbeat_loop, self._maintenance_loop, self._completer.run,
-                           self._steps.run)]
+                           self._steps.run, self._cron_loop)]
             self.started.set()
             try:
                 await self._claim_loop()
@@ -335,3 +337,18 @@ class Worker:
                             "queued again" if status == "queued" else "marked dead after too many recoveries")
             if expired:
                 log.warning("%d run(s) expired before starting (schedule-to-start)", len(expired))
+
+    async def _cron_loop(self) -> None:
+        """Fire due cron ticks. Every worker does it; row locks make each tick fire once."""
+        while True:
+            await asyncio.sleep(min(1.0, self.settings.poll_interval) * (0.75 + random.random() / 2))
+            try:
+                fired = await self.app.execute_async(fire_due_op(), transaction=True)
+            except DB_ERRORS as exc:
+                log.debug("cron pass skipped: %s", exc)
+                continue
+            for event in fired:
+                if event.problem:
+                    log.error("schedule %r disabled: %s", event.schedule, event.problem)
+                else:
+                    log.info("cron %s: tick %s -> run %s", event.schedule, event.tick.isoformat(), event.run_id)

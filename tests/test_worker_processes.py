@@ -6,6 +6,7 @@ side effect (a row the task writes in `executions`) happened twice.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -250,3 +251,28 @@ def test_fan_out_of_ten_thousand_children_across_a_worker_restart(durable_tasks:
                     " WHERE r.parent_id = %s AND a.outcome IN ('succeeded', 'crashed', 'failed')",
                (parent,)) == [(10_000,)]
     assert sql(dsn, "SELECT count(*) FROM effects WHERE run_id = %s AND what = 'total'", (parent,)) == [(1,)]
+
+
+def test_three_workers_fire_each_cron_tick_exactly_once_across_kills(dsn: str, tmp_path: Path) -> None:
+    group = Workers(dsn, tmp_path, app="cron_app:app")
+    try:
+        procs = [group.start(*FAST) for _ in range(3)]
+        wait_until(lambda: len(sql(dsn, "SELECT 1 FROM pgqueue.cron_ticks WHERE schedule = 'every-second'")) >= 3,
+                   what="the first ticks")
+        for victim in procs[:2]:  # kill and replace two of the three, one after the other
+            time.sleep(2)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            group.start(*FAST)
+        time.sleep(3)
+    finally:
+        group.stop_all()
+    ticks = [r[0] for r in sql(dsn, "SELECT tick_at FROM pgqueue.cron_ticks WHERE schedule = 'every-second'"
+                                    " ORDER BY tick_at")]
+    assert len(ticks) >= 8
+    gaps = {(b - a).total_seconds() for a, b in itertools.pairwise(ticks)}
+    assert gaps == {1.0}, gaps  # no tick missed
+    runs = sql(dsn, "SELECT count(*), count(DISTINCT idempotency_key), count(DISTINCT t.tick_at)"
+                    " FROM pgqueue.cron_ticks t JOIN pgqueue.runs r ON r.id = t.run_id"
+                    " WHERE t.schedule = 'every-second'")
+    assert runs == [(len(ticks), len(ticks), len(ticks))]  # one run per tick

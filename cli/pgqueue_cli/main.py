@@ -17,6 +17,7 @@ from pgqueue.embedded import EmbeddedServer
 from pgqueue.migrations import check_schema, migrate, pending
 
 from .common import dsn_option, friendly_errors
+from .cron_cmd import cron_group
 from .loading import load_app
 from .runs_cmd import event_group, runs_group, status_cmd
 from .worker_cmd import worker_cmd
@@ -33,6 +34,7 @@ main.add_command(worker_cmd)
 main.add_command(runs_group)
 main.add_command(status_cmd)
 main.add_command(event_group)
+main.add_command(cron_group)
 
 
 @main.command("migrate")

@@ -4,40 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
 
 import click
 
 from pgqueue import PgQueue
 from pgqueue.admin import RUN_STATUSES, list_runs_op, run_detail_op, status_op
 
-from .common import dsn_option, friendly_errors
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-
-
-def _print_json(value: Any) -> None:
-    click.echo(json.dumps(value, default=str, indent=2))
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    if isinstance(value, float):
-        return f"{value:.1f}"
-    return str(value)
+from .common import cell, dsn_option, friendly_errors, json_option, print_json, table
 
 
 @click.group("runs")
@@ -59,9 +32,9 @@ def list_cmd(task: str | None, status: str | None, queue: str | None, before: in
     """Newest runs first."""
     runs = PgQueue(dsn).execute(list_runs_op(task=task, status=status, queue=queue, before=before, limit=limit))
     if as_json:
-        _print_json([dataclasses.asdict(r) for r in runs])
+        print_json([dataclasses.asdict(r) for r in runs])
         return
-    _table(["id", "task", "queue", "status", "attempt", "created", "finished", "error"],
+    table(["id", "task", "queue", "status", "attempt", "created", "finished", "error"],
            [(r.id, r.task, r.queue, r.status, r.attempt, r.created_at, r.finished_at, r.error_type) for r in runs])
 
 
@@ -74,11 +47,11 @@ def show_cmd(run_id: int, as_json: bool, dsn: str | None) -> None:
     """A run with its input, result or error, and every attempt."""
     info, attempts = PgQueue(dsn).execute(run_detail_op(run_id))
     if as_json:
-        _print_json({**dataclasses.asdict(info), "attempts": [dataclasses.asdict(a) for a in attempts]})
+        print_json({**dataclasses.asdict(info), "attempts": [dataclasses.asdict(a) for a in attempts]})
         return
     click.echo(f"run {info.id}  task {info.task}  queue {info.queue}  status {info.status}")
-    click.echo(f"  created {_cell(info.created_at)}  run at {_cell(info.run_at)}  started {_cell(info.started_at)}"
-               f"  finished {_cell(info.finished_at)}")
+    click.echo(f"  created {cell(info.created_at)}  run at {cell(info.run_at)}  started {cell(info.started_at)}"
+               f"  finished {cell(info.finished_at)}")
     click.echo(f"  attempts {info.attempt}  recoveries {info.recoveries}  priority {info.priority}"
                + (f"  tags {','.join(info.tags)}" if info.tags else ""))
     if info.parent_id is not None:
@@ -161,12 +134,12 @@ def status_cmd(as_json: bool, dsn: str | None) -> None:
     """Per queue: queued, scheduled, running, failed in the last hour, oldest wait; workers alive."""
     queues, workers = PgQueue(dsn).execute(status_op())
     if as_json:
-        _print_json({"queues": [dataclasses.asdict(q) for q in queues],
+        print_json({"queues": [dataclasses.asdict(q) for q in queues],
                      "workers": [dataclasses.asdict(w) for w in workers]})
         return
-    _table(["queue", "queued", "scheduled", "running", "failed 1h", "oldest wait s"],
+    table(["queue", "queued", "scheduled", "running", "failed 1h", "oldest wait s"],
            [(q.queue, q.queued, q.scheduled, q.running, q.failed_last_hour, q.oldest_wait_s) for q in queues])
     click.echo()
-    _table(["worker", "host", "pid", "queues", "concurrency", "running", "heartbeat age s"],
+    table(["worker", "host", "pid", "queues", "concurrency", "running", "heartbeat age s"],
            [(w.name, w.host, w.pid, ",".join(w.queues), w.concurrency, w.running, w.heartbeat_age_s)
             for w in workers])

@@ -1,0 +1,167 @@
+"""Cron schedules: tick arithmetic, misfire policies, DST, runtime management, exactly once per tick."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from conftest import ROOT, running_worker, wait_for
+from pgqueue import ConfigurationError, PgQueue
+from pgqueue.cron import Schedule, check_expression, due_ticks, fire_due_op, next_tick, ticks_after
+
+T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def test_bad_expressions_and_zones_are_refused() -> None:
+    for bad in ("61 * * * *", "* * *", "every day", "* * * * * * * *"):
+        with pytest.raises(ConfigurationError, match="invalid cron expression"):
+            check_expression(bad)
+    with pytest.raises(ConfigurationError, match="unknown time zone 'Mars/Olympus'"):
+        check_expression("0 3 * * *", "Mars/Olympus")
+    with pytest.raises(ConfigurationError, match="misfire policy"):
+        Schedule("x", "0 3 * * *", "t", misfire="sometimes")
+    check_expression("*/10 * * * * *")
+
+
+def test_misfire_policies_after_a_downtime() -> None:
+    missed_from = T0 - timedelta(minutes=5)  # the schedule was due 5 minutes ago, every minute
+    now = T0 + timedelta(seconds=30)
+    expected_next = T0 + timedelta(minutes=1)
+    fire, following = due_ticks("* * * * *", "UTC", missed_from, now, "run_once", None)
+    assert (fire, following) == ([T0], expected_next)
+    fire, _ = due_ticks("* * * * *", "UTC", missed_from, now, "catch_up", 3)
+    assert fire == [T0 - timedelta(minutes=3), T0 - timedelta(minutes=2), T0 - timedelta(minutes=1), T0]
+    fire, _ = due_ticks("0 * * * *", "UTC", T0 - timedelta(hours=3), T0 + timedelta(minutes=5), "run_once", None)
+    assert fire == [T0]  # all late: one run for the latest
+    fire, _ = due_ticks("* * * * *", "UTC", missed_from, now, "catch_up", None)
+    assert len(fire) == 6
+    fire, following = due_ticks("0 * * * *", "UTC", T0 - timedelta(hours=3), now, "skip", None)
+    assert fire == [T0] and following == T0 + timedelta(hours=1)  # only the on-time tick
+    fire, _ = due_ticks("0 * * * *", "UTC", T0 - timedelta(hours=3), T0 + timedelta(minutes=5), "skip", None)
+    assert fire == []  # every tick is late: all skipped
+
+
+def test_time_zones_and_dst_edges() -> None:
+    # 09:00 in Paris is 08:00 UTC in winter
+    assert next_tick("0 9 * * *", "Europe/Paris", T0) == datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
+    # spring forward (29 March 2026): 02:30 does not exist in Paris; it fires at 03:00 local (01:00 UTC)
+    spring = list(_take(ticks_after("30 2 * * *", "Europe/Paris", datetime(2026, 3, 28, 12, tzinfo=UTC)), 2))
+    assert spring == [datetime(2026, 3, 29, 1, 0, tzinfo=UTC), datetime(2026, 3, 30, 0, 30, tzinfo=UTC)]
+    # fall back (25 October 2026): 02:30 happens twice in Paris; it fires once, at the first
+    fall = list(_take(ticks_after("30 2 * * *", "Europe/Paris", datetime(2026, 10, 24, 12, tzinfo=UTC)), 2))
+    assert fall == [datetime(2026, 10, 25, 0, 30, tzinfo=UTC), datetime(2026, 10, 26, 1, 30, tzinfo=UTC)]
+
+
+def _take(it: Any, n: int) -> Any:
+    for _ in range(n):
+        yield next(it)
+
+
+def schedule_rows(dsn: str) -> dict[str, tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return {r[0]: r[1:] for r in conn.execute(
+            "SELECT name, expression, enabled, source, next_fire_at FROM pgqueue.cron_schedules")}
+
+
+async def test_worker_fires_every_tick_once_and_runtime_management(dsn: str) -> None:
+    import cron_app
+
+    cron_app.app._dsn = dsn
+    async with running_worker(cron_app.app, poll_interval=0.2):
+        await wait_for(lambda: _tick_count(dsn, "every-second", 3), timeout=20, what="three ticks")
+        # pause: no more ticks; resume: ticks again
+        proc = _cli(dsn, "cron", "pause", "every-second")
+        assert proc.returncode == 0, proc.stderr
+        paused_at = await asyncio.to_thread(_ticks, dsn, "every-second")
+        await asyncio.sleep(2.5)
+        assert await asyncio.to_thread(_ticks, dsn, "every-second") == paused_at
+        assert _cli(dsn, "cron", "resume", "every-second").returncode == 0
+        await wait_for(lambda: _tick_count(dsn, "every-second", len(paused_at) + 2), timeout=20,
+                       what="ticks after resume")
+        # trigger now
+        triggered = _cli(dsn, "cron", "trigger", "every-second")
+        assert triggered.returncode == 0 and "triggered: run" in triggered.stdout
+        run_id = int(triggered.stdout.rsplit(" ", 1)[1])
+        assert await cron_app.app.run_async(run_id).result(timeout=10) == "tick"
+    ticks = _ticks(dsn, "every-second")
+    with psycopg.connect(dsn) as conn:
+        runs = conn.execute("SELECT count(*), count(DISTINCT idempotency_key) FROM pgqueue.runs"
+                            " WHERE idempotency_key LIKE 'cron:every-second:%'").fetchone()
+    assert runs == (len(ticks), len(ticks))  # one run per tick
+    listed = json.loads(_cli(dsn, "cron", "list", "--json").stdout)
+    assert listed[0]["name"] == "every-second" and listed[0]["source"] == "code"
+    await cron_app.app.aclose()
+
+
+async def _tick_count(dsn: str, name: str, at_least: int) -> bool:
+    return len(await asyncio.to_thread(_ticks, dsn, name)) >= at_least
+
+
+def _ticks(dsn: str, name: str) -> list[datetime]:
+    with psycopg.connect(dsn) as conn:
+        return [r[0] for r in conn.execute("SELECT tick_at FROM pgqueue.cron_ticks WHERE schedule = %s"
+                                           " ORDER BY tick_at", (name,))]
+
+
+def _cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PGQUEUE_DSN": dsn, "PYTHONPATH": str(ROOT / "tests")}
+    return subprocess.run([sys.executable, "-m", "pgqueue_cli", *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_runtime_edits_survive_code_sync_and_bad_input_stores_nothing(dsn: str) -> None:
+    app = PgQueue(dsn)
+
+    @app.task
+    def nightly(limit: int = 10) -> int:
+        return limit
+
+    app.register_tasks()
+    code = app.schedule(nightly, "0 3 * * *", name="nightly", input={"limit": 5})
+    from pgqueue.cron import sync_op
+
+    app.execute(sync_op([code]))
+    assert schedule_rows(dsn)["nightly"][:3] == ("0 3 * * *", True, "code")
+    # an edit at runtime wins over the code on the next sync
+    assert _cli(dsn, "cron", "add", "nightly", "0 4 * * *", "nightly", "--input", '{"limit": 7}').returncode == 0
+    app.execute(sync_op([code]))
+    assert schedule_rows(dsn)["nightly"][:3] == ("0 4 * * *", True, "runtime")
+    before = schedule_rows(dsn)
+    for args, message in [
+        (("cron", "add", "x", "61 * * * *", "nightly"), "invalid cron expression"),
+        (("cron", "add", "x", "0 3 * * *", "nightly", "--timezone", "Mars/Olympus"), "unknown time zone"),
+        (("cron", "add", "x", "0 3 * * *", "no_such_task"), "unknown task 'no_such_task'"),
+        (("cron", "add", "x", "0 3 * * *", "nightly", "--input", "[1]"), "must be a JSON object"),
+        (("cron", "pause", "ghost"), "no schedule named 'ghost'"),
+    ]:
+        result = _cli(dsn, *args)
+        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result
+    assert schedule_rows(dsn) == before
+    app.close()
+
+
+def test_catch_up_fires_each_missed_tick_once(dsn: str) -> None:
+    app = PgQueue(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE pgqueue.cron_schedules SET enabled = false")  # other tests' schedules
+        conn.execute("""INSERT INTO pgqueue.cron_schedules (name, expression, task, misfire_policy, catch_up_limit,
+                                                            next_fire_at)
+                        VALUES ('backfill', '* * * * *', 'report', 'catch_up', 4,
+                                date_trunc('minute', now()) - interval '10 minutes')""")
+    first = app.execute(fire_due_op(), transaction=True)
+    again = app.execute(fire_due_op(), transaction=True)
+    assert [f.schedule for f in first] == ["backfill"] * 5 and again == []  # 4 caught up + the current
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pgqueue.runs WHERE task = 'report'").fetchone() == (5,)
+        nxt = conn.execute("SELECT next_fire_at > now() FROM pgqueue.cron_schedules WHERE name = 'backfill'"
+                           ).fetchone()
+    assert nxt == (True,)
+    app.close()
