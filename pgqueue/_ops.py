@@ -75,9 +75,9 @@ def run_sync(conn: psycopg.Connection[Any], op: Op[T], first: Statement = _NOT_S
                 rows = cur.fetchall() if cur.description is not None else []
             except psycopg.Error as exc:
                 mapped = translate(exc)
-                if mapped is exc:
-                    raise
-                raise mapped from None
+                # the operation may handle the error itself (it is thrown in at its yield)
+                statement = op.throw(mapped if mapped is not exc else exc)
+                continue
             statement = op.send(rows)
     except StopIteration as done:
         return cast(T, done.value)
@@ -93,9 +93,8 @@ async def run_async(conn: psycopg.AsyncConnection[Any], op: Op[T], first: Statem
                 rows = await cur.fetchall() if cur.description is not None else []
             except psycopg.Error as exc:
                 mapped = translate(exc)
-                if mapped is exc:
-                    raise
-                raise mapped from None
+                statement = op.throw(mapped if mapped is not exc else exc)
+                continue
             statement = op.send(rows)
     except StopIteration as done:
         return cast(T, done.value)

@@ -23,6 +23,10 @@ class SchemaOutdated(PgQueueError):
     """The database schema is older than this version of pgqueue."""
 
 
+class MigrationFailed(PgQueueError):
+    """A migration raised an error; its transaction was rolled back."""
+
+
 class SchemaTooNew(PgQueueError):
     """The database schema is newer than this version of pgqueue."""
 

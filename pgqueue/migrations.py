@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ._ops import Op, Statement, run_async, run_sync
 from ._sql import latest_version, migrations, query
-from .config import connect, connect_async
-from .errors import SchemaMissing, SchemaOutdated, SchemaTooNew
+from .config import connect, connect_async, first_line
+from .errors import MigrationFailed, SchemaMissing, SchemaOutdated, SchemaTooNew
 
 
 def _q(name: str) -> Statement:
@@ -53,7 +53,12 @@ def migrate_op() -> Op[list[str]]:
         if migration.version in applied:
             continue
         yield Statement("BEGIN")
-        yield Statement(migration.sql)
+        try:
+            yield Statement(migration.sql)
+        except Exception as exc:
+            raise MigrationFailed(
+                f"migration {migration.version:04d}_{migration.name} failed and was rolled back: "
+                f"{first_line(exc)}") from exc
         yield Statement(query("migrations", "record"), (migration.version, migration.name))
         yield Statement("COMMIT")
         applied_now.append(f"{migration.version:04d}_{migration.name}")

@@ -225,7 +225,7 @@ class Worker:
                 self._start(Claimed(*row))
             self.claimed_total += len(rows)
             if len(rows) < limit:
-                if settings.burst and not rows and not self._running:
+                if settings.burst and not rows and not self._running and not self._completer.backlog():
                     break
                 await self._idle_wait()
 
