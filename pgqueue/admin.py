@@ -68,10 +68,11 @@ def _q(name: str, params: Any = None) -> Statement:
 
 
 def list_runs_op(*, task: str | None = None, status: str | None = None, queue: str | None = None,
-                 before: int | None = None, limit: int = 50) -> Op[list[RunSummary]]:
-    """Newest first; page with `before=<smallest id of the previous page>` (index-friendly)."""
+                 before: int | None = None, limit: int = 50, scheduled: bool = False) -> Op[list[RunSummary]]:
+    """Newest first; page with `before=<smallest id of the previous page>` (index-friendly).
+    `scheduled`: only queued runs whose time has not come yet."""
     rows = yield _q("list_runs", {"task": task, "status": status, "queue": queue, "before": before,
-                                  "limit": limit})
+                                  "limit": limit, "scheduled": scheduled})
     return [RunSummary(*row) for row in rows]
 
 
@@ -83,6 +84,10 @@ def run_detail_op(run_id: int) -> Op[tuple[RunInfo, list[AttemptInfo]]]:
 
 def cancel_op(run_id: int) -> Op[str]:
     return str((yield _q("cancel_run", (run_id,)))[0][0])
+
+
+def reschedule_op(run_id: int, run_at: datetime) -> Op[str]:
+    return str((yield _q("reschedule_run", (run_id, run_at)))[0][0])
 
 
 def replay_op(run_id: int, from_start: bool = False) -> Op[str]:

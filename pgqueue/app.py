@@ -8,6 +8,7 @@ import json
 import select
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 import psycopg
@@ -16,11 +17,11 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from ._codec import InputCodec
 from ._ops import Op, Statement, run_async, run_sync, start
 from ._sql import query
-from .admin import cancel_op, replay_op
+from .admin import cancel_op, replay_op, reschedule_op
 from .config import connect, connect_async, require_dsn
 from .cron import Schedule
 from .durable import send_event_op
-from .errors import InvalidInput, TaskDefinitionError, UnknownTask
+from .errors import ConfigurationError, InvalidInput, TaskDefinitionError, UnknownTask
 from .migrations import check_schema_op, migrate
 from .retry import Retry
 from .runs import AsyncRunHandle, EnqueueOptions, RunHandle, enqueue_op, to_json_text
@@ -261,6 +262,12 @@ class PgQueue:
         """Queue a failed, cancelled or dead run again with a fresh retry budget; its completed
         steps are kept, so it resumes from the step that failed."""
         return self.execute(replay_op(run_id, from_start=False))
+
+    def reschedule(self, run_id: int, run_at: datetime) -> str:
+        """Move a queued run (one scheduled for later, say) to another time."""
+        if run_at.tzinfo is None:
+            raise ConfigurationError("run_at must be timezone-aware, e.g. datetime.now(timezone.utc)")
+        return self.execute(reschedule_op(run_id, run_at))
 
     def replay(self, run_id: int, *, from_start: bool = False) -> str:
         """Like `retry`; `from_start=True` discards the completed steps first."""

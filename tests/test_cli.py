@@ -100,3 +100,19 @@ def test_connection_problems_give_one_line_errors(cli_env: dict[str, str]) -> No
 def test_missing_schema_says_to_migrate(empty_dsn: str, cli_env: dict[str, str]) -> None:
     assert_one_line_error(pgqueue("enqueue", "t", env={**cli_env, "PGQUEUE_DSN": empty_dsn}),
                           "run `pgqueue migrate`")
+
+
+def test_one_off_scheduled_runs_list_reschedule_cancel(cli_env: dict[str, str], conn: psycopg.Connection[Any]) -> None:
+    run_id = int(pgqueue("enqueue", "report", "--delay", "3600", env=cli_env).stdout)
+    listed = json.loads(pgqueue("runs", "list", "--scheduled", "--json", env=cli_env).stdout)
+    assert run_id in [r["id"] for r in listed]
+    moved = pgqueue("runs", "reschedule", str(run_id), "--at", "2031-01-01T09:00:00+00:00", env=cli_env)
+    assert moved.returncode == 0, moved.stderr
+    row = conn.execute("SELECT r.run_at, q.run_at FROM pgqueue.runs r JOIN pgqueue.ready q ON q.run_id = r.id"
+                       " WHERE r.id = %s", (run_id,)).fetchone()
+    assert row is not None and row[0] == row[1] and row[0].year == 2031
+    naive = pgqueue("runs", "reschedule", str(run_id), "--at", "2031-01-01T09:00", env=cli_env)
+    assert naive.returncode == 2 and "give a time zone" in naive.stderr and "Traceback" not in naive.stderr
+    assert "cancelled" in pgqueue("runs", "cancel", str(run_id), env=cli_env).stdout
+    assert_one_line_error(pgqueue("runs", "reschedule", str(run_id), "--delay", "5", env=cli_env),
+                          "only queued runs can be rescheduled")

@@ -55,3 +55,16 @@ def cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.1f}"
     return str(value)
+
+
+def parse_when(value: str | None) -> datetime | None:
+    """An ISO date-time with a time zone, from an option."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO date-time such as 2026-12-01T09:00:00+00:00") from None
+    if when.tzinfo is None:
+        raise click.BadParameter("give a time zone, e.g. 2026-12-01T09:00:00+00:00")
+    return when

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,7 +15,7 @@ from pgqueue.config import describe_dsn, resolve_dsn
 from pgqueue.embedded import EmbeddedServer
 from pgqueue.migrations import check_schema, migrate, pending
 
-from .common import dsn_option, friendly_errors
+from .common import dsn_option, friendly_errors, parse_when
 from .cron_cmd import cron_group
 from .loading import load_app
 from .runs_cmd import event_group, runs_group, status_cmd
@@ -87,18 +86,6 @@ def dev_cmd(data_dir: Path | None, stop: bool) -> None:
     click.echo(f"export PGQUEUE_DSN={dsn}")
 
 
-def _parse_when(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO date-time such as 2026-12-01T09:00:00+00:00") from None
-    if when.tzinfo is None:
-        raise click.BadParameter("give a time zone, e.g. 2026-12-01T09:00:00+00:00")
-    return when
-
-
 def enqueue_options(fn: F) -> F:
     for option in reversed([
         click.option("--app", "app_path", default=None,
@@ -143,7 +130,7 @@ def enqueue_cmd(task: str, input_text: str, idempotency_key: str | None, app_pat
         except OSError as exc:
             raise click.BadParameter(f"cannot read {input_text[1:]}: {exc.strerror}") from None
     handle = app.enqueue(task, parse_json_object(input_text, "--input"), queue=queue, priority=priority,
-                         run_at=_parse_when(run_at), delay=delay, idempotency_key=idempotency_key,
+                         run_at=parse_when(run_at), delay=delay, idempotency_key=idempotency_key,
                          tags=tags)
     click.echo(handle.id if handle.created else f"{handle.id} (existing run for this idempotency key)")
 
@@ -174,7 +161,7 @@ def enqueue_many_cmd(task: str, file: str, app_path: str | None, dsn: str | None
             bar.update(count - done[0])
             done[0] = count
 
-        handles = app.enqueue_many(task, inputs, queue=queue, priority=priority, run_at=_parse_when(run_at),
+        handles = app.enqueue_many(task, inputs, queue=queue, priority=priority, run_at=parse_when(run_at),
                                    delay=delay, tags=tags, progress=progress)
     if handles:
         click.echo(f"enqueued {len(handles)} runs of {task} (ids {handles[0].id}..{handles[-1].id})")

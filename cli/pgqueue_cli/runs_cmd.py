@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import UTC, datetime, timedelta
 
 import click
 
 from pgqueue import PgQueue
 from pgqueue.admin import RUN_STATUSES, list_runs_op, run_detail_op, status_op
 
-from .common import cell, dsn_option, friendly_errors, json_option, print_json, table
+from .common import cell, dsn_option, friendly_errors, json_option, parse_when, print_json, table
 
 
 @click.group("runs")
@@ -23,14 +24,16 @@ def runs_group() -> None:
 @click.option("--status", type=click.Choice(RUN_STATUSES), default=None, help="Only runs in this status.")
 @click.option("--queue", default=None, help="Only runs of this queue.")
 @click.option("--before", type=int, default=None, help="Page: only ids below this one.")
+@click.option("--scheduled", is_flag=True, help="Only queued runs whose time has not come yet.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @json_option
 @dsn_option
 @friendly_errors
-def list_cmd(task: str | None, status: str | None, queue: str | None, before: int | None, limit: int,
-             as_json: bool, dsn: str | None) -> None:
+def list_cmd(task: str | None, status: str | None, queue: str | None, before: int | None, scheduled: bool,
+             limit: int, as_json: bool, dsn: str | None) -> None:
     """Newest runs first."""
-    runs = PgQueue(dsn).execute(list_runs_op(task=task, status=status, queue=queue, before=before, limit=limit))
+    runs = PgQueue(dsn).execute(list_runs_op(task=task, status=status, queue=queue, before=before, limit=limit,
+                                             scheduled=scheduled))
     if as_json:
         print_json([dataclasses.asdict(r) for r in runs])
         return
@@ -91,6 +94,22 @@ def replay_cmd(run_id: int, from_start: bool, dsn: str | None) -> None:
     """Run a failed or cancelled run again, from its failed step (or --from-start)."""
     PgQueue(dsn).replay(run_id, from_start=from_start)
     click.echo(f"run {run_id} queued again " + ("from the start" if from_start else "from its failed step"))
+
+
+@runs_group.command("reschedule")
+@click.argument("run_id", type=int)
+@click.option("--at", "at", default=None, help="ISO time with zone, e.g. 2026-12-01T09:00:00+00:00.")
+@click.option("--delay", type=float, default=None, help="Seconds from now.")
+@dsn_option
+@friendly_errors
+def reschedule_cmd(run_id: int, at: str | None, delay: float | None, dsn: str | None) -> None:
+    """Move a queued run to another time (--at or --delay)."""
+    if (at is None) == (delay is None):
+        raise click.UsageError("give exactly one of --at and --delay")
+    when = datetime.now(UTC) + timedelta(seconds=delay) if delay is not None else parse_when(at)
+    assert when is not None
+    PgQueue(dsn).reschedule(run_id, when)
+    click.echo(f"run {run_id} rescheduled to {when.isoformat()}")
 
 
 @runs_group.command("cancel")

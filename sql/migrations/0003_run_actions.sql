@@ -39,3 +39,25 @@ CREATE FUNCTION pgqueue.retry_run(run_id bigint) RETURNS text
 LANGUAGE sql AS $$
     SELECT pgqueue.replay_run(run_id, false)
 $$;
+
+-- Move a run that has not started yet to another time.
+CREATE FUNCTION pgqueue.reschedule_run(run_id bigint, run_at timestamptz) RETURNS text
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_status text;
+BEGIN
+    SELECT status INTO v_status FROM pgqueue.runs WHERE id = reschedule_run.run_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgqueue: no run with id %', reschedule_run.run_id USING ERRCODE = 'PQ003',
+            HINT = 'List runs with `pgqueue runs list`.';
+    END IF;
+    IF v_status <> 'queued' THEN
+        RAISE EXCEPTION 'pgqueue: run % is %, only queued runs can be rescheduled', reschedule_run.run_id, v_status
+            USING ERRCODE = 'PQ004', HINT = 'Cancel or retry it instead.';
+    END IF;
+    UPDATE pgqueue.runs SET run_at = reschedule_run.run_at WHERE id = reschedule_run.run_id;
+    UPDATE pgqueue.ready SET run_at = reschedule_run.run_at WHERE ready.run_id = reschedule_run.run_id;
+    RETURN 'queued';
+END
+$$;

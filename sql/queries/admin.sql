@@ -8,6 +8,7 @@ SELECT id, task, queue, status, priority, attempt, failures, recoveries, created
    AND (%(status)s::text IS NULL OR status = %(status)s)
    AND (%(queue)s::text IS NULL OR queue = %(queue)s)
    AND (%(before)s::bigint IS NULL OR id < %(before)s)
+   AND (NOT %(scheduled)s OR (status = 'queued' AND run_at > now()))
  ORDER BY id DESC
  LIMIT %(limit)s
 
@@ -16,6 +17,9 @@ SELECT attempt, worker_id::text, started_at, finished_at, outcome, error_type, e
   FROM pgqueue.attempts
  WHERE run_id = %s
  ORDER BY attempt
+
+-- name: reschedule_run
+SELECT pgqueue.reschedule_run(%s, %s)
 
 -- name: cancel_run
 SELECT pgqueue.cancel_run(%s)
