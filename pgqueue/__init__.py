@@ -2,6 +2,7 @@
 
 from .app import PgQueue
 from .context import RetryLater, RunContext, TaskCancelled, current_run
+from .cron import Schedule
 from .durable import ChildRunFailed, NonDeterminismError
 from .errors import (
     ConfigurationError,
@@ -40,6 +41,7 @@ __all__ = [
     "RunHandle",
     "RunInfo",
     "RunNotFound",
+    "Schedule",
     "SchemaMissing",
     "SchemaOutdated",
     "Task",

@@ -19,7 +19,7 @@ from ._ops import Op, Statement, run_async, run_sync, start
 from ._sql import query
 from .admin import cancel_op, replay_op, reschedule_op
 from .config import connect, connect_async, require_dsn
-from .cron import Schedule
+from .cron import Schedule, ScheduleInfo, add_op, delete_op, list_op, set_enabled_op, trigger_op
 from .durable import send_event_op
 from .errors import ConfigurationError, InvalidInput, TaskDefinitionError, UnknownTask
 from .migrations import check_schema_op, migrate
@@ -136,6 +136,27 @@ class PgQueue:
             raise TaskDefinitionError(f"two schedules are named {schedule.name!r}; give one of them name=...")
         self.schedules[schedule.name] = schedule
         return schedule
+
+    # -- cron schedules at runtime (edits here are never overwritten by code) ---------------
+
+    def cron_add(self, schedule: Schedule) -> None:
+        self.execute(add_op(schedule, known_task=schedule.task in self.tasks), transaction=True)
+
+    def cron_list(self) -> list[ScheduleInfo]:
+        return self.execute(list_op())
+
+    def cron_pause(self, name: str) -> None:
+        self.execute(set_enabled_op(name, False))
+
+    def cron_resume(self, name: str) -> None:
+        self.execute(set_enabled_op(name, True))
+
+    def cron_delete(self, name: str) -> None:
+        self.execute(delete_op(name))
+
+    def cron_trigger(self, name: str) -> RunHandle[Any]:
+        """Run the schedule's task now, outside its ticks."""
+        return RunHandle(self, self.execute(trigger_op(name)))
 
     def get_task(self, name: str) -> Task[Any, Any]:
         try:

@@ -165,3 +165,20 @@ def test_catch_up_fires_each_missed_tick_once(dsn: str) -> None:
                            ).fetchone()
     assert nxt == (True,)
     app.close()
+
+
+def test_python_runtime_management(dsn: str) -> None:
+    app = PgQueue(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO pgqueue.tasks (name) VALUES ('weekly_report') ON CONFLICT DO NOTHING")
+    app.cron_add(Schedule("reports", "0 8 * * MON", "weekly_report", {"team": "data"}, "Europe/Paris"))
+    [info] = [s for s in app.cron_list() if s.name == "reports"]
+    assert (info.source, info.enabled, info.input) == ("runtime", True, {"team": "data"})
+    app.cron_pause("reports")
+    assert not next(s for s in app.cron_list() if s.name == "reports").enabled
+    handle = app.cron_trigger("reports")
+    assert handle.info().input == {"team": "data"} and "cron" in handle.info().tags
+    app.cron_delete("reports")
+    with pytest.raises(ConfigurationError, match="no schedule named 'reports'"):
+        app.cron_resume("reports")
+    app.close()

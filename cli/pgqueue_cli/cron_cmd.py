@@ -9,7 +9,7 @@ import click
 
 from pgqueue import PgQueue
 from pgqueue._codec import parse_json_object
-from pgqueue.cron import MISFIRE_POLICIES, Schedule, add_op, delete_op, list_op, set_enabled_op, trigger_op
+from pgqueue.cron import MISFIRE_POLICIES, Schedule
 
 from .common import cell, dsn_option, friendly_errors, json_option, print_json, table
 from .loading import load_app
@@ -47,7 +47,7 @@ def add_cmd(name: str, expression: str, task: str, input_text: str, timezone: st
     if task in app.tasks:
         data = json.loads(app.tasks[task].codec.encode_item(data))
     schedule = Schedule(name, expression, task, data, timezone, queue, priority, misfire, catch_up_limit)
-    app.execute(add_op(schedule, known_task=task in app.tasks), transaction=True)
+    app.cron_add(schedule)
     click.echo(f"schedule {name!r} saved: {expression} ({timezone}) -> {task}")
 
 
@@ -57,7 +57,7 @@ def add_cmd(name: str, expression: str, task: str, input_text: str, timezone: st
 @friendly_errors
 def list_cmd(as_json: bool, dsn: str | None) -> None:
     """Schedules with their next and last fire times."""
-    rows = PgQueue(dsn).execute(list_op())
+    rows = PgQueue(dsn).cron_list()
     if as_json:
         print_json([dataclasses.asdict(r) for r in rows])
         return
@@ -72,7 +72,7 @@ def list_cmd(as_json: bool, dsn: str | None) -> None:
 @friendly_errors
 def pause_cmd(name: str, dsn: str | None) -> None:
     """Stop firing NAME (its row stays)."""
-    PgQueue(dsn).execute(set_enabled_op(name, False))
+    PgQueue(dsn).cron_pause(name)
     click.echo(f"schedule {name!r} paused")
 
 
@@ -82,7 +82,7 @@ def pause_cmd(name: str, dsn: str | None) -> None:
 @friendly_errors
 def resume_cmd(name: str, dsn: str | None) -> None:
     """Fire NAME again from its next tick (ticks missed while paused are not caught up)."""
-    PgQueue(dsn).execute(set_enabled_op(name, True))
+    PgQueue(dsn).cron_resume(name)
     click.echo(f"schedule {name!r} resumed")
 
 
@@ -92,7 +92,7 @@ def resume_cmd(name: str, dsn: str | None) -> None:
 @friendly_errors
 def delete_cmd(name: str, dsn: str | None) -> None:
     """Delete NAME (a schedule declared in code comes back when a worker starts)."""
-    PgQueue(dsn).execute(delete_op(name))
+    PgQueue(dsn).cron_delete(name)
     click.echo(f"schedule {name!r} deleted")
 
 
@@ -102,5 +102,5 @@ def delete_cmd(name: str, dsn: str | None) -> None:
 @friendly_errors
 def trigger_cmd(name: str, dsn: str | None) -> None:
     """Run NAME's task now, outside its ticks."""
-    run_id = PgQueue(dsn).execute(trigger_op(name))
-    click.echo(f"schedule {name!r} triggered: run {run_id}")
+    handle = PgQueue(dsn).cron_trigger(name)
+    click.echo(f"schedule {name!r} triggered: run {handle.id}")
