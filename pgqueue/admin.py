@@ -50,6 +50,7 @@ class QueueStatus:
     running: int
     failed_last_hour: int
     oldest_wait_s: float | None
+    paused: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ def cancel_op(run_id: int) -> Op[str]:
     return str((yield _q("cancel_run", (run_id,)))[0][0])
 
 
+def set_queue_paused_op(queue: str, paused: bool) -> Op[None]:
+    yield _q("pause_queue" if paused else "resume_queue", (queue,))
+
+
 def reschedule_op(run_id: int, run_at: datetime) -> Op[str]:
     return str((yield _q("reschedule_run", (run_id, run_at)))[0][0])
 
@@ -95,8 +100,8 @@ def replay_op(run_id: int, from_start: bool = False) -> Op[str]:
 
 
 def status_op() -> Op[tuple[list[QueueStatus], list[WorkerStatus]]]:
-    queues = [QueueStatus(q, int(a), int(b), int(c), int(d), None if e is None else float(e))
-              for q, a, b, c, d, e in (yield _q("queue_status"))]
+    queues = [QueueStatus(q, int(a), int(b), int(c), int(d), None if e is None else float(e), bool(p))
+              for q, a, b, c, d, e, p in (yield _q("queue_status"))]
     workers = [WorkerStatus(n, h, p, qs, c, float(age), int(r))
                for n, h, p, qs, c, age, r in (yield _q("workers_alive"))]
     return queues, workers

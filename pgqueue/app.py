@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from ._codec import InputCodec
 from ._ops import Op, Statement, run_async, run_sync, start
 from ._sql import query
-from .admin import cancel_op, replay_op, reschedule_op
+from .admin import cancel_op, replay_op, reschedule_op, set_queue_paused_op
 from .config import connect, connect_async, require_dsn
 from .cron import Schedule, ScheduleInfo, add_op, delete_op, list_op, set_enabled_op, trigger_op
 from .durable import send_event_op
@@ -283,6 +283,13 @@ class PgQueue:
         """Queue a failed, cancelled or dead run again with a fresh retry budget; its completed
         steps are kept, so it resumes from the step that failed."""
         return self.execute(replay_op(run_id, from_start=False))
+
+    def pause_queue(self, queue: str) -> None:
+        """Stop workers from claiming the queue's runs (they stay queued) until resumed."""
+        self.execute(set_queue_paused_op(queue, True))
+
+    def resume_queue(self, queue: str) -> None:
+        self.execute(set_queue_paused_op(queue, False))
 
     def reschedule(self, run_id: int, run_at: datetime) -> str:
         """Move a queued run (one scheduled for later, say) to another time."""

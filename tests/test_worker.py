@@ -240,3 +240,19 @@ def test_rescue_never_overwrites_a_finished_run_and_dead_letters_crash_loops(dsn
         assert all(i != done_id for i, _ in conn.execute(query("worker", "rescue"),  # type: ignore[arg-type]
                                                          {"max_recoveries": 2}).fetchall())
         assert conn.execute("SELECT status FROM pgqueue.runs WHERE id = %s", (done_id,)).fetchone() == ("succeeded",)
+
+
+async def test_paused_queue_keeps_its_runs_until_resumed(worker_tasks: Any, dsn: str) -> None:
+    worker_tasks.app.pause_queue("default")
+    held = await worker_tasks.record.enqueue_async(11)
+    other = await worker_tasks.record.options(queue="other").enqueue_async(12)
+    async with running_worker(worker_tasks.app, queues=["default", "other"]):
+        assert await other.result(timeout=20) == 12  # other queues keep going
+        await asyncio.sleep(1.0)
+        assert await held.status() == "queued"
+        from pgqueue.admin import status_op
+
+        queues, _ = worker_tasks.app.execute(status_op())
+        assert [(q.queue, q.queued, q.paused) for q in queues if q.queue == "default"] == [("default", 1, True)]
+        worker_tasks.app.resume_queue("default")
+        assert await held.result(timeout=20) == 11

@@ -145,6 +145,31 @@ def event_send_cmd(name: str, key: str, payload: str, dsn: str | None) -> None:
     click.echo(f"event {name!r} key {key!r} sent; {woken} waiting run(s) woken")
 
 
+@click.group("queue")
+def queue_group() -> None:
+    """Pause and resume queues."""
+
+
+@queue_group.command("pause")
+@click.argument("name")
+@dsn_option
+@friendly_errors
+def queue_pause_cmd(name: str, dsn: str | None) -> None:
+    """Stop claiming NAME's runs; they stay queued."""
+    PgQueue(dsn).pause_queue(name)
+    click.echo(f"queue {name!r} paused")
+
+
+@queue_group.command("resume")
+@click.argument("name")
+@dsn_option
+@friendly_errors
+def queue_resume_cmd(name: str, dsn: str | None) -> None:
+    """Claim NAME's runs again."""
+    PgQueue(dsn).resume_queue(name)
+    click.echo(f"queue {name!r} resumed")
+
+
 @click.command("status")
 @json_option
 @dsn_option
@@ -156,8 +181,9 @@ def status_cmd(as_json: bool, dsn: str | None) -> None:
         print_json({"queues": [dataclasses.asdict(q) for q in queues],
                      "workers": [dataclasses.asdict(w) for w in workers]})
         return
-    table(["queue", "queued", "scheduled", "running", "failed 1h", "oldest wait s"],
-           [(q.queue, q.queued, q.scheduled, q.running, q.failed_last_hour, q.oldest_wait_s) for q in queues])
+    table(["queue", "queued", "scheduled", "running", "failed 1h", "oldest wait s", "state"],
+          [(q.queue, q.queued, q.scheduled, q.running, q.failed_last_hour, q.oldest_wait_s,
+            "paused" if q.paused else "active") for q in queues])
     click.echo()
     table(["worker", "host", "pid", "queues", "concurrency", "running", "heartbeat age s"],
            [(w.name, w.host, w.pid, ",".join(w.queues), w.concurrency, w.running, w.heartbeat_age_s)

@@ -61,3 +61,16 @@ BEGIN
     RETURN 'queued';
 END
 $$;
+
+-- Pause a queue: its runs stay queued and no worker claims them until it is resumed.
+CREATE FUNCTION pgqueue.pause_queue(queue text) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO pgqueue.queues (name, paused) VALUES (queue, true)
+    ON CONFLICT (name) DO UPDATE SET paused = true, updated_at = now();
+$$;
+
+CREATE FUNCTION pgqueue.resume_queue(queue text) RETURNS void
+LANGUAGE sql AS $$
+    UPDATE pgqueue.queues SET paused = false, updated_at = now() WHERE name = queue;
+    SELECT pg_notify('pgqueue_ready', queue);
+$$;

@@ -41,11 +41,19 @@ WITH waiting AS (
     SELECT queue, count(*) AS failed_1h FROM pgqueue.runs
      WHERE status IN ('failed', 'dead') AND finished_at > now() - interval '1 hour'
      GROUP BY queue
+), paused AS (
+    SELECT name AS queue FROM pgqueue.queues WHERE paused
 )
 SELECT queue, coalesce(queued, 0), coalesce(scheduled, 0), coalesce(running, 0), coalesce(failed_1h, 0),
-       oldest_wait_s
-  FROM waiting FULL JOIN running USING (queue) FULL JOIN failed USING (queue)
+       oldest_wait_s, queue IN (SELECT queue FROM paused)
+  FROM waiting FULL JOIN running USING (queue) FULL JOIN failed USING (queue) FULL JOIN paused USING (queue)
  ORDER BY queue
+
+-- name: pause_queue
+SELECT pgqueue.pause_queue(%s)
+
+-- name: resume_queue
+SELECT pgqueue.resume_queue(%s)
 
 -- name: workers_alive
 SELECT name, host, pid, queues, concurrency, extract(epoch FROM now() - heartbeat_at) AS heartbeat_age_s,

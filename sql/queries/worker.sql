@@ -13,12 +13,13 @@ UPDATE pgqueue.workers SET stopped_at = now(), heartbeat_at = now() WHERE id = %
 LISTEN pgqueue_ready
 
 -- name: claim
--- Lock up to `limit` due runs per served queue in claim order (the CTE is an optimisation
+-- Lock up to `limit` due runs per served (and not paused) queue in claim order (the CTE is an optimisation
 -- fence: the planner cannot turn it into a nested loop that touches more rows), take the
 -- best `limit` of them out of `ready`, and lease them to this worker.
 WITH locked AS MATERIALIZED (
     SELECT c.run_id, c.priority, c.run_at
-      FROM unnest(%(queues)s::text[]) AS q(name)
+      FROM (SELECT u.name FROM unnest(%(queues)s::text[]) AS u(name)
+             WHERE NOT EXISTS (SELECT 1 FROM pgqueue.queues p WHERE p.name = u.name AND p.paused)) AS q
      CROSS JOIN LATERAL (
             SELECT r.run_id, r.priority, r.run_at
               FROM pgqueue.ready r
