@@ -52,7 +52,7 @@ class InputCodec:
                 p.name: (hints.get(p.name, Any), ... if p.default is p.empty else p.default)
                 for p in params
             }
-            self.model = pydantic.create_model(  # type: ignore[call-overload]
+            self.model = pydantic.create_model(
                 f"{task_name}_input", __config__=pydantic.ConfigDict(extra="forbid"), **fields)
         self.output = pydantic.TypeAdapter(hints.get("return", Any))
 

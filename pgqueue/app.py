@@ -82,7 +82,7 @@ class PgQueue:
              schedule_to_start: float | None = None, on_event: str | Sequence[str] = (),
              concurrency: Any = None, rate_limits: Sequence[Any] = ()) -> _TaskDecorator: ...
 
-    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Declare a task. Use as `@app.task` or `@app.task(queue=..., retry=..., ...)`.
 
         name: defaults to the function's name; queue, priority (higher runs first);

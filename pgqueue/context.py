@@ -145,14 +145,15 @@ class RunContext:
         from .durable import raise_if_suspended
 
         assert self.app is not None
-        return list(raise_if_suspended(await self.app.execute_async(self.durable().gather_op(ids),
-                                                                    transaction=True)))
+        result = raise_if_suspended(await self.app.execute_async(self.durable().gather_op(ids), transaction=True))
+        return list(cast(list[Any], result))
 
     def gather_sync(self, ids: list[int]) -> list[Any]:
         from .durable import raise_if_suspended
 
         assert self.app is not None
-        return list(raise_if_suspended(self.app.execute(self.durable().gather_op(ids), transaction=True)))
+        result = raise_if_suspended(self.app.execute(self.durable().gather_op(ids), transaction=True))
+        return list(cast(list[Any], result))
 
     # -- suspending ------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import inspect
 import json
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast, get_type_hints
@@ -101,7 +101,7 @@ class Durable:
     def __init__(self, app: PgQueue, run_id: int, attempt: int, worker_id: str,
                  writer: StepWriter | None = None) -> None:
         self.app = app
-        self.fence = {"run": run_id, "attempt": attempt, "worker": worker_id}
+        self.fence: dict[str, Any] = {"run": run_id, "attempt": attempt, "worker": worker_id}
         self.writer = writer
         self._history: dict[int, Recorded] | None = None
         self.db_now: datetime | None = None
@@ -297,7 +297,7 @@ async def run_step(durable: Durable, name: str, fn: Callable[..., Any], args: tu
     try:
         value = fn(*args)
         if inspect.isawaitable(value):
-            value = await asyncio.wait_for(cast(Awaitable[Any], value), timeout)
+            value = await asyncio.wait_for(value, timeout)
     except Exception as exc:
         attempts = await _record_async(durable, plan, "failed", None, _error(exc), time.monotonic() - started,
                                        connection)

@@ -75,7 +75,8 @@ def migrate(dsn: str) -> list[str]:
 def pending(dsn: str) -> list[str]:
     """Names of migrations not yet applied."""
     with connect(dsn, autocommit=True) as conn:
-        applied = set(run_sync(conn, applied_versions_op()) or [])
+        versions = run_sync(conn, applied_versions_op())
+    applied = set(versions or [])
     return [f"{m.version:04d}_{m.name}" for m in migrations() if m.version not in applied]
 
 

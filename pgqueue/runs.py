@@ -179,7 +179,7 @@ class RunHandle(_HandleBase[R]):
         """
         deadline = _deadline(timeout)
         with self.app.listen_connection() as conn:
-            conn.execute(query("runs", "listen_done"))  # type: ignore[arg-type]
+            conn.execute(query("runs", "listen_done"))
             poll = 0.05
             while True:
                 info = self.app.execute(get_run_op(self.id))
@@ -204,7 +204,7 @@ class AsyncRunHandle(_HandleBase[R]):
         """Async twin of `RunHandle.result`."""
         deadline = _deadline(timeout)
         async with await self.app.listen_connection_async() as conn:
-            await conn.execute(query("runs", "listen_done"))  # type: ignore[arg-type]
+            await conn.execute(query("runs", "listen_done"))
             poll = 0.05
             while True:
                 info = await self.app.execute_async(get_run_op(self.id))

@@ -7,7 +7,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 import psycopg
 
@@ -45,6 +45,10 @@ class TaskSettings:
     rate_limits: Sequence[Any] = ()
 
     def __post_init__(self) -> None:
+        if self.concurrency is not None or self.rate_limits:
+            raise TaskDefinitionError(
+                f"task {self.name!r}: concurrency and rate limits are not available in this version of pgqueue "
+                "yet; leave them out (the schema already has room for them)")
         if isinstance(self.on_event, str):
             object.__setattr__(self, "on_event", (self.on_event,))
         if not _NAME.match(self.name):
@@ -83,7 +87,8 @@ class TaskCall(Generic[P, R]):
             "queue": queue, "priority": priority, "run_at": run_at, "delay": delay,
             "idempotency_key": idempotency_key, "tags": tags, "metadata": metadata,
         }.items() if value is not None}
-        return TaskCall(self.task, replace(self._options, **changes), connection or self._connection)
+        return TaskCall(self.task, replace(self._options, **cast(dict[str, Any], changes)),
+                        connection or self._connection)
 
     def _op(self, inputs: Sequence[str], keys: Sequence[str] | None = None,
             progress: Callable[[int], None] | None = None) -> Op[list[tuple[int, bool]]]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -87,7 +87,7 @@ class Decision:
     finished: bool = False
 
 
-def decide(graph: dict[str, Sequence[str]], states: dict[str, str]) -> Decision:
+def decide(graph: Mapping[str, Sequence[str]], states: Mapping[str, str]) -> Decision:
     failed = [node for node, status in states.items() if status in FINAL_FAILURES]
     if failed:
         return Decision(failed=sorted(failed))
@@ -210,8 +210,8 @@ def orchestrate_op(workflow: Workflow, durable: Durable, data: dict[str, Any]) -
         yield _q("cancel_children", fence)
         errors = {node: nodes[node][3] or {"type": nodes[node][1]} for node in decision.failed}
         if workflow.on_failure is not None:
-            payload = json.dumps({"workflow_run": fence["run"], "errors": errors})
-            yield from enqueue_op(workflow.on_failure.name, [payload], EnqueueOptions(),
+            report = json.dumps({"workflow_run": fence["run"], "errors": errors})
+            yield from enqueue_op(workflow.on_failure.name, [report], EnqueueOptions(),
                                   default_queue=workflow.on_failure.settings.queue,
                                   default_priority=workflow.on_failure.settings.priority,
                                   idempotency_keys=[f"{fence['run']}/on_failure"])
@@ -220,7 +220,7 @@ def orchestrate_op(workflow: Workflow, durable: Durable, data: dict[str, Any]) -
     created = 0
     for node in decision.start:
         parents = workflow.parents[node]
-        payload = data if not parents else {parent: nodes[parent][2] for parent in parents}
+        payload: dict[str, Any] = data if not parents else {parent: nodes[parent][2] for parent in parents}
         task = workflow.nodes[node]
         [(child, was_created)] = yield from enqueue_op(
             task.name, [json.dumps(payload)], EnqueueOptions(), default_queue=task.settings.queue,

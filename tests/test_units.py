@@ -51,6 +51,8 @@ def test_task_declaration_errors() -> None:
     with pytest.raises(TaskDefinitionError, match=r"\*args"):
         @app.task
         def variadic(*items: int) -> None: ...
+    with pytest.raises(TaskDefinitionError, match="concurrency and rate limits are not available"):
+        app.task(concurrency=3)(lambda: None)
     with pytest.raises(TaskDefinitionError, match="timeout must be a positive"):
         @app.task(timeout=0)
         def instant() -> None: ...
