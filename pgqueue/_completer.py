@@ -80,6 +80,7 @@ class Completer:
             "errors": [None if o.error is None else _json(o.error) for o in batch],
             "delays": [o.delay for o in batch],
             "failed": [o.failed for o in batch],
+            "logs": [o.logs for o in batch],
         }
         async with self._connection() as conn:
             cur = await conn.execute(query("worker", "complete"), params)

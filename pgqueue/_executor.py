@@ -46,6 +46,7 @@ class Outcome:
     error: dict[str, Any] | None = None
     delay: float = 0.0
     failed: int = 0
+    logs: str | None = None
 
 
 def error_info(exc: BaseException, with_traceback: bool = True) -> dict[str, Any]:

@@ -40,6 +40,7 @@ class AttemptInfo:
     error_type: str | None
     error_message: str | None
     traceback: str | None
+    logs: str | None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from .task import Task
 
 T = TypeVar("T")
+
+#: logs kept per attempt; beyond it, lines are dropped (and counted)
+MAX_TASK_LOG_BYTES = 64 * 1024
 
 
 class RetryLater(Exception):
@@ -56,6 +60,29 @@ class RunContext:
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _durable: Durable | None = field(default=None, repr=False)
     _writer: StepWriter | None = field(default=None, repr=False)
+    _logs: list[str] = field(default_factory=list, repr=False)
+    _log_bytes: int = field(default=0, repr=False)
+    _logs_dropped: int = field(default=0, repr=False)
+
+    @property
+    def logger(self) -> logging.Logger:
+        """A logger for the task; like any `logging` call made while the run executes, what it
+        logs is kept with the attempt (see `pgqueue runs show`)."""
+        return logging.getLogger(f"pgqueue.task.{self.task}")
+
+    def _capture(self, line: str) -> None:
+        size = len(line.encode()) + 1
+        if self._log_bytes + size > MAX_TASK_LOG_BYTES:
+            self._logs_dropped += size
+            return
+        self._logs.append(line)
+        self._log_bytes += size
+
+    def logs_text(self) -> str | None:
+        if not self._logs and not self._logs_dropped:
+            return None
+        dropped = f"\n[{self._logs_dropped} more bytes of logs dropped]" if self._logs_dropped else ""
+        return "\n".join(self._logs) + dropped
 
     @property
     def cancel_requested(self) -> bool:
@@ -72,7 +99,8 @@ class RunContext:
 
             if self.app is None:
                 raise PgQueueError("durable steps need a run executed by a worker")
-            self._durable = Durable(self.app, self.run_id, self.attempt, self.worker_id, self._writer)
+            self._durable = Durable(self.app, self.run_id, self.attempt, self.worker_id, self._writer,
+                                    self.logs_text)
         return self._durable
 
     # -- steps -----------------------------------------------------------------------------
@@ -202,3 +230,19 @@ def current_run() -> RunContext:
         return _current.get()
     except LookupError:
         raise PgQueueError("current_run() is only available inside a task run by a worker") from None
+
+
+class TaskLogHandler(logging.Handler):
+    """Keeps the log records emitted while a run executes with that run's attempt.
+
+    Installed on the root logger by the worker; records logged outside a run pass untouched.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        ctx = _current.get(None)
+        if ctx is not None:
+            ctx._capture(self.format(record))

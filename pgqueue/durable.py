@@ -99,10 +99,11 @@ class Durable:
     """The step history of one attempt of one run, and the operations on it."""
 
     def __init__(self, app: PgQueue, run_id: int, attempt: int, worker_id: str,
-                 writer: StepWriter | None = None) -> None:
+                 writer: StepWriter | None = None, logs: Callable[[], str | None] = lambda: None) -> None:
         self.app = app
         self.fence: dict[str, Any] = {"run": run_id, "attempt": attempt, "worker": worker_id}
         self.writer = writer
+        self.logs = logs
         self._history: dict[int, Recorded] | None = None
         self.db_now: datetime | None = None
         self._next_seq = 0
@@ -145,7 +146,8 @@ class Durable:
         return int(rows[0][0])
 
     def _suspend(self, status: str, wake_at: datetime | None, reason: str) -> Op[None]:
-        rows = yield _q("suspend", {**self.fence, "status": status, "wake_at": wake_at, "reason": reason})
+        rows = yield _q("suspend", {**self.fence, "status": status, "wake_at": wake_at, "reason": reason,
+                                    "logs": self.logs()})
         if not rows:
             raise RunTakenOver(f"run {self.fence['run']} is no longer running here")
 

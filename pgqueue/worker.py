@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -32,7 +32,7 @@ from ._sql import query
 from ._stepwriter import StepWriter
 from .app import PgQueue
 from .config import connect_async, describe_dsn
-from .context import RunContext
+from .context import RunContext, TaskLogHandler
 from .cron import fire_due_op, sync_op
 from .errors import ConfigurationError
 from .migrations import check_schema_op
@@ -96,6 +96,7 @@ class Worker:
         self._pool: AsyncConnectionPool | None = None
         self._completer = Completer(self.id, self._connection, self._backoff, on_written=self._slot_free.set)
         self._steps: StepWriter | None = None
+        self._task_logs = TaskLogHandler()
         self.started = asyncio.Event()
         self.claimed_total = 0
 
@@ -140,10 +141,12 @@ class Worker:
                           (self._listen_loop, self._heartbeat_loop, self._maintenance_loop, self._completer.run,
                            self._steps.run, self._cron_loop)]
             self.started.set()
+            logging.getLogger().addHandler(self._task_logs)
             try:
                 await self._claim_loop()
                 await self._shutdown()
             finally:
+                logging.getLogger().removeHandler(self._task_logs)
                 for task in background:
                     task.cancel()
                 await asyncio.gather(*background, return_exceptions=True)
@@ -249,7 +252,7 @@ class Worker:
         try:
             outcome = await self._executor.run(run, ctx)
             if outcome is not None:
-                self._completer.add(outcome)
+                self._completer.add(replace(outcome, logs=ctx.logs_text()))
         except asyncio.CancelledError:
             pass  # handed back by _shutdown, or the lease was lost
         except Exception:

@@ -195,7 +195,7 @@ def test_zombie_cannot_record_after_its_lease_was_taken_over(dsn: str) -> None:
             return conn.execute(query("worker", "complete"), {  # type: ignore[arg-type]
                 "worker": worker, "ids": [run_id], "attempts": [attempt], "statuses": ["succeeded"],
                 "attempt_outcomes": ["succeeded"], "results": [result], "errors": [None], "delays": [0.0],
-                "failed": [0]}).fetchall()
+                "failed": [0], "logs": [None]}).fetchall()
 
         assert [r[0] for r in claim(a)] == [run_id]
         conn.execute("UPDATE pgqueue.runs SET lease_expires_at = now() - interval '1 second' WHERE id = %s",
@@ -256,3 +256,20 @@ async def test_paused_queue_keeps_its_runs_until_resumed(worker_tasks: Any, dsn:
         assert [(q.queue, q.queued, q.paused) for q in queues if q.queue == "default"] == [("default", 1, True)]
         worker_tasks.app.resume_queue("default")
         assert await held.result(timeout=20) == 11
+
+
+async def test_task_logs_are_kept_per_attempt_and_bounded(worker_tasks: Any, dsn: str) -> None:
+    small = await worker_tasks.chatty.enqueue_async(3)
+    big = await worker_tasks.chatty.enqueue_async(2000)
+    async with running_worker(worker_tasks.app, poll_interval=0.05):
+        assert await small.result(timeout=20) == 3
+        assert await big.result(timeout=20) == 2000
+    with psycopg.connect(dsn) as conn:
+        logs = [r[0] for r in conn.execute("SELECT logs FROM pgqueue.attempts WHERE run_id = %s ORDER BY attempt",
+                                           (small.id,))]
+        big_logs = conn.execute("SELECT logs FROM pgqueue.attempts WHERE run_id = %s AND attempt = 2",
+                                (big.id,)).fetchone()
+    assert "starting attempt 1" in logs[0] and "starting attempt 2" in logs[1]
+    assert logs[0].count("some.library: line") == 3 and "starting attempt 2" not in logs[0]
+    assert big_logs is not None and len(big_logs[0].encode()) <= 64 * 1024 + 100
+    assert "more bytes of logs dropped" in big_logs[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -102,3 +103,14 @@ def cancellable(seconds: float) -> str:
 def crash_worker() -> None:
     """Kills its own worker process, like an out-of-memory kill would."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(retry=Retry(max_attempts=2, initial_delay=0.05, jitter=0))
+def chatty(lines: int) -> int:
+    ctx = current_run()
+    ctx.logger.warning("starting attempt %d", ctx.attempt)
+    for i in range(lines):
+        logging.getLogger("some.library").warning("line %d %s", i, "x" * 100)
+    if ctx.attempt == 1:
+        raise RuntimeError("first attempt fails")
+    return lines

@@ -73,6 +73,8 @@ def show_cmd(run_id: int, as_json: bool, dsn: str | None) -> None:
                    + (f" - {a.error_type}: {a.error_message}" if a.error_type else ""))
         if a.traceback:
             click.echo("    " + a.traceback.rstrip().replace("\n", "\n    "))
+        if a.logs:
+            click.echo("    logs:\n      " + a.logs.rstrip().replace("\n", "\n      "))
 
 
 @runs_group.command("retry")

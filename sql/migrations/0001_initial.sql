@@ -113,6 +113,8 @@ CREATE TABLE pgqueue.attempts (
     error_type    text,
     error_message text,
     traceback     text,
+    -- what the task logged during this attempt (bounded by the worker)
+    logs          text,
     PRIMARY KEY (run_id, attempt)
 );
 

@@ -13,7 +13,7 @@ SELECT id, task, queue, status, priority, attempt, failures, recoveries, created
  LIMIT %(limit)s
 
 -- name: run_attempts
-SELECT attempt, worker_id::text, started_at, finished_at, outcome, error_type, error_message, traceback
+SELECT attempt, worker_id::text, started_at, finished_at, outcome, error_type, error_message, traceback, logs
   FROM pgqueue.attempts
  WHERE run_id = %s
  ORDER BY attempt

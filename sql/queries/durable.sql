@@ -51,8 +51,10 @@ WITH suspended AS (
     SELECT id, queue, priority, %(wake_at)s, task, concurrency_key FROM suspended
      WHERE %(wake_at)s::timestamptz IS NOT NULL
 ), recorded AS (
-    INSERT INTO pgqueue.attempts (run_id, attempt, worker_id, started_at, finished_at, outcome, error_message)
-    SELECT id, attempt, %(worker)s, coalesce(attempt_started_at, now()), now(), 'suspended', %(reason)s
+    INSERT INTO pgqueue.attempts (run_id, attempt, worker_id, started_at, finished_at, outcome, error_message,
+                                  logs)
+    SELECT id, attempt, %(worker)s, coalesce(attempt_started_at, now()), now(), 'suspended', %(reason)s,
+           %(logs)s
       FROM suspended
     ON CONFLICT (run_id, attempt) DO NOTHING
 )

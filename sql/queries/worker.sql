@@ -50,8 +50,8 @@ RETURNING run.id, run.task, run.input, run.attempt, run.failures,
 WITH outcome AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(statuses)s::text[],
                          %(attempt_outcomes)s::text[], %(results)s::text[], %(errors)s::text[],
-                         %(delays)s::float8[], %(failed)s::int[])
-           AS o(id, attempt, status, attempt_outcome, result, error, delay, failed)
+                         %(delays)s::float8[], %(failed)s::int[], %(logs)s::text[])
+           AS o(id, attempt, status, attempt_outcome, result, error, delay, failed, logs)
 ), applied AS (
     UPDATE pgqueue.runs AS run
        SET status = o.status,
@@ -73,9 +73,9 @@ WITH outcome AS (
     RETURNING queue, run_at
 ), recorded AS (
     INSERT INTO pgqueue.attempts (run_id, attempt, worker_id, started_at, finished_at, outcome,
-                                  error_type, error_message, traceback)
+                                  error_type, error_message, traceback, logs)
     SELECT a.id, a.attempt, %(worker)s, coalesce(a.attempt_started_at, now()), now(), o.attempt_outcome,
-           o.error::jsonb ->> 'type', o.error::jsonb ->> 'message', o.error::jsonb ->> 'traceback'
+           o.error::jsonb ->> 'type', o.error::jsonb ->> 'message', o.error::jsonb ->> 'traceback', o.logs
       FROM applied a JOIN outcome o ON o.id = a.id
     ON CONFLICT (run_id, attempt) DO NOTHING
 ), woken AS (
