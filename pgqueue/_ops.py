@@ -65,7 +65,19 @@ def start(op: Op[T]) -> tuple[Statement | None, T | None]:
         return None, cast(T, done.value)
 
 
+class ServerEndedConnection(Exception):
+    """The server ended the connection (e.g. pg_terminate_backend, a restart) before it ran the
+    operation's first statement: the operation is untouched and can run on another connection."""
+
+
+def ended_by_server(exc: BaseException) -> bool:
+    # 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now: the backend ends the
+    # session instead of running the statement, so nothing of it was applied
+    return isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith("57P0")
+
+
 def run_sync(conn: psycopg.Connection[Any], op: Op[T], first: Statement = _NOT_STARTED) -> T:
+    answered = False
     try:
         statement = next(op) if first is _NOT_STARTED else first
         while True:
@@ -74,16 +86,20 @@ def run_sync(conn: psycopg.Connection[Any], op: Op[T], first: Statement = _NOT_S
                                    prepare=statement.params is not None)
                 rows = cur.fetchall() if cur.description is not None else []
             except psycopg.Error as exc:
+                if not answered and ended_by_server(exc):
+                    raise ServerEndedConnection() from exc
                 mapped = translate(exc)
                 # the operation may handle the error itself (it is thrown in at its yield)
                 statement = op.throw(mapped if mapped is not exc else exc)
                 continue
+            answered = True
             statement = op.send(rows)
     except StopIteration as done:
         return cast(T, done.value)
 
 
 async def run_async(conn: psycopg.AsyncConnection[Any], op: Op[T], first: Statement = _NOT_STARTED) -> T:
+    answered = False
     try:
         statement = next(op) if first is _NOT_STARTED else first
         while True:
@@ -92,9 +108,12 @@ async def run_async(conn: psycopg.AsyncConnection[Any], op: Op[T], first: Statem
                                          prepare=statement.params is not None)
                 rows = await cur.fetchall() if cur.description is not None else []
             except psycopg.Error as exc:
+                if not answered and ended_by_server(exc):
+                    raise ServerEndedConnection() from exc
                 mapped = translate(exc)
                 statement = op.throw(mapped if mapped is not exc else exc)
                 continue
+            answered = True
             statement = op.send(rows)
     except StopIteration as done:
         return cast(T, done.value)

@@ -15,7 +15,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from ._codec import InputCodec
-from ._ops import Op, Statement, run_async, run_sync, start
+from ._ops import Op, ServerEndedConnection, Statement, ended_by_server, run_async, run_sync, start
 from ._sql import query
 from .admin import cancel_op, replay_op, reschedule_op, set_queue_paused_op
 from .config import connect, connect_async, require_dsn
@@ -218,11 +218,21 @@ class PgQueue:
         first, value = start(op)
         if first is None:
             return cast(T, value)
-        if connection is not None:
-            with connection.transaction() if transaction else contextlib.nullcontext():
-                return run_sync(connection, op, first)
-        with self.pool().connection() as conn, conn.transaction() if transaction else contextlib.nullcontext():
-            return run_sync(conn, op, first)
+        if connection is not None:  # the caller's transaction: never retried here
+            try:
+                with connection.transaction() if transaction else contextlib.nullcontext():
+                    return run_sync(connection, op, first)
+            except ServerEndedConnection as exc:
+                raise _cause(exc) from None
+        for retry in (False, True):
+            try:
+                with self.pool().connection() as conn, conn.transaction() if transaction else contextlib.nullcontext():
+                    return run_sync(conn, op, first)
+            except (ServerEndedConnection, psycopg.OperationalError) as exc:
+                # a pooled connection the server had just ended: once more, on a fresh one
+                if retry or not _ended_before_start(exc):
+                    raise _cause(exc) from None
+        raise AssertionError("unreachable")
 
     async def execute_async(self, op: Op[T], connection: psycopg.AsyncConnection[Any] | None = None,
                             transaction: bool = False) -> T:
@@ -230,16 +240,25 @@ class PgQueue:
         if first is None:
             return cast(T, value)
         if connection is not None:
-            if transaction:
-                async with connection.transaction():
-                    return await run_async(connection, op, first)
-            return await run_async(connection, op, first)
+            try:
+                if transaction:
+                    async with connection.transaction():
+                        return await run_async(connection, op, first)
+                return await run_async(connection, op, first)
+            except ServerEndedConnection as exc:
+                raise _cause(exc) from None
         pool = await self.async_pool()
-        async with pool.connection() as conn:
-            if transaction:
-                async with conn.transaction():
+        for retry in (False, True):
+            try:
+                async with pool.connection() as conn:
+                    if transaction:
+                        async with conn.transaction():
+                            return await run_async(conn, op, first)
                     return await run_async(conn, op, first)
-            return await run_async(conn, op, first)
+            except (ServerEndedConnection, psycopg.OperationalError) as exc:
+                if retry or not _ended_before_start(exc):
+                    raise _cause(exc) from None
+        raise AssertionError("unreachable")
 
     @contextlib.contextmanager
     def listen_connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -351,6 +370,16 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
 
 async def _configure_async(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute(_CUSTOM_PLANS)
+
+
+def _ended_before_start(exc: BaseException) -> bool:
+    """The operation never ran: its first statement (or the BEGIN before it) met a connection the
+    server had ended."""
+    return isinstance(exc, ServerEndedConnection) or ended_by_server(exc)
+
+
+def _cause(exc: BaseException) -> BaseException:
+    return exc.__cause__ if isinstance(exc, ServerEndedConnection) and exc.__cause__ else exc
 
 
 def _server_spoke(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:

@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,11 +31,13 @@ from ._executor import Claimed, Executor
 from ._ops import run_async
 from ._sql import query
 from ._stepwriter import StepWriter
+from .admin import status_op
 from .app import PgQueue
 from .config import connect_async, describe_dsn
 from .context import RunContext, TaskLogHandler
 from .cron import fire_due_op, sync_op
 from .errors import ConfigurationError
+from .metrics import Metrics, check_binding, database_gauges, serve
 from .migrations import check_schema_op
 
 log = logging.getLogger("pgqueue.worker")
@@ -63,6 +66,10 @@ class WorkerSettings:
     max_recoveries: int = 3
     #: exit once no due run is left (for scripts, demos and tests)
     burst: bool = False
+    #: serve Prometheus metrics on this port (None: off); any host but loopback needs a token
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_token: str | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -96,6 +103,7 @@ class Worker:
         self._pool: AsyncConnectionPool | None = None
         self._completer = Completer(self.id, self._connection, self._backoff, on_written=self._slot_free.set)
         self._steps: StepWriter | None = None
+        self.metrics = Metrics()
         self._task_logs = TaskLogHandler()
         self.started = asyncio.Event()
         self.claimed_total = 0
@@ -111,6 +119,8 @@ class Worker:
         self._wake.set()
 
     async def run(self) -> None:
+        if self.settings.metrics_port is not None:
+            check_binding(self.settings.metrics_host, self.settings.metrics_token)
         dsn = self.app.dsn
         # durable steps of concurrent runs each commit through the app's pools: more connections
         # let their commits share WAL flushes instead of queueing for a few (capped, so that
@@ -140,12 +150,19 @@ class Worker:
             background = [asyncio.create_task(loop(), name=loop.__name__) for loop in
                           (self._listen_loop, self._heartbeat_loop, self._maintenance_loop, self._completer.run,
                            self._steps.run, self._cron_loop)]
+            metrics_server = None
+            if self.settings.metrics_port is not None:
+                metrics_server = await serve(self.settings.metrics_host, self.settings.metrics_port,
+                                             self.settings.metrics_token, self._render_metrics)
+                log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self.settings.metrics_port)
             self.started.set()
             logging.getLogger().addHandler(self._task_logs)
             try:
                 await self._claim_loop()
                 await self._shutdown()
             finally:
+                if metrics_server is not None:
+                    metrics_server.close()
                 logging.getLogger().removeHandler(self._task_logs)
                 for task in background:
                     task.cancel()
@@ -215,8 +232,11 @@ class Worker:
             limit = min(free, settings.batch_size) if settings.batch_size else free
             self._wake.clear()
             try:
+                started = time.monotonic()
                 rows = await self._execute("claim", {"queues": settings.queues, "limit": limit,
                                                      "worker": self.id, "lease_s": settings.lease})
+                self.metrics.inc("pgqueue_claims_total")
+                self.metrics.observe("pgqueue_claim_seconds", time.monotonic() - started)
                 failures = 0
             except DB_ERRORS as exc:
                 failures += 1
@@ -245,12 +265,17 @@ class Worker:
 
     def _start(self, run: Claimed) -> None:
         ctx = RunContext(run.id, run.task, run.attempt, self.id, self.app, _writer=self._steps)
+        self.metrics.inc("pgqueue_runs_started_total", task=run.task)
         task = asyncio.create_task(self._execute_run(run, ctx), name=f"run-{run.id}")
         self._running[run.id] = _Running(run, ctx, task)
 
     async def _execute_run(self, run: Claimed, ctx: RunContext) -> None:
+        started = time.monotonic()
         try:
             outcome = await self._executor.run(run, ctx)
+            self.metrics.observe("pgqueue_run_seconds", time.monotonic() - started, task=run.task)
+            self.metrics.inc("pgqueue_runs_finished_total", task=run.task,
+                             outcome=outcome.attempt_outcome if outcome else "suspended")
             if outcome is not None:
                 self._completer.add(replace(outcome, logs=ctx.logs_text()))
         except asyncio.CancelledError:
@@ -304,6 +329,7 @@ class Worker:
             try:
                 rows = await self._execute("heartbeat", {"worker": self.id, "lease_s": self.settings.lease,
                                                          "ids": ids, "attempts": attempts})
+                self.metrics.inc("pgqueue_heartbeats_total")
                 failures = 0
             except DB_ERRORS as exc:
                 failures += 1
@@ -340,6 +366,15 @@ class Worker:
                             "queued again" if status == "queued" else "marked dead after too many recoveries")
             if expired:
                 log.warning("%d run(s) expired before starting (schedule-to-start)", len(expired))
+
+    async def _render_metrics(self) -> str:
+        try:
+            queues, workers = await self.app.execute_async(status_op())
+            gauges = database_gauges(queues, workers)
+        except DB_ERRORS as exc:
+            log.warning("metrics without database gauges: %s", exc)
+            gauges = {}
+        return self.metrics.render(gauges)
 
     async def _cron_loop(self) -> None:
         """Fire due cron ticks. Every worker does it; row locks make each tick fire once."""

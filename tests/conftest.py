@@ -126,12 +126,21 @@ def worker_tasks(dsn: str) -> Iterator[Any]:
     """tests/worker_app.py bound to this module's database, with an empty executions table."""
     import worker_app
 
-    worker_app.app._dsn = dsn
+    bind(worker_app.app, dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(worker_app.EXECUTIONS_DDL)
         conn.execute("TRUNCATE executions")
     yield worker_app
-    worker_app.app.close()
+    bind(worker_app.app, None)
+
+
+def bind(app: PgQueue, dsn: str | None) -> None:
+    """Point a module-level test app at this module's database, dropping pools bound elsewhere
+    (their databases are dropped with the module that used them)."""
+    app.close()
+    app._async_pool = None
+    app._async_lock = None
+    app._dsn = dsn
 
 
 FAST = {"lease": 2.0, "heartbeat": 0.5, "poll_interval": 0.1, "grace_period": 3.0}
@@ -166,10 +175,10 @@ def durable_tasks(dsn: str) -> Iterator[Any]:
     """tests/durable_app.py bound to this module's database, with empty side-effect tables."""
     import durable_app
 
-    durable_app.app._dsn = dsn
+    bind(durable_app.app, dsn)
     durable_app.BEHAVIOUR.update(store_fails=False, renamed_step=False)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(durable_app.EFFECTS_DDL)
         conn.execute("TRUNCATE effects, stored")
     yield durable_app
-    durable_app.app.close()
+    bind(durable_app.app, None)

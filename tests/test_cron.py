@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import ROOT, running_worker, wait_for
+from conftest import ROOT, bind, running_worker, wait_for
 from pgqueue import ConfigurationError, PgQueue
 from pgqueue.cron import Schedule, check_expression, due_ticks, fire_due_op, next_tick, ticks_after
 
@@ -74,7 +74,7 @@ def schedule_rows(dsn: str) -> dict[str, tuple[Any, ...]]:
 async def test_worker_fires_every_tick_once_and_runtime_management(dsn: str) -> None:
     import cron_app
 
-    cron_app.app._dsn = dsn
+    bind(cron_app.app, dsn)
     async with running_worker(cron_app.app, poll_interval=0.2):
         await wait_for(lambda: _tick_count(dsn, "every-second", 3), timeout=20, what="three ticks")
         # pause: no more ticks; resume: ticks again

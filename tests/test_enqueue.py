@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from conftest import bind
 from pgqueue import InputTooLarge, InvalidInput, PgQueue
 from sample_app import Document
 
@@ -18,9 +19,9 @@ def tasks(app: PgQueue) -> Any:
     import sample_app
 
     # the sample tasks, bound to this test's database
-    sample_app.app._dsn = app._dsn
+    bind(sample_app.app, app._dsn)
     yield sample_app
-    sample_app.app.close()
+    bind(sample_app.app, None)
 
 
 def count_runs(conn: psycopg.Connection[Any], task: str) -> int:
@@ -185,3 +186,14 @@ def test_enqueue_by_name_of_a_task_defined_elsewhere(app: PgQueue, conn: psycopg
     assert (info.queue, info.priority) == ("gpu", 9)
     with pytest.raises(InvalidInput, match="not a JSON object"):
         app.enqueue_many("remote.embed", [[1, 2]])  # type: ignore[list-item]
+
+
+def test_enqueue_survives_a_pooled_connection_the_server_just_ended(app: PgQueue, dsn: str) -> None:
+    app.enqueue("warm_up", {})  # the pool now holds an idle connection
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        for _ in range(5):
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            # at once: the termination notice may not have reached the client yet
+            assert app.enqueue("after_kill", {}).created
+            assert len(app.enqueue_many("after_kill", [{}, {}])) == 2

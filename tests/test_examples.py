@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import ROOT, running_worker
+from conftest import ROOT, bind, running_worker
 
 sys.path.insert(0, str(ROOT / "examples"))
 
@@ -19,10 +19,10 @@ pytestmark = pytest.mark.timeout(120)
 def nightly(dsn: str) -> Any:
     import nightly_embeddings
 
-    nightly_embeddings.app._dsn = dsn
+    bind(nightly_embeddings.app, dsn)
     nightly_embeddings.create_schema(dsn)
     yield nightly_embeddings
-    nightly_embeddings.app.close()
+    bind(nightly_embeddings.app, None)
 
 
 def embeddings(dsn: str) -> tuple[int, int]:

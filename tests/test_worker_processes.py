@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, bind
 from pgqueue.embedded import EmbeddedServer, find_pg_bin
 from pgqueue.migrations import migrate
 
@@ -136,7 +136,7 @@ def test_postgres_restart_mid_run(worker_tasks: Any, tmp_path: Path) -> None:
     try:
         dsn = server.dsn
         migrate(dsn)
-        worker_tasks.app._dsn = dsn
+        bind(worker_tasks.app, dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(worker_tasks.EXECUTIONS_DDL)
         naps = [h.id for h in worker_tasks.nap.enqueue_many([{"seconds": 2}] * 4)]

@@ -44,12 +44,19 @@ def _queues(value: str) -> list[str]:
 @click.option("--max-recoveries", type=click.IntRange(min=0), default=3, envvar="PGQUEUE_MAX_RECOVERIES",
               show_envvar=True, show_default=True, help="Crash recoveries before a run is marked dead.")
 @click.option("--burst", is_flag=True, help="Exit when no due run is left.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, envvar="PGQUEUE_METRICS_PORT",
+              show_envvar=True, help="Serve Prometheus metrics on this port (off by default).")
+@click.option("--metrics-host", default="127.0.0.1", envvar="PGQUEUE_METRICS_HOST", show_envvar=True,
+              show_default=True, help="Address of the metrics endpoint; other than loopback needs a token.")
+@click.option("--metrics-token", default=None, envvar="PGQUEUE_METRICS_TOKEN", show_envvar=True,
+              help="Bearer token the metrics endpoint requires.")
 @click.option("--log-level", default="INFO", envvar="PGQUEUE_LOG_LEVEL", show_envvar=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @friendly_errors
 def worker_cmd(app_path: str, dsn: str | None, queues: str, concurrency: int, batch_size: int, name: str | None,
                lease: float, heartbeat: float, poll_interval: float, grace_period: float, max_recoveries: int,
-               burst: bool, log_level: str) -> None:
+               burst: bool, metrics_port: int | None, metrics_host: str, metrics_token: str | None,
+               log_level: str) -> None:
     """Run the tasks of the PgQueue app at MODULE:ATTR (like `uvicorn module:app`).
 
     SIGTERM or SIGINT stops claiming, lets running runs finish within the grace period, hands
@@ -61,7 +68,8 @@ def worker_cmd(app_path: str, dsn: str | None, queues: str, concurrency: int, ba
         app._dsn = dsn
     settings = WorkerSettings(queues=_queues(queues), concurrency=concurrency, batch_size=batch_size,
                               lease=lease, heartbeat=heartbeat, poll_interval=poll_interval,
-                              grace_period=grace_period, max_recoveries=max_recoveries, burst=burst)
+                              grace_period=grace_period, max_recoveries=max_recoveries, burst=burst,
+                              metrics_port=metrics_port, metrics_host=metrics_host, metrics_token=metrics_token)
     if name:
         settings.name = name
     asyncio.run(_serve(Worker(app, settings)))

@@ -1,0 +1,135 @@
+"""Prometheus metrics of a worker, served over HTTP without extra dependencies.
+
+The worker counts what it does (runs started and finished by task and outcome, claim latency,
+run durations, heartbeats); queue depth, oldest wait and live workers are read from the
+database when the endpoint is scraped. The endpoint binds to loopback unless told otherwise, and
+any other address requires a bearer token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .errors import ConfigurationError
+
+log = logging.getLogger("pgqueue.metrics")
+
+Labels = tuple[tuple[str, str], ...]
+BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0)
+HELP = {
+    "pgqueue_runs_started_total": "Attempts started by this worker, by task.",
+    "pgqueue_runs_finished_total": "Attempts finished by this worker, by task and outcome.",
+    "pgqueue_claims_total": "Claim round trips of this worker.",
+    "pgqueue_claim_seconds": "Duration of claim round trips.",
+    "pgqueue_run_seconds": "Duration of attempts, by task.",
+    "pgqueue_heartbeats_total": "Heartbeats written by this worker.",
+    "pgqueue_queue_runs": "Runs per queue and state (from the database).",
+    "pgqueue_queue_oldest_wait_seconds": "Age of the oldest due run per queue (from the database).",
+    "pgqueue_workers_alive": "Workers with a fresh heartbeat (from the database).",
+}
+
+
+def _labels(**labels: str) -> Labels:
+    return tuple(sorted(labels.items()))
+
+
+def _fmt(name: str, labels: Labels, value: float) -> str:
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+    return f"{name}{{{inner}}} {value:g}" if inner else f"{name} {value:g}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
+        self.histograms: dict[str, dict[Labels, list[float]]] = defaultdict(dict)
+
+    def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
+        self.counters[name][_labels(**labels)] += value
+
+    def observe(self, name: str, seconds: float, **labels: str) -> None:
+        # per label set: one count per bucket, then sum and count
+        series = self.histograms[name].setdefault(_labels(**labels), [0.0] * (len(BUCKETS) + 2))
+        for i, bound in enumerate(BUCKETS):
+            if seconds <= bound:
+                series[i] += 1
+        series[-2] += seconds
+        series[-1] += 1
+
+    def render(self, gauges: dict[str, dict[Labels, float]]) -> str:
+        lines: list[str] = []
+        for kind, families in (("counter", self.counters), ("gauge", gauges)):
+            for name, series in sorted(families.items()):
+                lines += [f"# HELP {name} {HELP.get(name, name)}", f"# TYPE {name} {kind}"]
+                lines += [_fmt(name, labels, value) for labels, value in sorted(series.items())]
+        for name, hist in sorted(self.histograms.items()):
+            lines += [f"# HELP {name} {HELP.get(name, name)}", f"# TYPE {name} histogram"]
+            for labels, values in sorted(hist.items()):
+                for bound, count in zip(BUCKETS, values, strict=False):
+                    lines.append(_fmt(f"{name}_bucket", (*labels, ("le", f"{bound:g}")), count))
+                lines.append(_fmt(f"{name}_bucket", (*labels, ("le", "+Inf")), values[-1]))
+                lines.append(_fmt(f"{name}_sum", labels, values[-2]))
+                lines.append(_fmt(f"{name}_count", labels, values[-1]))
+        return "\n".join(lines) + "\n"
+
+
+def check_binding(host: str, token: str | None) -> None:
+    """Loopback needs nothing; any other address needs a token."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not token:
+        raise ConfigurationError(
+            f"refusing to serve metrics on {host} without a token: set --metrics-token (or "
+            "PGQUEUE_METRICS_TOKEN), or bind to 127.0.0.1")
+
+
+async def serve(host: str, port: int, token: str | None,
+                render: Callable[[], Awaitable[str]]) -> asyncio.Server:
+    """A minimal HTTP/1.1 server answering GET /metrics."""
+    check_binding(host, token)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode("latin-1")
+            request_line, *header_lines = head.split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines if h)}
+            method, path, *_ = request_line.split(" ")
+            if token and not hmac.compare_digest(headers.get("authorization", ""), f"Bearer {token}"):
+                status, body = "401 Unauthorized", "a bearer token is required\n"
+            elif method != "GET" or path.split("?")[0] != "/metrics":
+                status, body = "404 Not Found", "see /metrics\n"
+            else:
+                status, body = "200 OK", await render()
+            payload = body.encode()
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+            log.debug("metrics request dropped: %s", exc)
+        except Exception:
+            log.exception("metrics request failed")
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port)
+
+
+def database_gauges(queues: list[Any], workers: list[Any]) -> dict[str, dict[Labels, float]]:
+    gauges: dict[str, dict[Labels, float]] = defaultdict(dict)
+    for q in queues:
+        for state in ("queued", "scheduled", "running"):
+            gauges["pgqueue_queue_runs"][_labels(queue=q.queue, state=state)] = float(getattr(q, state))
+        gauges["pgqueue_queue_oldest_wait_seconds"][_labels(queue=q.queue)] = float(q.oldest_wait_s or 0.0)
+    gauges["pgqueue_workers_alive"][()] = float(len(workers))
+    return gauges
