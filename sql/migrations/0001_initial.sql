@@ -206,14 +206,20 @@ CREATE TABLE pgqueue.queues (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Limits per task (or workflow) and key: key '*' is the default for every key of that task,
+-- a row with a concrete key (a tenant on a bigger plan) overrides it.
 CREATE TABLE pgqueue.concurrency_limits (
-    name        text PRIMARY KEY,      -- task or workflow the limit belongs to
+    name        text NOT NULL,
     key         text NOT NULL DEFAULT '*',
     max_running integer NOT NULL CHECK (max_running > 0),
     strategy    text NOT NULL DEFAULT 'queue'
         CHECK (strategy IN ('queue', 'cancel_newest', 'cancel_oldest')),
-    updated_at  timestamptz NOT NULL DEFAULT now()
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (name, key)
 );
+-- running runs per concurrency key: the count a limited claim compares with the limit
+CREATE INDEX runs_running_key ON pgqueue.runs (concurrency_key)
+    WHERE status = 'running' AND concurrency_key IS NOT NULL;
 
 CREATE TABLE pgqueue.rate_limits (
     name          text NOT NULL,
