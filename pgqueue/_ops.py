@@ -23,6 +23,15 @@ Row = tuple[Any, ...]
 class Statement:
     sql: str
     params: Sequence[Any] | Mapping[str, Any] | None = None
+    #: plan it for its actual parameters every time, never from a cached generic plan (for
+    #: queries whose best plan depends on the table's size, which may have been tiny when cached)
+    custom_plan: bool = False
+
+    @property
+    def prepare(self) -> bool | None:
+        if self.custom_plan:
+            return False
+        return self.params is not None
 
 
 Op = Generator[Statement, list[Row], T]
@@ -82,8 +91,7 @@ def run_sync(conn: psycopg.Connection[Any], op: Op[T], first: Statement = _NOT_S
         statement = next(op) if first is _NOT_STARTED else first
         while True:
             try:
-                cur = conn.execute(_query(statement), statement.params,
-                                   prepare=statement.params is not None)
+                cur = conn.execute(_query(statement), statement.params, prepare=statement.prepare)
                 rows = cur.fetchall() if cur.description is not None else []
             except psycopg.Error as exc:
                 if not answered and ended_by_server(exc):
@@ -104,8 +112,7 @@ async def run_async(conn: psycopg.AsyncConnection[Any], op: Op[T], first: Statem
         statement = next(op) if first is _NOT_STARTED else first
         while True:
             try:
-                cur = await conn.execute(_query(statement), statement.params,
-                                         prepare=statement.params is not None)
+                cur = await conn.execute(_query(statement), statement.params, prepare=statement.prepare)
                 rows = await cur.fetchall() if cur.description is not None else []
             except psycopg.Error as exc:
                 if not answered and ended_by_server(exc):

@@ -193,7 +193,7 @@ class PgQueue:
                     run_sync(conn, check_schema_op())
                 self._pool = ConnectionPool(dsn, min_size=1, max_size=self.pool_size,
                                             kwargs={"autocommit": True}, open=True, name="pgqueue",
-                                            check=check_idle_connection, configure=_configure)
+                                            check=check_idle_connection)
             return self._pool
 
     async def async_pool(self) -> AsyncConnectionPool:
@@ -207,7 +207,7 @@ class PgQueue:
                         await run_async(conn, check_schema_op())
                     pool = AsyncConnectionPool(dsn, min_size=1, max_size=self.pool_size,
                                                kwargs={"autocommit": True}, open=False, name="pgqueue-async",
-                                               check=check_idle_connection_async, configure=_configure_async)
+                                               check=check_idle_connection_async)
                     await pool.open()
                     self._async_pool = pool
         return self._async_pool
@@ -357,19 +357,6 @@ class PgQueue:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-# Plan every statement for its actual parameters: a generic plan cached while a table was
-# empty or tiny (a fresh install) can keep scanning it whole long after it has grown.
-_CUSTOM_PLANS = "SET plan_cache_mode = force_custom_plan"
-
-
-def _configure(conn: psycopg.Connection[Any]) -> None:
-    conn.execute(_CUSTOM_PLANS)
-
-
-async def _configure_async(conn: psycopg.AsyncConnection[Any]) -> None:
-    await conn.execute(_CUSTOM_PLANS)
 
 
 def _ended_before_start(exc: BaseException) -> bool:

@@ -116,7 +116,7 @@ class Durable:
             if self.fence["attempt"] == 1:
                 self._history = {}  # a first attempt has no history: save the round trip
             else:
-                rows = yield _q("load_steps", self.fence)
+                rows = yield Statement(query("durable", "load_steps"), self.fence, custom_plan=True)
                 self._history = {row[0]: Recorded(*row[:6]) for row in rows}
                 self.db_now = rows[0][6] if rows else None
         seq = self._next_seq
