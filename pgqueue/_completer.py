@@ -56,7 +56,8 @@ class Completer:
             await self._arrived.wait()
             self._arrived.clear()
             while self._pending:
-                batch = self._pending[:MAX_BATCH]
+                # in id order: row locks taken in one order everywhere cannot deadlock
+                batch = sorted(self._pending[:MAX_BATCH], key=lambda o: o.run_id)
                 try:
                     await self._write(batch)
                     failures = 0
@@ -65,7 +66,7 @@ class Completer:
                     log.warning("could not record %d outcome(s), will retry: %s", len(batch), exc)
                     await self._backoff(failures)
                     continue
-                del self._pending[:len(batch)]
+                del self._pending[:len(batch)]  # the same outcomes, whatever their order
                 self._on_written()
             self._idle.set()
 

@@ -295,8 +295,16 @@ class PgQueue:
                 for run_id, created in self.execute(op, connection, transaction=True)]
 
     def cancel(self, run_id: int) -> str:
-        """Cancel a run: 'cancelled' if it had not started, 'cancel_requested' if it is running."""
-        return self.execute(cancel_op(run_id))
+        """Cancel a run and what it spawned: 'cancelled' if it had not started,
+        'cancel_requested' if it is running."""
+        for tries_left in (2, 1, 0):
+            try:
+                return self.execute(cancel_op(run_id))
+            except psycopg.errors.DeadlockDetected:
+                # a worker finishing a child at that moment; cancelling is safe to repeat
+                if not tries_left:
+                    raise
+        raise AssertionError("unreachable")
 
     def retry(self, run_id: int) -> str:
         """Queue a failed, cancelled or dead run again with a fresh retry budget; its completed

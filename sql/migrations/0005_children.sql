@@ -48,7 +48,19 @@ DECLARE
     v_status text;
     v_parents bigint[];
 BEGIN
-    SELECT status INTO v_status FROM pgqueue.runs WHERE id = run_id FOR UPDATE;
+    -- Lock the whole tree children first, in id order: workers finishing children lock a
+    -- child, then its parent, and their batches are sorted by id, so the orders agree.
+    PERFORM 1 FROM (
+        WITH RECURSIVE tree AS (
+            SELECT r.id, 0 AS depth FROM pgqueue.runs r WHERE r.id = cancel_run.run_id
+            UNION ALL
+            SELECT c.id, tree.depth + 1 FROM pgqueue.runs c JOIN tree ON c.parent_id = tree.id
+        )
+        SELECT r.id FROM pgqueue.runs r JOIN tree ON tree.id = r.id
+         ORDER BY tree.depth DESC, r.id
+           FOR UPDATE OF r
+    ) AS locked;
+    SELECT status INTO v_status FROM pgqueue.runs WHERE id = run_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pgqueue: no run with id %', run_id USING ERRCODE = 'PQ003',
             HINT = 'List runs with `pgqueue runs list`.';
