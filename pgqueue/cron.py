@@ -135,7 +135,7 @@ def sync_op(schedules: list[Schedule]) -> Op[None]:
     """Write the schedules declared in code. A row edited at runtime (CLI, SQL, Python) is left
     alone; a changed expression or zone recomputes the next fire time; `enabled` is never touched."""
     for schedule in schedules:
-        yield _q("sync", _row(schedule, "code"))
+        yield _q("save", _row(schedule, "code"))
 
 
 def add_op(schedule: Schedule, known_task: bool) -> Op[None]:
@@ -145,7 +145,7 @@ def add_op(schedule: Schedule, known_task: bool) -> Op[None]:
         if not rows:
             raise UnknownTask(f"unknown task {schedule.task!r}: no worker has registered it; start a worker "
                               "that defines it (or pass --app) before scheduling it")
-    yield _q("upsert_runtime", _row(schedule, "runtime"))
+    yield _q("save", _row(schedule, "runtime"))
 
 
 def set_enabled_op(name: str, enabled: bool) -> Op[None]:

@@ -1,9 +1,11 @@
 -- Queries of cron schedules (see pgqueue/cron.py). Times come from the database clock.
 
--- name: sync
--- A schedule declared in code. Rows edited at runtime (source = 'runtime') are left alone;
--- `enabled` (pause/resume) is never changed by code; a new expression or zone restarts the
--- schedule from now (next_fire_at NULL is filled in by the next firing pass).
+-- name: save
+-- Write a schedule. From code (source = 'code'): rows edited at runtime are left alone,
+-- `enabled` (pause/resume) is never changed, and only a new expression or zone restarts the
+-- schedule from now. At runtime (source = 'runtime'): the row is replaced, marked as a runtime
+-- edit that code never overwrites, and restarts from now. next_fire_at NULL is filled in by
+-- the next firing pass.
 INSERT INTO pgqueue.cron_schedules AS c (name, expression, timezone, task, input, queue, priority,
                                          misfire_policy, catch_up_limit, source)
 VALUES (%(name)s, %(expression)s, %(timezone)s, %(task)s, %(input)s::jsonb, %(queue)s, %(priority)s,
@@ -12,24 +14,16 @@ ON CONFLICT (name) DO UPDATE
    SET expression = excluded.expression, timezone = excluded.timezone, task = excluded.task,
        input = excluded.input, queue = excluded.queue, priority = excluded.priority,
        misfire_policy = excluded.misfire_policy, catch_up_limit = excluded.catch_up_limit,
-       next_fire_at = CASE WHEN (c.expression, c.timezone) = (excluded.expression, excluded.timezone)
+       source = excluded.source,
+       next_fire_at = CASE WHEN excluded.source = 'code'
+                            AND (c.expression, c.timezone) = (excluded.expression, excluded.timezone)
                            THEN c.next_fire_at END,
        updated_at = now()
- WHERE c.source = 'code'
-   AND (c.expression, c.timezone, c.task, c.input, c.queue, c.priority, c.misfire_policy, c.catch_up_limit)
-       IS DISTINCT FROM (excluded.expression, excluded.timezone, excluded.task, excluded.input, excluded.queue,
-                         excluded.priority, excluded.misfire_policy, excluded.catch_up_limit)
-
--- name: upsert_runtime
-INSERT INTO pgqueue.cron_schedules AS c (name, expression, timezone, task, input, queue, priority,
-                                         misfire_policy, catch_up_limit, source)
-VALUES (%(name)s, %(expression)s, %(timezone)s, %(task)s, %(input)s::jsonb, %(queue)s, %(priority)s,
-        %(misfire)s, %(catch_up_limit)s, %(source)s)
-ON CONFLICT (name) DO UPDATE
-   SET expression = excluded.expression, timezone = excluded.timezone, task = excluded.task,
-       input = excluded.input, queue = excluded.queue, priority = excluded.priority,
-       misfire_policy = excluded.misfire_policy, catch_up_limit = excluded.catch_up_limit,
-       source = 'runtime', next_fire_at = NULL, updated_at = now()
+ WHERE excluded.source = 'runtime'
+    OR (c.source = 'code'
+        AND (c.expression, c.timezone, c.task, c.input, c.queue, c.priority, c.misfire_policy, c.catch_up_limit)
+            IS DISTINCT FROM (excluded.expression, excluded.timezone, excluded.task, excluded.input,
+                              excluded.queue, excluded.priority, excluded.misfire_policy, excluded.catch_up_limit))
 
 -- name: task_known
 SELECT 1 FROM pgqueue.tasks WHERE name = %(task)s
