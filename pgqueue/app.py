@@ -224,13 +224,14 @@ class PgQueue:
                     return run_sync(connection, op, first)
             except ServerEndedConnection as exc:
                 raise _cause(exc) from None
-        for retry in (False, True):
+        # A pooled connection the server had just ended (every one of them, after a restart):
+        # the pool drops it and the operation, which never ran, goes to the next connection.
+        for tries_left in range(self.pool_size, -1, -1):
             try:
                 with self.pool().connection() as conn, conn.transaction() if transaction else contextlib.nullcontext():
                     return run_sync(conn, op, first)
             except (ServerEndedConnection, psycopg.OperationalError) as exc:
-                # a pooled connection the server had just ended: once more, on a fresh one
-                if retry or not _ended_before_start(exc):
+                if not tries_left or not _ended_before_start(exc):
                     raise _cause(exc) from None
         raise AssertionError("unreachable")
 
@@ -248,7 +249,7 @@ class PgQueue:
             except ServerEndedConnection as exc:
                 raise _cause(exc) from None
         pool = await self.async_pool()
-        for retry in (False, True):
+        for tries_left in range(self.pool_size, -1, -1):
             try:
                 async with pool.connection() as conn:
                     if transaction:
@@ -256,7 +257,7 @@ class PgQueue:
                             return await run_async(conn, op, first)
                     return await run_async(conn, op, first)
             except (ServerEndedConnection, psycopg.OperationalError) as exc:
-                if retry or not _ended_before_start(exc):
+                if not tries_left or not _ended_before_start(exc):
                     raise _cause(exc) from None
         raise AssertionError("unreachable")
 

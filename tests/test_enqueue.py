@@ -189,9 +189,11 @@ def test_enqueue_by_name_of_a_task_defined_elsewhere(app: PgQueue, conn: psycopg
 
 
 def test_enqueue_survives_a_pooled_connection_the_server_just_ended(app: PgQueue, dsn: str) -> None:
-    app.enqueue("warm_up", {})  # the pool now holds an idle connection
     with psycopg.connect(dsn, autocommit=True) as admin:
         for _ in range(5):
+            pool = app.pool()
+            with pool.connection(), pool.connection(), pool.connection():
+                pass  # the pool now holds several idle connections, all about to be ended
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                           " WHERE datname = current_database() AND pid <> pg_backend_pid()")
             # at once: the termination notice may not have reached the client yet
