@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import tracing
 from .context import RetryLater, RunContext, TaskCancelled, _current
 from .durable import RunTakenOver, Suspended
 from .errors import InvalidInput
@@ -32,6 +33,9 @@ class Claimed:
     attempt: int
     failures: int
     expired: bool
+    #: read only when tracing is on (see tracing.py)
+    queue: str | None = None
+    trace_context: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,16 @@ class Executor:
 
     async def run(self, run: Claimed, ctx: RunContext) -> Outcome | None:
         """The outcome to record; None when the run already recorded its own (suspended)."""
+        with tracing.run_span(run.task, run.id, run.attempt, run.queue, run.trace_context) as span:
+            outcome = await self._run(run, ctx)
+            if outcome is None:
+                span.finished("suspended")
+            else:
+                span.finished(outcome.attempt_outcome, outcome.error,
+                              failed=outcome.status == "failed" or bool(outcome.failed))
+            return outcome
+
+    async def _run(self, run: Claimed, ctx: RunContext) -> Outcome | None:
         if run.expired:
             return final_failure(run, "Expired", "the run did not start within its schedule-to-start window",
                                  "expired")

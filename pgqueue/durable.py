@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, get_type_hints
 
 import pydantic
 
+from . import tracing
 from ._ops import Op, Statement
 from ._sql import query
 from .context import RetryLater
@@ -294,19 +295,21 @@ async def run_step(durable: Durable, name: str, fn: Callable[..., Any], args: tu
     app = durable.app
     plan = await app.execute_async(durable.plan_op(name), connection)
     if plan.done:
+        tracing.step_replayed(plan.key)
         return _adapter(fn).validate_python(cast(Recorded, plan.recorded).output)
     started = time.monotonic()
-    try:
-        value = fn(*args)
-        if inspect.isawaitable(value):
-            value = await asyncio.wait_for(value, timeout)
-    except Exception as exc:
-        attempts = await _record_async(durable, plan, "failed", None, _error(exc), time.monotonic() - started,
-                                       connection)
-        _after_failure(plan, attempts, exc, retry)
-        raise
-    output = _adapter(fn).dump_python(value, mode="json")
-    await _record_async(durable, plan, "succeeded", output, None, time.monotonic() - started, connection)
+    with tracing.step_span(name, plan.key, durable.fence["run"]):
+        try:
+            value = fn(*args)
+            if inspect.isawaitable(value):
+                value = await asyncio.wait_for(value, timeout)
+        except Exception as exc:
+            attempts = await _record_async(durable, plan, "failed", None, _error(exc), time.monotonic() - started,
+                                           connection)
+            _after_failure(plan, attempts, exc, retry)
+            raise
+        output = _adapter(fn).dump_python(value, mode="json")
+        await _record_async(durable, plan, "succeeded", output, None, time.monotonic() - started, connection)
     return value
 
 
@@ -315,16 +318,18 @@ def run_step_sync(durable: Durable, name: str, fn: Callable[..., Any], args: tup
     app = durable.app
     plan = app.execute(durable.plan_op(name), connection)
     if plan.done:
+        tracing.step_replayed(plan.key)
         return _adapter(fn).validate_python(cast(Recorded, plan.recorded).output)
     started = time.monotonic()
-    try:
-        value = fn(*args)
-    except Exception as exc:
-        op = durable.record_op(plan, "failed", error=_error(exc), duration=time.monotonic() - started)
-        attempts = app.execute(op, connection)
-        _after_failure(plan, attempts, exc, retry)
-        raise
-    output = _adapter(fn).dump_python(value, mode="json")
-    app.execute(durable.record_op(plan, "succeeded", output, duration=time.monotonic() - started), connection)
+    with tracing.step_span(name, plan.key, durable.fence["run"]):
+        try:
+            value = fn(*args)
+        except Exception as exc:
+            op = durable.record_op(plan, "failed", error=_error(exc), duration=time.monotonic() - started)
+            attempts = app.execute(op, connection)
+            _after_failure(plan, attempts, exc, retry)
+            raise
+        output = _adapter(fn).dump_python(value, mode="json")
+        app.execute(durable.record_op(plan, "succeeded", output, duration=time.monotonic() - started), connection)
     return value
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from psycopg.types.json import Jsonb
 
+from . import tracing
 from ._ops import Op, Statement
 from ._sql import query
 from .errors import ConfigurationError, RunFailed, RunNotFound
@@ -91,9 +92,10 @@ def enqueue_op(task: str, inputs: Sequence[str], options: EnqueueOptions, *,
     if keys is None and options.idempotency_key is not None:
         keys = [options.idempotency_key] * len(inputs)
     delay = options.delay
+    queue = options.queue or default_queue
     params = {
         "task": task,
-        "queue": options.queue or default_queue,
+        "queue": queue,
         "priority": default_priority if options.priority is None else options.priority,
         "run_at": options.run_at,
         "delay": timedelta(seconds=delay) if isinstance(delay, (int, float)) else delay,
@@ -101,6 +103,15 @@ def enqueue_op(task: str, inputs: Sequence[str], options: EnqueueOptions, *,
         "metadata": Jsonb(dict(options.metadata)),
         "schedule_to_start": schedule_to_start,
     }
+    with tracing.enqueue_span(task, queue, len(inputs)) as span:
+        params["trace_context"] = None if span.carrier is None else Jsonb(span.carrier)
+        found = yield from _insert_op(params, inputs, keys, progress, parent_id)
+        span.enqueued(found)
+    return found
+
+
+def _insert_op(params: dict[str, Any], inputs: Sequence[str], keys: Sequence[str] | None,
+               progress: Callable[[int], None] | None, parent_id: int | None) -> Op[list[tuple[int, bool]]]:
     if len(inputs) == 1 and not progress and parent_id is None:
         rows = yield Statement(query("runs", "enqueue_one"), {
             **params, "input": inputs[0], "key": keys[0] if keys is not None else None})

@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from . import tracing
 from ._completer import Completer
 from ._executor import Claimed, Executor
 from ._ops import run_async
@@ -244,13 +245,28 @@ class Worker:
                     log.warning("claim failed: %s", exc)
                 await self._backoff(failures)
                 continue
-            for row in rows:
-                self._start(Claimed(*row))
+            claimed = [Claimed(*row) for row in rows]
+            if claimed and tracing.enabled():
+                claimed = await self._with_trace_contexts(claimed)
+            for run in claimed:
+                self._start(run)
             self.claimed_total += len(rows)
             if len(rows) < limit:
                 if settings.burst and not rows and not self._running and not self._completer.backlog():
                     break
                 await self._idle_wait()
+
+    async def _with_trace_contexts(self, claimed: list[Claimed]) -> list[Claimed]:
+        """The runs with their queue and trace context, read in one query (tracing only: the claim
+        itself stays as narrow as it is when tracing is off)."""
+        try:
+            rows = await self._execute("trace_contexts", {"ids": [run.id for run in claimed]})
+        except DB_ERRORS as exc:  # the runs are claimed: they run, in traces of their own
+            log.warning("could not read the trace contexts of %d claimed run(s): %s", len(claimed), exc)
+            return claimed
+        found = {run_id: (queue, context) for run_id, queue, context in rows}
+        return [replace(run, queue=found[run.id][0], trace_context=found[run.id][1]) if run.id in found else run
+                for run in claimed]
 
     async def _idle_wait(self) -> None:
         """Sleep until a notification, a freed slot in burst mode, or the poll interval."""

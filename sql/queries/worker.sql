@@ -18,6 +18,10 @@ LISTEN pgqueue_ready
 SELECT id, task, input, attempt, failures, expired
   FROM pgqueue.claim(%(worker)s, %(queues)s::text[], %(limit)s, %(lease_s)s)
 
+-- name: trace_contexts
+-- Only when tracing is on: where each claimed run's enqueue put its trace context.
+SELECT id, queue, trace_context FROM pgqueue.runs WHERE id = ANY(%(ids)s::bigint[])
+
 -- name: complete
 -- Record a batch of outcomes. An outcome is applied only while the run is still running
 -- this attempt on this worker; the ids returned are the outcomes that were applied.
