@@ -183,7 +183,13 @@ class RunHandle(_HandleBase[R]):
         return self.info().status
 
     def result(self, timeout: float | None = None) -> R:
-        """Wait for the run to finish; return its result or raise RunFailed / TimeoutError.
+        """Wait for the run to finish; return its result or raise RunFailed / TimeoutError."""
+        return self._outcome(self.wait(timeout))
+
+    def wait(self, timeout: float | None = None, on_update: Callable[[RunInfo], None] | None = None) -> RunInfo:
+        """Wait for the run to finish and return its final state, whatever the outcome
+        (TimeoutError after `timeout` seconds). `on_update` gets every state read meanwhile,
+        e.g. to show the children done.
 
         Waits on LISTEN for the workers' completion signals, checking the run after each
         (and at least every second, in case a signal is lost).
@@ -194,8 +200,10 @@ class RunHandle(_HandleBase[R]):
             poll = 0.05
             while True:
                 info = self.app.execute(get_run_op(self.id))
+                if on_update is not None:
+                    on_update(info)
                 if info.done:
-                    return self._outcome(info)
+                    return info
                 wait = _next_wait(deadline, poll)
                 for _ in conn.notifies(timeout=wait, stop_after=1):
                     pass
@@ -213,16 +221,22 @@ class AsyncRunHandle(_HandleBase[R]):
 
     async def result(self, timeout: float | None = None) -> R:
         """Async twin of `RunHandle.result`."""
+        return self._outcome(await self.wait(timeout))
+
+    async def wait(self, timeout: float | None = None,
+                   on_update: Callable[[RunInfo], None] | None = None) -> RunInfo:
+        """Async twin of `RunHandle.wait`."""
         deadline = _deadline(timeout)
         async with await self.app.listen_connection_async() as conn:
             await conn.execute(query("runs", "listen_done"))
             poll = 0.05
             while True:
                 info = await self.app.execute_async(get_run_op(self.id))
+                if on_update is not None:
+                    on_update(info)
                 if info.done:
-                    return self._outcome(info)
+                    return info
                 wait = _next_wait(deadline, poll)
                 async for _ in conn.notifies(timeout=wait, stop_after=1):
                     pass
                 poll = min(_MAX_POLL, poll * 2)
-

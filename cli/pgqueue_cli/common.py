@@ -39,12 +39,45 @@ def print_json(value: Any) -> None:
     click.echo(json.dumps(value, default=str, indent=2))
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+#: colours of statuses and outcomes (shown only on a terminal: click.echo strips them when piped)
+STATUS_COLOURS = {
+    "succeeded": "green", "failed": "red", "dead": "red", "crashed": "red", "timeout": "red", "expired": "red",
+    "running": "cyan", "queued": "yellow", "retry": "yellow", "sleeping": "blue", "waiting": "blue",
+    "scheduled": "blue", "cancelled": "magenta", "handed_back": "magenta", "paused": "magenta",
+    "active": "green",
+}
+#: columns whose values are statuses
+STATUS_COLUMNS = frozenset({"status", "state", "outcome"})
+
+
+def status_text(value: str) -> str:
+    colour = STATUS_COLOURS.get(value)
+    return click.style(value, fg=colour, bold=True if value in ("failed", "dead") else None) if colour else value
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """Lines of an aligned table: numbers right-aligned, statuses coloured, headers bold."""
     cells = [[cell(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    numeric = [bool(rows) and all(isinstance(r[i], (int, float)) or r[i] is None for r in rows)
+               for i in range(len(headers))]
+
+    def line(values: Sequence[str], style: bool) -> str:
+        parts = []
+        for i, (value, width) in enumerate(zip(values, widths, strict=True)):
+            padded = value.rjust(width) if numeric[i] else value.ljust(width)
+            if style and headers[i] in STATUS_COLUMNS and value in STATUS_COLOURS:
+                padded = status_text(value) + padded[len(value):]  # pad outside the colour codes
+            parts.append(padded)
+        return "  ".join(parts).rstrip()
+
+    header = line([h.upper() for h in headers], style=False)
+    return [click.style(header, bold=True), *(line(row, style=True) for row in cells)]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    for text in render_table(headers, rows):
+        click.echo(text)
 
 
 def cell(value: Any) -> str:

@@ -57,7 +57,8 @@ def add_cmd(name: str, expression: str, task: str, input_text: str, timezone: st
 @friendly_errors
 def list_cmd(as_json: bool, dsn: str | None) -> None:
     """Schedules with their next and last fire times."""
-    rows = PgQueue(dsn).cron_list()
+    with PgQueue(dsn) as app:
+        rows = app.cron_list()
     if as_json:
         print_json([dataclasses.asdict(r) for r in rows])
         return

@@ -1,4 +1,4 @@
-"""`pgqueue runs ...` and `pgqueue status`: look at runs and queues, and act on runs."""
+"""`pgqueue runs ...`, `event` and `queue`: look at runs, act on runs and queues."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import click
 
 from pgqueue import PgQueue
-from pgqueue.admin import RUN_STATUSES, list_runs_op, run_detail_op, status_op
+from pgqueue.admin import RUN_STATUSES, list_runs_op, run_detail_op
 
-from .common import cell, dsn_option, friendly_errors, json_option, parse_when, print_json, table
+from .common import cell, dsn_option, friendly_errors, json_option, parse_when, print_json, status_text, table
 
 
 @click.group("runs")
@@ -32,8 +32,9 @@ def runs_group() -> None:
 def list_cmd(task: str | None, status: str | None, queue: str | None, before: int | None, scheduled: bool,
              limit: int, as_json: bool, dsn: str | None) -> None:
     """Newest runs first."""
-    runs = PgQueue(dsn).execute(list_runs_op(task=task, status=status, queue=queue, before=before, limit=limit,
-                                             scheduled=scheduled))
+    with PgQueue(dsn) as app:
+        runs = app.execute(list_runs_op(task=task, status=status, queue=queue, before=before, limit=limit,
+                                        scheduled=scheduled))
     if as_json:
         print_json([dataclasses.asdict(r) for r in runs])
         return
@@ -48,33 +49,47 @@ def list_cmd(task: str | None, status: str | None, queue: str | None, before: in
 @friendly_errors
 def show_cmd(run_id: int, as_json: bool, dsn: str | None) -> None:
     """A run with its input, result or error, and every attempt."""
-    info, attempts = PgQueue(dsn).execute(run_detail_op(run_id))
+    with PgQueue(dsn) as app:
+        info, attempts = app.execute(run_detail_op(run_id))
     if as_json:
         print_json({**dataclasses.asdict(info), "attempts": [dataclasses.asdict(a) for a in attempts]})
         return
-    click.echo(f"run {info.id}  task {info.task}  queue {info.queue}  status {info.status}")
-    click.echo(f"  created {cell(info.created_at)}  run at {cell(info.run_at)}  started {cell(info.started_at)}"
-               f"  finished {cell(info.finished_at)}")
-    click.echo(f"  attempts {info.attempt}  recoveries {info.recoveries}  priority {info.priority}"
-               + (f"  tags {','.join(info.tags)}" if info.tags else ""))
+    click.echo(click.style(f"run {info.id}", bold=True) + f"  {info.task}  " + status_text(info.status))
+    fields: list[tuple[str, object]] = [
+        ("queue", f"{info.queue}  (priority {info.priority})"),
+        ("created", info.created_at), ("run at", info.run_at), ("started", info.started_at),
+        ("finished", info.finished_at),
+        ("attempts", f"{info.attempt}  (recoveries {info.recoveries})"),
+    ]
+    if info.tags:
+        fields.append(("tags", ", ".join(info.tags)))
+    if info.idempotency_key:
+        fields.append(("key", info.idempotency_key))
     if info.parent_id is not None:
-        click.echo(f"  parent run {info.parent_id}")
+        fields.append(("parent", f"run {info.parent_id}"))
     if info.children_total:
-        done = info.children_total - info.children_pending
-        click.echo(f"  children {done}/{info.children_total} done")
-    click.echo(f"  input  {json.dumps(info.input)}")
+        fields.append(("children", f"{info.children_total - info.children_pending}/{info.children_total} done"))
+    fields.append(("input", json.dumps(info.input)))
     if info.result is not None:
-        click.echo(f"  result {json.dumps(info.result)}")
+        fields.append(("result", json.dumps(info.result)))
     if info.error:
-        click.echo(f"  error  {info.error.get('type')}: {info.error.get('message')}")
+        fields.append(("error", click.style(f"{info.error.get('type')}: {info.error.get('message')}", fg="red")))
+    for label, value in fields:
+        click.echo(f"  {label:<9} {cell(value)}")
+    if not attempts:
+        return
+    click.echo()
+    table(["attempt", "outcome", "took", "started", "worker", "error"],
+          [(a.attempt, a.outcome, _took(a.started_at, a.finished_at), a.started_at, (a.worker_id or "-")[:8],
+            f"{a.error_type}: {a.error_message}" if a.error_type else None) for a in attempts])
     for a in attempts:
-        took = f"{(a.finished_at - a.started_at).total_seconds():.3f}s" if a.finished_at else "running"
-        click.echo(f"  attempt {a.attempt}: {a.outcome} after {took} on worker {a.worker_id or '-'}"
-                   + (f" - {a.error_type}: {a.error_message}" if a.error_type else ""))
-        if a.traceback:
-            click.echo("    " + a.traceback.rstrip().replace("\n", "\n    "))
-        if a.logs:
-            click.echo("    logs:\n      " + a.logs.rstrip().replace("\n", "\n      "))
+        for what, text in (("traceback", a.traceback), ("logs", a.logs)):
+            if text:
+                click.echo(f"\nattempt {a.attempt} {what}:\n    " + text.rstrip().replace("\n", "\n    "))
+
+
+def _took(started: datetime, finished: datetime | None) -> str:
+    return f"{(finished - started).total_seconds():.3f}s" if finished else "running"
 
 
 @runs_group.command("retry")
@@ -170,23 +185,3 @@ def queue_resume_cmd(name: str, dsn: str | None) -> None:
     """Claim NAME's runs again."""
     PgQueue(dsn).resume_queue(name)
     click.echo(f"queue {name!r} resumed")
-
-
-@click.command("status")
-@json_option
-@dsn_option
-@friendly_errors
-def status_cmd(as_json: bool, dsn: str | None) -> None:
-    """Per queue: queued, scheduled, running, failed in the last hour, oldest wait; workers alive."""
-    queues, workers = PgQueue(dsn).execute(status_op())
-    if as_json:
-        print_json({"queues": [dataclasses.asdict(q) for q in queues],
-                     "workers": [dataclasses.asdict(w) for w in workers]})
-        return
-    table(["queue", "queued", "scheduled", "running", "failed 1h", "oldest wait s", "state"],
-          [(q.queue, q.queued, q.scheduled, q.running, q.failed_last_hour, q.oldest_wait_s,
-            "paused" if q.paused else "active") for q in queues])
-    click.echo()
-    table(["worker", "host", "pid", "queues", "concurrency", "running", "heartbeat age s"],
-           [(w.name, w.host, w.pid, ",".join(w.queues), w.concurrency, w.running, w.heartbeat_age_s)
-            for w in workers])
