@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ._ops import Op, Statement
@@ -195,11 +196,43 @@ def hold_op(name: str, seconds: float, key: str) -> Op[Any]:
     return rows[0][0]
 
 
-def concurrency_status_op(limit: int = 50) -> Op[list[tuple[Any, ...]]]:
-    rows = yield Statement(query("flow", "concurrency_status"), {"limit": limit})
-    return list(rows)
+@dataclass(frozen=True)
+class KeyUsage:
+    task: str
+    key: str
+    running: int
+    max_running: int | None
+    strategy: str | None
+    queued: int
 
 
-def rate_status_op(limit: int = 50) -> Op[list[tuple[Any, ...]]]:
-    rows = yield Statement(query("flow", "rate_status"), {"limit": limit})
-    return list(rows)
+@dataclass(frozen=True)
+class RateUsage:
+    name: str
+    key: str
+    available: float
+    capacity: float
+    per_second: float
+    held_until: datetime | None
+    next_start: datetime
+
+
+@dataclass(frozen=True)
+class LimitRow:
+    task: str
+    key: str
+    max_running: int
+    strategy: str
+    source: str
+
+
+def flow_status_op(limit: int = 20) -> Op[tuple[list[KeyUsage], list[RateUsage]]]:
+    """The busiest concurrency keys (running / limit, queued) and every rate-limit bucket."""
+    keys = yield Statement(query("flow", "concurrency_status"), {"limit": limit})
+    rates = yield Statement(query("flow", "rate_status"), {"limit": limit})
+    return [KeyUsage(*row) for row in keys], [RateUsage(*row) for row in rates]
+
+
+def list_limits_op() -> Op[list[LimitRow]]:
+    rows = yield Statement(query("flow", "list_concurrency_limits"))
+    return [LimitRow(*row) for row in rows]

@@ -4,6 +4,7 @@ connections, to control the interleavings exactly."""
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -315,3 +316,28 @@ def test_a_task_using_an_undeclared_rate_limit_stops_the_worker_start(dsn: str) 
     with pytest.raises(Exception, match="rate limit 'undeclared', which is not declared"):
         other.register_tasks()
     other.close()
+
+
+def test_cli_sets_limits_and_status_shows_use(cli_env: dict[str, str], conn: Conn) -> None:
+    from test_cli import assert_one_line_error, pgqueue
+
+    limited.enqueue_many([{"tenant": "cli", "n": i} for i in range(4)])
+    claim(conn)
+    assert pgqueue("limits", "set", "limited", "3", "--key", "cli", env=cli_env).returncode == 0
+    assert pgqueue("limits", "rate", "llm", "600", "--per", "60", "--burst", "50", env=cli_env).returncode == 0
+    assert pgqueue("limits", "hold", "llm", "30", env=cli_env).returncode == 0
+    status = pgqueue("status", "--json", env=cli_env)
+    data = json.loads(status.stdout)
+    key = next(k for k in data["concurrency_keys"] if k["key"] == "cli")
+    assert (key["running"], key["max_running"], key["queued"]) == (2, 3, 2)
+    llm = next(r for r in data["rate_limits"] if r["name"] == "llm")
+    assert (llm["capacity"], llm["per_second"], llm["held_until"] is not None) == (50, 10, True)
+    text = pgqueue("status", env=cli_env).stdout
+    assert "2/3" in text and "llm" in text
+    listing = pgqueue("limits", "list", env=cli_env)
+    assert "runtime" in listing.stdout and "cli" in listing.stdout
+    assert pgqueue("limits", "unset", "limited", "--key", "cli", env=cli_env).returncode == 0
+    assert_one_line_error(pgqueue("limits", "unset", "limited", "--key", "cli", env=cli_env), "no concurrency limit")
+    assert_one_line_error(pgqueue("limits", "hold", "nope", "5", env=cli_env), 'no rate limit named "nope"')
+    bad = pgqueue("limits", "set", "limited", "0", env=cli_env)
+    assert bad.returncode == 2 and "0 is not in the range" in bad.stderr

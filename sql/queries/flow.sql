@@ -68,3 +68,6 @@ SELECT name, key, least(capacity, tokens + refill_per_s * extract(epoch FROM now
   FROM pgqueue.rate_limits
  ORDER BY name, key
  LIMIT %(limit)s
+
+-- name: list_concurrency_limits
+SELECT name, key, max_running, strategy, source FROM pgqueue.concurrency_limits ORDER BY name, key = '*' DESC, key
