@@ -97,7 +97,7 @@ def test_status_watch_redraws_until_interrupted(runs: list[int], dsn: str, monke
 
 def test_every_listing_has_json(runs: list[int], dsn: str) -> None:
     for args in (["runs", "list"], ["runs", "list", "--scheduled"], ["runs", "show", str(runs[1])], ["status"],
-                 ["cron", "list"], ["runs", "wait", str(runs[1])]):
+                 ["cron", "list"], ["limits", "list"], ["runs", "wait", str(runs[1])]):
         result = cli(*args, "--json", dsn=dsn)
         assert result.exit_code == 0, (args, result.output)
         json.loads(result.output)

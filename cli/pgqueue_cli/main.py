@@ -17,6 +17,7 @@ from pgqueue.migrations import check_schema, migrate, pending
 
 from .common import dsn_option, friendly_errors, parse_when
 from .cron_cmd import cron_group
+from .limits_cmd import limits_group
 from .loading import load_app
 from .runs_cmd import event_group, queue_group, runs_group
 from .status_cmd import status_cmd, top_cmd
@@ -36,6 +37,7 @@ runs_group.add_command(wait_cmd)
 main.add_command(runs_group)
 main.add_command(status_cmd)
 main.add_command(top_cmd)
+main.add_command(limits_group)
 main.add_command(event_group)
 main.add_command(cron_group)
 main.add_command(queue_group)

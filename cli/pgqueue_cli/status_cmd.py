@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -14,8 +15,10 @@ import psycopg
 from pgqueue import PgQueue
 from pgqueue.admin import QueueStatus, WorkerStatus, status_op
 from pgqueue.config import describe_dsn
+from pgqueue.flow import KeyUsage, RateUsage, flow_status_op
 
 from .common import dsn_option, friendly_errors, json_option, print_json, render_table
+from .limits_cmd import usage_lines
 
 interval_option = click.option("--interval", "-n", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
                                help="Seconds between refreshes of the live view.")
@@ -23,25 +26,42 @@ interval_option = click.option("--interval", "-n", type=click.FloatRange(min=0.1
 iterations_option = click.option("--iterations", type=click.IntRange(min=1), default=None, hidden=True)
 
 
-def _snapshot(queues: list[QueueStatus], workers: list[WorkerStatus]) -> dict[str, Any]:
-    return {"queues": [dataclasses.asdict(q) for q in queues], "workers": [dataclasses.asdict(w) for w in workers]}
+@dataclass(frozen=True)
+class Status:
+    queues: list[QueueStatus]
+    workers: list[WorkerStatus]
+    keys: list[KeyUsage]
+    rates: list[RateUsage]
 
 
-def render_status(queues: list[QueueStatus], workers: list[WorkerStatus]) -> list[str]:
+def fetch_status(app: PgQueue) -> Status:
+    return Status(*app.execute(status_op()), *app.execute(flow_status_op()))
+
+
+def _snapshot(status: Status) -> dict[str, Any]:
+    return {"queues": [dataclasses.asdict(q) for q in status.queues],
+            "workers": [dataclasses.asdict(w) for w in status.workers],
+            "concurrency_keys": [dataclasses.asdict(k) for k in status.keys],
+            "rate_limits": [dataclasses.asdict(r) for r in status.rates]}
+
+
+def render_status(status: Status) -> list[str]:
     lines = render_table(
         ["queue", "queued", "scheduled", "running", "failed 1h", "oldest wait s", "state"],
         [(q.queue, q.queued, q.scheduled, q.running, q.failed_last_hour, q.oldest_wait_s,
-          "paused" if q.paused else "active") for q in queues])
-    if not queues:
+          "paused" if q.paused else "active") for q in status.queues])
+    if not status.queues:
         lines.append("(no queued, running or recently failed runs)")
     lines.append("")
-    if workers:
+    if status.workers:
         lines += render_table(
             ["worker", "host", "pid", "queues", "concurrency", "running", "heartbeat age s"],
             [(w.name, w.host, w.pid, ",".join(w.queues), w.concurrency, w.running, w.heartbeat_age_s)
-             for w in workers])
+             for w in status.workers])
     else:
         lines.append("no worker alive")
+    if status.keys or status.rates:
+        lines += ["", *usage_lines(status.keys, status.rates)]
     return lines
 
 
@@ -53,8 +73,8 @@ def watch(app: PgQueue, interval: float, iterations: int | None, as_json: bool) 
     try:
         while True:
             try:
-                queues, workers = app.execute(status_op())
-                lines, snapshot = render_status(queues, workers), _snapshot(queues, workers)
+                status = fetch_status(app)
+                lines, snapshot = render_status(status), _snapshot(status)
             except psycopg.OperationalError as exc:  # keep watching: the database may come back
                 lines, snapshot = [click.style(f"database unavailable: {exc}".strip(), fg="red")], {"error": str(exc)}
             if as_json:
@@ -79,16 +99,17 @@ def watch(app: PgQueue, interval: float, iterations: int | None, as_json: bool) 
 @dsn_option
 @friendly_errors
 def status_cmd(live: bool, interval: float, iterations: int | None, as_json: bool, dsn: str | None) -> None:
-    """Per queue: queued, scheduled, running, failed in the last hour, oldest wait; workers alive."""
+    """Per queue: queued, scheduled, running, failed in the last hour, oldest wait; workers alive;
+    the busiest concurrency keys and rate-limit buckets."""
     with PgQueue(dsn) as app:
         if live:
             watch(app, interval, iterations, as_json)
             return
-        queues, workers = app.execute(status_op())
+        status = fetch_status(app)
     if as_json:
-        print_json(_snapshot(queues, workers))
+        print_json(_snapshot(status))
     else:
-        click.echo("\n".join(render_status(queues, workers)))
+        click.echo("\n".join(render_status(status)))
 
 
 @click.command("top")

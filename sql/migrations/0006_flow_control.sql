@@ -354,7 +354,7 @@ BEGIN
     VALUES (task, coalesce(key, '*'), max_running,
             coalesce(strategy, (SELECT d.strategy FROM pgqueue.concurrency_limits d
                                  WHERE d.name = task AND d.key = '*'), 'queue'), 'runtime')
-    ON CONFLICT (name, key) DO UPDATE
+    ON CONFLICT ON CONSTRAINT concurrency_limits_pkey DO UPDATE
        SET max_running = excluded.max_running, strategy = coalesce(set_concurrency_limit.strategy, l.strategy),
            source = 'runtime', updated_at = now();
     -- a raised limit may make queued runs claimable now

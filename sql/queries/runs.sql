@@ -13,6 +13,8 @@ SELECT id, created FROM pgqueue.enqueue_many(
     metadata => %(metadata)s::jsonb,
     schedule_to_start => %(schedule_to_start)s,
     parent_id => %(parent_id)s::bigint,
+    concurrency_keys => %(concurrency_keys)s::text[],
+    rate_costs => %(rate_costs)s::text[]::jsonb[],
     trace_context => %(trace_context)s::jsonb)
 
 -- name: enqueue_one
@@ -27,6 +29,8 @@ SELECT id, created FROM pgqueue.enqueue_one(
     tags => %(tags)s::text[],
     metadata => %(metadata)s::jsonb,
     schedule_to_start => %(schedule_to_start)s,
+    concurrency_key => %(concurrency_key)s,
+    rate_cost => %(rate_cost)s::jsonb,
     trace_context => %(trace_context)s::jsonb)
 
 -- name: get_run
