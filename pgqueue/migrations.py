@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._ops import Op, Statement, run_async, run_sync
-from ._sql import latest_version, migrations, query
+from ._sql import latest_version, migrations, query, shipped_versions
 from .config import connect, connect_async, first_line
 from .errors import MigrationFailed, SchemaMissing, SchemaOutdated, SchemaTooNew
 
@@ -22,7 +22,7 @@ def check_versions(applied: list[int] | None) -> None:
             f"the database schema is at version {max(applied)} but this pgqueue knows only "
             f"up to {latest}; upgrade pgqueue"
         )
-    missing = sorted(set(range(1, latest + 1)) - set(applied))
+    missing = sorted(set(shipped_versions()) - set(applied))
     if missing:
         raise SchemaOutdated(
             f"the database schema is behind this pgqueue (missing migrations {missing}); "
