@@ -129,8 +129,9 @@ async def test_pages_filters_and_metrics(tasks: Any, open_server: DashboardServe
     assert ids({"since": "1h", "task": "flaky"}) == [failed.id] and ids({"until": "1h", "task": "flaky"}) == []
     assert scheduled.id in ids({"status": "queued"})
     # keyset paging: pages join up without overlap
-    first, more = open_server.dash.app.execute(list_runs_op(RunFilters(), None, limit=2))
-    second, _ = open_server.dash.app.execute(list_runs_op(RunFilters(), first[-1]["id"], limit=2))
+    first, more = open_server.dash.app.execute(list_runs_op(RunFilters(), None, limit=2), transaction=True)
+    second, _ = open_server.dash.app.execute(list_runs_op(RunFilters(), first[-1]["id"], limit=2),
+                                              transaction=True)
     assert more and first[-1]["id"] > second[0]["id"] and second[0]["id"] == first[-1]["id"] - 1
 
     for path in ("/", "/workers", "/cron", "/limits", f"/runs/{workflow.id}", f"/runs/{failed.id}"):

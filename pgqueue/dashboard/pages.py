@@ -106,7 +106,7 @@ def runs_list(dash: Dashboard, query: Mapping[str, str]) -> Page:
         filters, before = parse_filters(query, now)
     except BadFilter as exc:
         return 400, "runs.html", {**context, "error": str(exc)}
-    runs, more = dash.app.execute(list_runs_op(filters, before))
+    runs, more = dash.app.execute(list_runs_op(filters, before), transaction=True)
     older = {k: v for k, v in query.items() if v and k != "before"}
     if more:
         older["before"] = str(runs[-1]["id"])

@@ -42,7 +42,8 @@ class RunFilters:
 
 def list_runs_op(filters: RunFilters, before: int | None,
                  limit: int = PAGE_SIZE) -> Op[tuple[list[dict[str, Any]], bool]]:
-    """A page of runs, newest first, and whether an older page exists."""
+    """A page of runs, newest first, and whether an older page exists (run it in a transaction)."""
+    yield Statement(query("dashboard", "serial_plans"))
     params = {**filters.__dict__, "before": before, "limit": limit + 1}
     rows = yield _q("list_runs", params)
     runs = _dicts(rows, "id task queue status attempt created_at started_at finished_at error_type tags "
