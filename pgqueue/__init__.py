@@ -18,6 +18,7 @@ from .errors import (
     TaskDefinitionError,
     UnknownTask,
 )
+from .flow import Concurrency, RateLimit, RateLimited
 from .retry import Retry
 from .runs import AsyncRunHandle, RunHandle, RunInfo
 from .task import Task, TaskCall
@@ -26,6 +27,7 @@ from .workflow import Workflow, WorkflowFailed
 __all__ = [
     "AsyncRunHandle",
     "ChildRunFailed",
+    "Concurrency",
     "ConfigurationError",
     "DatabaseUnavailable",
     "InputTooLarge",
@@ -34,6 +36,8 @@ __all__ = [
     "NonDeterminismError",
     "PgQueue",
     "PgQueueError",
+    "RateLimit",
+    "RateLimited",
     "Retry",
     "RetryLater",
     "RunContext",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .context import RetryLater, RunContext, TaskCancelled, _current
 from .durable import RunTakenOver, Suspended
 from .errors import InvalidInput
+from .flow import RateLimited
 
 if TYPE_CHECKING:
     from .app import PgQueue
@@ -101,6 +102,10 @@ class Executor:
         except RunTakenOver as lost:
             log.warning("run %d: %s; this attempt's work is dropped", run.id, lost)
             return None
+        except RateLimited as request:
+            await self._hold(run, request)
+            return Outcome(run.id, run.attempt, "queued", "retry", error=error_info(request, False),
+                           delay=request.delay)
         except RetryLater as request:
             return Outcome(run.id, run.attempt, "queued", "retry", error=error_info(request, False),
                            delay=request.delay)
@@ -116,6 +121,13 @@ class Executor:
         except Exception as exc:
             return failure(run, task, exc)
         return Outcome(run.id, run.attempt, "succeeded", "succeeded", result=result)
+
+    async def _hold(self, run: Claimed, request: RateLimited) -> None:
+        """Put the provider's key on hold for the whole fleet; the run is retried after it anyway."""
+        try:
+            await self.app.hold_rate_limit_async(request.limit, request.delay, key=request.key)
+        except Exception as exc:
+            log.warning("run %d: could not hold rate limit %r: %s", run.id, request.limit, exc)
 
     @staticmethod
     def _cancelled(run: Claimed) -> Outcome:

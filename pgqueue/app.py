@@ -22,6 +22,17 @@ from .config import connect, connect_async, require_dsn
 from .cron import Schedule, ScheduleInfo, add_op, delete_op, list_op, set_enabled_op, trigger_op
 from .durable import send_event_op
 from .errors import ConfigurationError, InvalidInput, TaskDefinitionError, UnknownTask
+from .flow import (
+    Concurrency,
+    RateLimit,
+    RateLimitDefinition,
+    delete_concurrency_op,
+    hold_op,
+    registration,
+    set_concurrency_op,
+    set_rate_limit_op,
+    sync_limits_op,
+)
 from .migrations import check_schema_op, migrate
 from .retry import Retry
 from .runs import AsyncRunHandle, EnqueueOptions, RunHandle, enqueue_op, to_json_text
@@ -65,6 +76,7 @@ class PgQueue:
         self.pool_size = pool_size
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, Schedule] = {}
+        self.rate_limits: dict[str, RateLimitDefinition] = {}
         self._pool: ConnectionPool | None = None
         self._async_pool: AsyncConnectionPool | None = None
         self._async_lock: asyncio.Lock | None = None
@@ -80,7 +92,8 @@ class PgQueue:
     def task(self, *, name: str | None = None, queue: str = "default", priority: int = 0,
              retry: Retry | None = None, timeout: float | None = None,
              schedule_to_start: float | None = None, on_event: str | Sequence[str] = (),
-             concurrency: Any = None, rate_limits: Sequence[Any] = ()) -> _TaskDecorator: ...
+             concurrency: Concurrency | None = None,
+             rate_limits: Sequence[RateLimit] | RateLimit = ()) -> _TaskDecorator: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Declare a task. Use as `@app.task` or `@app.task(queue=..., retry=..., ...)`.
@@ -89,7 +102,8 @@ class PgQueue:
         retry: a `Retry` policy (default 3 attempts, exponential backoff with jitter);
         timeout: start-to-close seconds per attempt; schedule_to_start: seconds a run may
         wait before it fails as expired; on_event: event names that start a run of this task
-        with the event's payload as input.
+        with the event's payload as input; concurrency: a `Concurrency` rule (at most N running
+        runs per key); rate_limits: `RateLimit` rules (units taken before a run starts).
         """
         if fn is not None:
             return self._register(fn)
@@ -109,12 +123,22 @@ class PgQueue:
         self.tasks[task_name] = task
         return task
 
-    def workflow(self, name: str, *, queue: str = "default", on_failure: Task[Any, Any] | None = None) -> Workflow:
+    def workflow(self, name: str, *, queue: str = "default", on_failure: Task[Any, Any] | None = None,
+                 concurrency: Concurrency | None = None) -> Workflow:
         """Declare a DAG workflow; add nodes with `@wf.node(parents=[...])` (see `pgqueue.workflow`).
 
         on_failure: a task started with `{"workflow_run": id, "errors": {node: error}}` when a
-        node fails for good."""
-        return Workflow(self, name, queue=queue, on_failure=on_failure)
+        node fails for good; concurrency: a rule on the workflow's runs (the key comes from the
+        workflow's input)."""
+        return Workflow(self, name, queue=queue, on_failure=on_failure, concurrency=concurrency)
+
+    def rate_limit(self, name: str, *, limit: float, per: float = 1.0, burst: float | None = None) -> None:
+        """Declare a rate limit: `limit` units per `per` seconds across all workers, with bursts up
+        to `burst` units (default `limit`). Tasks take units with `rate_limits=[RateLimit(name)]`.
+        Workers write it to `pgqueue.rate_limits` at start; a runtime change is never overwritten."""
+        if name in self.rate_limits:
+            raise TaskDefinitionError(f"two rate limits are named {name!r}")
+        self.rate_limits[name] = RateLimitDefinition(name, limit, per, burst)
 
     def schedule(self, task: Task[Any, Any] | str, expression: str, *, name: str | None = None,
                  input: Mapping[str, Any] | Any = None, timezone: str = "UTC", queue: str | None = None,
@@ -175,15 +199,53 @@ class PgQueue:
         return migrate(self.dsn)
 
     def register_tasks(self) -> None:
-        """Write the task defaults (queue, priority) to the database for plain-SQL enqueues."""
+        """Write the task defaults (queue, priority, how to compute flow-control keys) and the
+        declared limits to the database: plain-SQL enqueues and claims rely on them."""
         def op() -> Op[None]:
+            limits: list[tuple[str, Concurrency]] = []
             for task in self.tasks.values():
                 s = task.settings
                 s2s = None if s.schedule_to_start is None else f"{s.schedule_to_start} seconds"
                 yield Statement(query("runs", "register_task"), (s.name, s.queue, s.priority, s2s))
+                yield Statement(query("flow", "register_flow"),
+                                {"task": s.name, **registration(s.concurrency, s.rate_limits)})
                 for event in (s.on_event,) if isinstance(s.on_event, str) else s.on_event:
                     yield Statement(query("durable", "subscribe"), (event, s.name))
-        self.execute(op())
+                if s.concurrency is not None:
+                    limits.append((s.name, s.concurrency))
+                for rule in s.rate_limits:
+                    if rule.name not in self.rate_limits:
+                        raise TaskDefinitionError(
+                            f"task {s.name!r} uses rate limit {rule.name!r}, which is not declared: add "
+                            f"app.rate_limit({rule.name!r}, limit=..., per=...)")
+            yield from sync_limits_op(limits, list(self.rate_limits.values()))
+        self.execute(op(), transaction=True)
+
+    # -- flow control at runtime (never overwritten by code) --------------------------------
+
+    def set_concurrency_limit(self, task: str, max_running: int, *, key: str = "*",
+                              strategy: str | None = None) -> None:
+        """Change how many runs of `task` may run at once per key: `key="*"` (the default for every
+        key) or one key, e.g. a tenant on a bigger plan. Takes effect at the next claim."""
+        self.execute(set_concurrency_op(task, max_running, key, strategy))
+
+    def delete_concurrency_limit(self, task: str, *, key: str = "*") -> bool:
+        """Remove a key's own limit (the task's default applies again); False if there was none."""
+        return self.execute(delete_concurrency_op(task, key))
+
+    def set_rate_limit(self, name: str, *, limit: float, per: float = 1.0, burst: float | None = None,
+                       key: str = "") -> None:
+        """Define or change a rate limit at runtime; with `key`, only that key's bucket."""
+        self.execute(set_rate_limit_op(name, limit, per, burst, key))
+
+    def hold_rate_limit(self, name: str, seconds: float, *, key: str = "") -> datetime:
+        """No worker starts a run needing this limit (key) for `seconds` (a provider's Retry-After)."""
+        until: datetime = self.execute(hold_op(name, seconds, key))
+        return until
+
+    async def hold_rate_limit_async(self, name: str, seconds: float, *, key: str = "") -> datetime:
+        until: datetime = await self.execute_async(hold_op(name, seconds, key))
+        return until
 
     def pool(self) -> ConnectionPool:
         with self._lock:

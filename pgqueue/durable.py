@@ -210,8 +210,10 @@ class Durable:
             return list(cast(Recorded, plan.recorded).output)
         run = self.fence["run"]
         keys = [f"{run}/{plan.key}/{i}" for i in range(len(inputs))]
+        known = self.app.tasks.get(task)
         found = yield from enqueue_op(task, inputs, EnqueueOptions(), default_queue=queue,
-                                      default_priority=priority, idempotency_keys=keys, parent_id=int(run))
+                                      default_priority=priority, idempotency_keys=keys, parent_id=int(run),
+                                      flow=known.flow_columns(inputs) if known else (None, None))
         created = sum(1 for _, was_created in found if was_created)
         if not (yield _q("add_children", {**self.fence, "n": created})):
             raise RunTakenOver(f"run {run} is no longer running here")

@@ -79,10 +79,14 @@ def enqueue_op(task: str, inputs: Sequence[str], options: EnqueueOptions, *,
                schedule_to_start: timedelta | None = None,
                idempotency_keys: Sequence[str] | None = None,
                progress: Callable[[int], None] | None = None,
-               parent_id: int | None = None) -> Op[list[tuple[int, bool]]]:
+               parent_id: int | None = None,
+               flow: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None),
+               ) -> Op[list[tuple[int, bool]]]:
     """Insert runs of `task`, one per JSON input text; returns (id, created) in input order.
 
-    None defaults let the database use the task's registered queue and priority.
+    None defaults let the database use the task's registered queue and priority; `flow` holds
+    each input's concurrency key and rate cost (pgqueue.flow), else the database computes them
+    from the task's registration.
     Large bulks go in chunks of BULK_CHUNK inputs (run it in a transaction to keep it atomic).
     """
     keys = idempotency_keys
@@ -101,9 +105,11 @@ def enqueue_op(task: str, inputs: Sequence[str], options: EnqueueOptions, *,
         "metadata": Jsonb(dict(options.metadata)),
         "schedule_to_start": schedule_to_start,
     }
+    flow_keys, costs = flow
     if len(inputs) == 1 and not progress and parent_id is None:
         rows = yield Statement(query("runs", "enqueue_one"), {
-            **params, "input": inputs[0], "key": keys[0] if keys is not None else None})
+            **params, "input": inputs[0], "key": keys[0] if keys is not None else None,
+            "concurrency_key": flow_keys[0] if flow_keys else None, "rate_cost": costs[0] if costs else None})
         return [(rows[0][0], rows[0][1])]
     found: list[tuple[int, bool]] = []
     for start in range(0, len(inputs), BULK_CHUNK):
@@ -113,6 +119,8 @@ def enqueue_op(task: str, inputs: Sequence[str], options: EnqueueOptions, *,
             "inputs": list(inputs[chunk]),
             "keys": list(keys[chunk]) if keys is not None else None,
             "parent_id": parent_id,
+            "concurrency_keys": list(flow_keys[chunk]) if flow_keys else None,
+            "rate_costs": list(costs[chunk]) if costs else None,
         })
         found += [(row[0], row[1]) for row in rows]
         if progress:

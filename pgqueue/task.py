@@ -14,6 +14,7 @@ import psycopg
 from ._codec import InputCodec
 from ._ops import Op
 from .errors import ConfigurationError, TaskDefinitionError
+from .flow import Concurrency, RateLimit, flow_columns
 from .retry import Retry
 from .runs import AsyncRunHandle, EnqueueOptions, RunHandle, enqueue_op
 
@@ -40,15 +41,22 @@ class TaskSettings:
     schedule_to_start: float | None = None
     #: events that start a run of this task, with the event's payload as input
     on_event: str | Sequence[str] = ()
-    #: room for flow control: a concurrency rule and rate-limit rules (see the flow-control docs)
-    concurrency: Any = None
-    rate_limits: Sequence[Any] = ()
+    #: at most N running runs per key (pgqueue.flow.Concurrency)
+    concurrency: Concurrency | None = None
+    #: units taken from rate limits before a run starts (pgqueue.flow.RateLimit)
+    rate_limits: Sequence[RateLimit] = ()
 
     def __post_init__(self) -> None:
-        if self.concurrency is not None or self.rate_limits:
+        if self.concurrency is not None and not isinstance(self.concurrency, Concurrency):
             raise TaskDefinitionError(
-                f"task {self.name!r}: concurrency and rate limits are not available in this version of pgqueue "
-                "yet; leave them out (the schema already has room for them)")
+                f"task {self.name!r}: concurrency= takes pgqueue.Concurrency(key=..., max_running=...), "
+                f"not {self.concurrency!r}")
+        if isinstance(self.rate_limits, RateLimit):
+            object.__setattr__(self, "rate_limits", (self.rate_limits,))
+        if not all(isinstance(rule, RateLimit) for rule in self.rate_limits):
+            raise TaskDefinitionError(
+                f"task {self.name!r}: rate_limits= takes a list of pgqueue.RateLimit(name, units=..., key=...)")
+        object.__setattr__(self, "rate_limits", tuple(self.rate_limits))
         if isinstance(self.on_event, str):
             object.__setattr__(self, "on_event", (self.on_event,))
         if not _NAME.match(self.name):
@@ -96,7 +104,7 @@ class TaskCall(Generic[P, R]):
         s2s = timedelta(seconds=settings.schedule_to_start) if settings.schedule_to_start else None
         return enqueue_op(settings.name, inputs, self._options, default_queue=settings.queue,
                           default_priority=settings.priority, schedule_to_start=s2s,
-                          idempotency_keys=keys, progress=progress)
+                          idempotency_keys=keys, progress=progress, flow=self.task.flow_columns(inputs))
 
     def _sync_connection(self) -> psycopg.Connection[Any] | None:
         if isinstance(self._connection, psycopg.AsyncConnection):
@@ -162,6 +170,10 @@ class Task(TaskCall[P, R]):
     @property
     def name(self) -> str:
         return self.settings.name
+
+    def flow_columns(self, inputs: Sequence[str]) -> tuple[list[str] | None, list[str] | None]:
+        """Each input's concurrency key and rate cost (None: the task has no such rule)."""
+        return flow_columns(self.name, self.settings.concurrency, self.settings.rate_limits, inputs)
 
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.settings.queue}>"

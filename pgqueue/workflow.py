@@ -37,6 +37,7 @@ from ._ops import Op, Statement
 from ._sql import query
 from .durable import SUSPENDED, Durable, RunTakenOver, raise_if_suspended
 from .errors import PgQueueError, TaskDefinitionError
+from .flow import Concurrency, RateLimit
 from .retry import Retry
 from .runs import EnqueueOptions, enqueue_op
 from .task import Task
@@ -103,8 +104,9 @@ class Workflow:
     """A DAG of tasks; enqueue it like a task (`wf.enqueue(input)`)."""
 
     def __init__(self, app: PgQueue, name: str, *, queue: str = "default",
-                 on_failure: Task[Any, Any] | None = None) -> None:
+                 on_failure: Task[Any, Any] | None = None, concurrency: Concurrency | None = None) -> None:
         self.app = app
+        self.concurrency = concurrency
         self.name = name
         self.queue = queue
         self.on_failure = on_failure
@@ -115,7 +117,8 @@ class Workflow:
 
     def node(self, *, parents: Sequence[Task[Any, Any] | str] = (), name: str | None = None,
              retry: Retry | None = None, timeout: float | None = None,
-             queue: str | None = None) -> Callable[[F], Task[Any, Any]]:
+             queue: str | None = None, concurrency: Concurrency | None = None,
+             rate_limits: Sequence[RateLimit] = ()) -> Callable[[F], Task[Any, Any]]:
         """Declare a node. Parents must be declared before their children (so a cycle cannot be
         written); a node's parameters are named after its parents and receive their outputs.
         A root (no parents) receives the workflow's input."""
@@ -131,7 +134,8 @@ class Workflow:
                     f"node {node_name!r} of workflow {self.name!r} must take one parameter per parent, named "
                     f"after it ({', '.join(sorted(parent_names))}); it takes ({', '.join(params)})")
             task = self.app.task(name=f"{self.name}.{node_name}", queue=queue or self.queue,
-                                 retry=retry, timeout=timeout)(fn)
+                                 retry=retry, timeout=timeout, concurrency=concurrency,
+                                 rate_limits=rate_limits)(fn)
             if not parent_names:
                 self._set_input(task)
             self.nodes[node_name] = task
@@ -169,7 +173,7 @@ class Workflow:
         codec = InputCodec(self.name, root.fn)
         codec.output = pydantic.TypeAdapter(Any)
         self.task = self.app._register(orchestrate, name=self.name, queue=self.queue,
-                                       retry=Retry(max_attempts=1), codec=codec)
+                                       retry=Retry(max_attempts=1), codec=codec, concurrency=self.concurrency)
 
     def _require_task(self) -> Task[Any, Any]:
         if self.task is None:
@@ -214,7 +218,8 @@ def orchestrate_op(workflow: Workflow, durable: Durable, data: dict[str, Any]) -
             yield from enqueue_op(workflow.on_failure.name, [report], EnqueueOptions(),
                                   default_queue=workflow.on_failure.settings.queue,
                                   default_priority=workflow.on_failure.settings.priority,
-                                  idempotency_keys=[f"{fence['run']}/on_failure"])
+                                  idempotency_keys=[f"{fence['run']}/on_failure"],
+                                  flow=workflow.on_failure.flow_columns([report]))
         detail = "; ".join(f"{node}: {e.get('type')}: {e.get('message', '')}" for node, e in errors.items())
         return WorkflowFailed(f"workflow {workflow.name!r} failed at {', '.join(decision.failed)} ({detail})")
     created = 0
@@ -222,10 +227,11 @@ def orchestrate_op(workflow: Workflow, durable: Durable, data: dict[str, Any]) -
         parents = workflow.parents[node]
         payload: dict[str, Any] = data if not parents else {parent: nodes[parent][2] for parent in parents}
         task = workflow.nodes[node]
+        text = json.dumps(payload)
         [(child, was_created)] = yield from enqueue_op(
-            task.name, [json.dumps(payload)], EnqueueOptions(), default_queue=task.settings.queue,
+            task.name, [text], EnqueueOptions(), default_queue=task.settings.queue,
             default_priority=task.settings.priority, idempotency_keys=[f"{fence['run']}/{node}"],
-            parent_id=int(fence["run"]))
+            parent_id=int(fence["run"]), flow=task.flow_columns([text]))
         yield _q("mark_node", {"node": node, "child": child})
         created += was_created
     if created and not (yield _q("add_children", {**fence, "n": created})):

@@ -46,7 +46,8 @@ SELECT task, queue, status, finished - latency, finished - latency, finished - l
 LIMITS = """
 INSERT INTO pgqueue.concurrency_limits (name, key, max_running) VALUES ('summarize', '*', 5), ('summarize', 'acme', 20);
 INSERT INTO pgqueue.rate_limits (name, key, capacity, refill_per_s, tokens, held_until)
-VALUES ('openai', 'gpt', 3000, 50, 1240, NULL), ('openai', 'embeddings', 1000, 16.6, 12, now() + interval '20 seconds');
+VALUES ('openai', '', 3000, 50, 3000, NULL), ('openai', 'gpt', 3000, 50, 1240, NULL),
+       ('openai', 'embeddings', 1000, 16.6, 12, now() + interval '20 seconds');
 """
 
 

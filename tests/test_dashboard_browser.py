@@ -24,6 +24,7 @@ if browser.missing():
     pytest.fail(f"the dashboard's browser tests need Chromium: {browser.missing()} "
                 "(or set PGQUEUE_SKIP_BROWSER=1 to skip them explicitly)", pytrace=False)
 
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
@@ -55,7 +56,20 @@ def chrome() -> Iterator[WebDriver]:
 
 
 def until(driver: WebDriver, condition: Callable[[WebDriver], Any], timeout: float = 20) -> Any:
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+    # the live block is swapped in every 2 s: an element found just before a swap goes stale
+    return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(condition)
+
+
+def click(driver: WebDriver, by: str, selector: str) -> None:
+    def clicked(d: WebDriver) -> bool:
+        d.find_element(by, selector).click()
+        return True
+    until(driver, clicked)
+
+
+def text_of(driver: WebDriver, by: str, selector: str) -> str:
+    return str(until(driver, lambda d: d.find_element(by, selector).text))
 
 
 def confirm(driver: WebDriver) -> None:
@@ -64,7 +78,7 @@ def confirm(driver: WebDriver) -> None:
 
 
 def status_badge(driver: WebDriver) -> str:
-    return str(driver.find_element(By.CSS_SELECTOR, "h1 .status").text)
+    return text_of(driver, By.CSS_SELECTOR, "h1 .status")
 
 
 async def test_filter_open_failed_run_retry_and_watch_it_succeed(tasks: Any, site: str, chrome: WebDriver) -> None:
@@ -81,12 +95,13 @@ async def test_filter_open_failed_run_retry_and_watch_it_succeed(tasks: Any, sit
             Select(chrome.find_element(By.NAME, "status")).select_by_visible_text("failed")
             chrome.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
             until(chrome, lambda d: "status=failed" in d.current_url)
-            rows = chrome.find_elements(By.CSS_SELECTOR, "#runs tr[data-run]")
-            assert [r.get_attribute("data-run") for r in rows] == [str(failed.id)]
-            rows[0].find_element(By.LINK_TEXT, str(failed.id)).click()
+            shown = until(chrome, lambda d: [r.get_attribute("data-run")
+                                             for r in d.find_elements(By.CSS_SELECTOR, "#runs tr[data-run]")])
+            assert shown == [str(failed.id)]
+            click(chrome, By.LINK_TEXT, str(failed.id))
             until(chrome, lambda d: d.current_url.endswith(f"/runs/{failed.id}"))
             assert status_badge(chrome) == "failed"
-            return str(chrome.find_element(By.CSS_SELECTOR, "pre.traceback").text)
+            return text_of(chrome, By.CSS_SELECTOR, "pre.traceback")
 
         traceback = await asyncio.to_thread(find_and_open)
         assert "Traceback (most recent call last)" in traceback and "ProviderDown: provider unavailable" in traceback
@@ -94,14 +109,14 @@ async def test_filter_open_failed_run_retry_and_watch_it_succeed(tasks: Any, sit
         tasks.BEHAVIOUR["flaky_fixed"] = True
 
         def retry_and_watch() -> str:
-            chrome.find_element(By.XPATH, "//button[text()='Retry']").click()
+            click(chrome, By.XPATH, "//button[text()='Retry']")
             confirm(chrome)
             until(chrome, ec.text_to_be_present_in_element((By.CSS_SELECTOR, ".notice"), "queued again"))
             # no reload from here on: the live block is swapped in every 2 s
             chrome.execute_script("window.__same_page = true")
             until(chrome, lambda d: status_badge(d) == "succeeded", timeout=30)
             assert chrome.execute_script("return window.__same_page") is True
-            return str(chrome.find_element(By.ID, "result").text)
+            return text_of(chrome, By.ID, "result")
 
         assert await asyncio.to_thread(retry_and_watch) == "14"
 
@@ -114,9 +129,9 @@ async def test_approve_a_waiting_run_from_its_page(tasks: Any, site: str, chrome
         def approve() -> None:
             chrome.get(f"{site}/runs/{run.id}")
             assert status_badge(chrome) == "waiting"
-            form = chrome.find_element(By.CSS_SELECTOR, "form.event")
-            assert "approval" in form.text and "doc-5" in form.text
-            form.find_element(By.NAME, "approve").click()
+            form = text_of(chrome, By.CSS_SELECTOR, "form.event")
+            assert "approval" in form and "doc-5" in form
+            click(chrome, By.CSS_SELECTOR, "form.event button[name=approve]")
             confirm(chrome)
             until(chrome, lambda d: status_badge(d) == "succeeded", timeout=30)
 
@@ -128,22 +143,21 @@ async def test_pause_and_resume_a_queue(tasks: Any, site: str, chrome: WebDriver
     await tasks.summarize.enqueue_async(3)
 
     def click_in_queue_row(label: str) -> None:
-        row = chrome.find_element(By.CSS_SELECTOR, 'tr[data-queue="default"]')
-        row.find_element(By.XPATH, f".//button[text()='{label}']").click()
+        click(chrome, By.XPATH, f"//tr[@data-queue='default']//button[text()='{label}']")
         confirm(chrome)
         until(chrome, ec.presence_of_element_located((By.CSS_SELECTOR, ".notice")))
 
     def pause() -> str:
         chrome.get(site + "/")
         click_in_queue_row("Pause")
-        return str(chrome.find_element(By.CSS_SELECTOR, 'tr[data-queue="default"]').text)
+        return text_of(chrome, By.CSS_SELECTOR, 'tr[data-queue="default"]')
 
     assert "paused" in await asyncio.to_thread(pause)
     assert await _paused(tasks, "default")
 
     def resume() -> str:
         click_in_queue_row("Resume")
-        return str(chrome.find_element(By.CSS_SELECTOR, 'tr[data-queue="default"]').text)
+        return text_of(chrome, By.CSS_SELECTOR, 'tr[data-queue="default"]')
 
     assert "active" in await asyncio.to_thread(resume)
     assert not await _paused(tasks, "default")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from pgqueue import ConfigurationError, InvalidInput, PgQueue, Retry, TaskDefinitionError
+from pgqueue import Concurrency, ConfigurationError, InvalidInput, PgQueue, RateLimit, Retry, TaskDefinitionError
 from pgqueue._codec import parse_json_object
 from pgqueue.config import describe_dsn, require_dsn, resolve_dsn
 
@@ -51,8 +51,20 @@ def test_task_declaration_errors() -> None:
     with pytest.raises(TaskDefinitionError, match=r"\*args"):
         @app.task
         def variadic(*items: int) -> None: ...
-    with pytest.raises(TaskDefinitionError, match="concurrency and rate limits are not available"):
-        app.task(concurrency=3)(lambda: None)
+    with pytest.raises(TaskDefinitionError, match=r"concurrency= takes pgqueue.Concurrency"):
+        app.task(concurrency=3)(lambda: None)  # type: ignore[arg-type]
+    with pytest.raises(TaskDefinitionError, match=r"rate_limits= takes a list of pgqueue.RateLimit"):
+        app.task(rate_limits=["openai"])(lambda: None)  # type: ignore[list-item]
+    with pytest.raises(TaskDefinitionError, match="max_running must be an integer >= 1"):
+        Concurrency(key="tenant", max_running=0)
+    with pytest.raises(TaskDefinitionError, match="unknown concurrency strategy 'lifo'"):
+        Concurrency(key="tenant", strategy="lifo")
+    with pytest.raises(TaskDefinitionError, match="must be an input field name or a function"):
+        Concurrency(key="")
+    with pytest.raises(TaskDefinitionError, match="units must be a positive number"):
+        RateLimit("openai", units=0)
+    with pytest.raises(TaskDefinitionError, match="limit must be a positive number"):
+        app.rate_limit("openai", limit=-1)
     with pytest.raises(TaskDefinitionError, match="timeout must be a positive"):
         @app.task(timeout=0)
         def instant() -> None: ...

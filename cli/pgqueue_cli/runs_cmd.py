@@ -10,8 +10,10 @@ import click
 
 from pgqueue import PgQueue
 from pgqueue.admin import RUN_STATUSES, list_runs_op, run_detail_op, status_op
+from pgqueue.flow import flow_status_op
 
 from .common import cell, dsn_option, friendly_errors, json_option, parse_when, print_json, table
+from .limits_cmd import show_usage
 
 
 @click.group("runs")
@@ -178,10 +180,14 @@ def queue_resume_cmd(name: str, dsn: str | None) -> None:
 @friendly_errors
 def status_cmd(as_json: bool, dsn: str | None) -> None:
     """Per queue: queued, scheduled, running, failed in the last hour, oldest wait; workers alive."""
-    queues, workers = PgQueue(dsn).execute(status_op())
+    app = PgQueue(dsn)
+    queues, workers = app.execute(status_op())
+    keys, rates = app.execute(flow_status_op())
     if as_json:
         print_json({"queues": [dataclasses.asdict(q) for q in queues],
-                     "workers": [dataclasses.asdict(w) for w in workers]})
+                     "workers": [dataclasses.asdict(w) for w in workers],
+                     "concurrency_keys": [dataclasses.asdict(k) for k in keys],
+                     "rate_limits": [dataclasses.asdict(r) for r in rates]})
         return
     table(["queue", "queued", "scheduled", "running", "failed 1h", "oldest wait s", "state"],
           [(q.queue, q.queued, q.scheduled, q.running, q.failed_last_hour, q.oldest_wait_s,
@@ -190,3 +196,6 @@ def status_cmd(as_json: bool, dsn: str | None) -> None:
     table(["worker", "host", "pid", "queues", "concurrency", "running", "heartbeat age s"],
            [(w.name, w.host, w.pid, ",".join(w.queues), w.concurrency, w.running, w.heartbeat_age_s)
             for w in workers])
+    if keys or rates:
+        click.echo()
+        show_usage(keys, rates)

@@ -12,7 +12,9 @@ SELECT id, created FROM pgqueue.enqueue_many(
     tags => %(tags)s::text[],
     metadata => %(metadata)s::jsonb,
     schedule_to_start => %(schedule_to_start)s,
-    parent_id => %(parent_id)s::bigint)
+    parent_id => %(parent_id)s::bigint,
+    concurrency_keys => %(concurrency_keys)s::text[],
+    rate_costs => %(rate_costs)s::text[]::jsonb[])
 
 -- name: enqueue_one
 SELECT id, created FROM pgqueue.enqueue_one(
@@ -25,7 +27,9 @@ SELECT id, created FROM pgqueue.enqueue_one(
     idempotency_key => %(key)s,
     tags => %(tags)s::text[],
     metadata => %(metadata)s::jsonb,
-    schedule_to_start => %(schedule_to_start)s)
+    schedule_to_start => %(schedule_to_start)s,
+    concurrency_key => %(concurrency_key)s,
+    rate_cost => %(rate_cost)s::jsonb)
 
 -- name: get_run
 SELECT id, task, queue, priority, status, input, result, error, run_at, created_at,

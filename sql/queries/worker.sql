@@ -13,36 +13,10 @@ UPDATE pgqueue.workers SET stopped_at = now(), heartbeat_at = now() WHERE id = %
 LISTEN pgqueue_ready
 
 -- name: claim
--- Lock up to `limit` due runs per served (and not paused) queue in claim order (the CTE is an optimisation
--- fence: the planner cannot turn it into a nested loop that touches more rows), take the
--- best `limit` of them out of `ready`, and lease them to this worker.
-WITH locked AS MATERIALIZED (
-    SELECT c.run_id, c.priority, c.run_at
-      FROM (SELECT u.name FROM unnest(%(queues)s::text[]) AS u(name)
-             WHERE NOT EXISTS (SELECT 1 FROM pgqueue.queues p WHERE p.name = u.name AND p.paused)) AS q
-     CROSS JOIN LATERAL (
-            SELECT r.run_id, r.priority, r.run_at
-              FROM pgqueue.ready r
-             WHERE r.queue = q.name AND r.run_at <= now()
-             ORDER BY r.priority DESC, r.run_at, r.run_id
-             LIMIT %(limit)s
-               FOR UPDATE SKIP LOCKED) AS c
-), picked AS MATERIALIZED (
-    SELECT run_id FROM locked ORDER BY priority DESC, run_at, run_id LIMIT %(limit)s
-), taken AS (
-    DELETE FROM pgqueue.ready r USING picked WHERE r.run_id = picked.run_id RETURNING r.run_id
-)
-UPDATE pgqueue.runs AS run
-   SET status = 'running',
-       attempt = run.attempt + 1,
-       attempt_started_at = now(),
-       started_at = coalesce(run.started_at, now()),
-       worker_id = %(worker)s,
-       lease_expires_at = now() + make_interval(secs => %(lease_s)s)
-  FROM taken
- WHERE run.id = taken.run_id AND run.status IN ('queued', 'sleeping', 'waiting')
-RETURNING run.id, run.task, run.input, run.attempt, run.failures,
-          coalesce(run.expires_at < now(), false) AS expired
+-- Lease up to `limit` due runs of the served queues to this worker (pgqueue.claim, in
+-- 0006_flow_control.sql, applies priorities, fairness, concurrency and rate limits).
+SELECT id, task, input, attempt, failures, expired
+  FROM pgqueue.claim(%(worker)s, %(queues)s::text[], %(limit)s, %(lease_s)s)
 
 -- name: complete
 -- Record a batch of outcomes. An outcome is applied only while the run is still running

@@ -1,0 +1,73 @@
+-- Flow control: limits declared in code, runtime edits, holds, and what `status` shows.
+
+-- name: register_flow
+UPDATE pgqueue.tasks
+   SET concurrency_key_field = %(concurrency_key_field)s, concurrency_python_only = %(concurrency_python_only)s,
+       rate_limits = %(rate_limits)s::jsonb, updated_at = now()
+ WHERE name = %(task)s
+   AND (concurrency_key_field, concurrency_python_only, rate_limits)
+       IS DISTINCT FROM (%(concurrency_key_field)s, %(concurrency_python_only)s, %(rate_limits)s::jsonb)
+
+-- name: sync_concurrency
+-- A task's default limit from code; a default set at runtime is kept.
+INSERT INTO pgqueue.concurrency_limits AS l (name, key, max_running, strategy, source)
+VALUES (%s, '*', %s, %s, 'code')
+ON CONFLICT (name, key) DO UPDATE
+   SET max_running = excluded.max_running, strategy = excluded.strategy, updated_at = now()
+ WHERE l.source = 'code' AND (l.max_running, l.strategy) IS DISTINCT FROM (excluded.max_running, excluded.strategy)
+
+-- name: sync_rate_limit
+INSERT INTO pgqueue.rate_limits AS r (name, key, capacity, refill_per_s, tokens, source)
+VALUES (%s, '', %s, %s, %s, 'code')
+ON CONFLICT ON CONSTRAINT rate_limits_pkey DO UPDATE
+   SET capacity = excluded.capacity, refill_per_s = excluded.refill_per_s,
+       tokens = least(r.tokens, excluded.capacity)
+ WHERE r.source = 'code' AND (r.capacity, r.refill_per_s) IS DISTINCT FROM (excluded.capacity, excluded.refill_per_s)
+
+-- name: propagate_rate_limit
+SELECT pgqueue.propagate_rate_limit(%s)
+
+-- name: set_concurrency
+SELECT pgqueue.set_concurrency_limit(%s, %s, %s, %s)
+
+-- name: delete_concurrency
+SELECT pgqueue.delete_concurrency_limit(%s, %s)
+
+-- name: set_rate_limit
+SELECT pgqueue.set_rate_limit(%s, %s, %s, %s, %s)
+
+-- name: hold
+SELECT pgqueue.hold_rate_limit(%s, %s, %s)
+
+-- name: concurrency_status
+-- Keys with running or queued runs (the busiest first): running / limit and queued.
+WITH running AS (
+    SELECT task, concurrency_key AS key, count(*) AS running
+      FROM pgqueue.runs WHERE status = 'running' AND concurrency_key IS NOT NULL
+     GROUP BY 1, 2
+), queued AS (
+    SELECT task, concurrency_key AS key, count(*) AS queued
+      FROM pgqueue.ready WHERE concurrency_key IS NOT NULL
+     GROUP BY 1, 2
+)
+SELECT k.task, k.key, coalesce(running, 0), l.max_running, l.strategy, coalesce(queued, 0)
+  FROM running r FULL JOIN queued q USING (task, key)
+ CROSS JOIN LATERAL (SELECT coalesce(r.task, q.task) AS task, coalesce(r.key, q.key) AS key) k
+  LEFT JOIN LATERAL pgqueue.concurrency_limit_of(k.task, k.key) l ON true
+ ORDER BY coalesce(running, 0) DESC, coalesce(queued, 0) DESC, 1, 2
+ LIMIT %(limit)s
+
+-- name: rate_status
+-- Buckets with their tokens refilled to now, and when a run needing one unit can start.
+SELECT name, key, least(capacity, tokens + refill_per_s * extract(epoch FROM now() - refilled_at)) AS available,
+       capacity, refill_per_s, CASE WHEN held_until > now() THEN held_until END AS held_until,
+       greatest(now(), held_until,
+                now() + make_interval(secs => greatest(0, 1 - (tokens + refill_per_s
+                                                              * extract(epoch FROM now() - refilled_at)))
+                                            / refill_per_s)) AS next_start
+  FROM pgqueue.rate_limits
+ ORDER BY name, key
+ LIMIT %(limit)s
+
+-- name: list_concurrency_limits
+SELECT name, key, max_running, strategy, source FROM pgqueue.concurrency_limits ORDER BY name, key = '*' DESC, key
