@@ -51,6 +51,14 @@ def llm_call(tokens: int) -> None: ...
 def per_user(user: str) -> None: ...
 
 
+ingest = app.workflow("ingest", concurrency=Concurrency(key="tenant", max_running=1))
+
+
+@ingest.node()
+def fetch(tenant: str) -> str:
+    return tenant
+
+
 @pytest.fixture(scope="module", autouse=True)
 def registered(dsn: str) -> Iterator[None]:
     app._dsn = dsn
@@ -91,6 +99,11 @@ def test_a_key_never_has_more_running_runs_than_its_limit(conn: Conn) -> None:
     finish(conn, [i for i in first if i in a][:1])
     assert [i for i in claim(conn)] == [a[2]]
     assert running_per_key(conn, "limited") == {"a": 2, "b": 2}
+
+
+def test_a_workflow_limits_its_runs_per_key(conn: Conn) -> None:
+    first, _, other = ingest.enqueue(tenant="w"), ingest.enqueue(tenant="w"), ingest.enqueue(tenant="v")
+    assert claim(conn) == sorted([first.id, other.id])
 
 
 def test_limit_changes_at_runtime_per_key_and_default(conn: Conn) -> None:
