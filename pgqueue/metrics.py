@@ -2,8 +2,8 @@
 
 The worker counts what it does (runs started and finished by task and outcome, claim latency,
 run durations, heartbeats); queue depth, oldest wait and live workers are read from the
-database when the endpoint is scraped. The endpoint binds to loopback unless told otherwise, and
-any other address requires a bearer token.
+database when the endpoint is scraped (`gauges_op`, shared with the dashboard's `/metrics`). The
+endpoint binds to loopback unless told otherwise, and any other address requires a bearer token.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ._ops import Op
+from .admin import status_op
 from .errors import ConfigurationError
 
 log = logging.getLogger("pgqueue.metrics")
@@ -82,7 +84,8 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-def check_binding(host: str, token: str | None) -> None:
+def check_binding(host: str, token: str | None, what: str = "metrics",
+                  option: str = "--metrics-token (or PGQUEUE_METRICS_TOKEN)") -> None:
     """Loopback needs nothing; any other address needs a token."""
     try:
         loopback = ipaddress.ip_address(host).is_loopback
@@ -90,8 +93,12 @@ def check_binding(host: str, token: str | None) -> None:
         loopback = host == "localhost"
     if not loopback and not token:
         raise ConfigurationError(
-            f"refusing to serve metrics on {host} without a token: set --metrics-token (or "
-            "PGQUEUE_METRICS_TOKEN), or bind to 127.0.0.1")
+            f"refusing to serve {what} on {host} without a token: set {option}, or bind to 127.0.0.1")
+
+
+def bearer_ok(authorization: str | None, token: str) -> bool:
+    """Whether an Authorization header carries the token (constant-time compare)."""
+    return hmac.compare_digest((authorization or "").encode(), f"Bearer {token}".encode())
 
 
 async def serve(host: str, port: int, token: str | None,
@@ -105,7 +112,7 @@ async def serve(host: str, port: int, token: str | None,
             request_line, *header_lines = head.split("\r\n")
             headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines if h)}
             method, path, *_ = request_line.split(" ")
-            if token and not hmac.compare_digest(headers.get("authorization", ""), f"Bearer {token}"):
+            if token and not bearer_ok(headers.get("authorization"), token):
                 status, body = "401 Unauthorized", "a bearer token is required\n"
             elif method != "GET" or path.split("?")[0] != "/metrics":
                 status, body = "404 Not Found", "see /metrics\n"
@@ -123,6 +130,12 @@ async def serve(host: str, port: int, token: str | None,
             writer.close()
 
     return await asyncio.start_server(handle, host, port)
+
+
+def gauges_op() -> Op[dict[str, dict[Labels, float]]]:
+    """The gauges read from the database at each scrape, for the worker's and the dashboard's endpoints."""
+    queues, workers = yield from status_op()
+    return database_gauges(queues, workers)
 
 
 def database_gauges(queues: list[Any], workers: list[Any]) -> dict[str, dict[Labels, float]]:

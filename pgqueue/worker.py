@@ -32,13 +32,12 @@ from ._executor import Claimed, Executor
 from ._ops import run_async
 from ._sql import query
 from ._stepwriter import StepWriter
-from .admin import status_op
 from .app import PgQueue
 from .config import connect_async, describe_dsn
 from .context import RunContext, TaskLogHandler
 from .cron import fire_due_op, sync_op
 from .errors import ConfigurationError
-from .metrics import Metrics, check_binding, database_gauges, serve
+from .metrics import Metrics, check_binding, gauges_op, serve
 from .migrations import check_schema_op
 
 log = logging.getLogger("pgqueue.worker")
@@ -385,8 +384,7 @@ class Worker:
 
     async def _render_metrics(self) -> str:
         try:
-            queues, workers = await self.app.execute_async(status_op())
-            gauges = database_gauges(queues, workers)
+            gauges = await self.app.execute_async(gauges_op())
         except DB_ERRORS as exc:
             log.warning("metrics without database gauges: %s", exc)
             gauges = {}

@@ -4,8 +4,17 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The dashboard's browser tests drive Debian's chromium with its chromedriver (never a downloaded
+# browser). They fail, not skip, without it unless PGQUEUE_SKIP_BROWSER=1.
+if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && [ "$(id -u)" = 0 ] \
+        && [ "${PGQUEUE_SKIP_BROWSER:-}" != 1 ]; then
+    echo "installing chromium and chromium-driver (apt-get) for the dashboard's browser tests"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null && apt-get install -y -qq chromium chromium-driver >/dev/null; }
+fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e '.[embedded,otel,dev]'
-.venv/bin/ruff check pgqueue cli tests benchmarks examples
+.venv/bin/pip install -q --disable-pip-version-check -e '.[embedded,otel,dashboard,dev]'
+.venv/bin/ruff check pgqueue cli tests benchmarks examples scripts
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"

@@ -17,6 +17,7 @@ from pgqueue.migrations import check_schema, migrate, pending
 
 from .common import dsn_option, friendly_errors, parse_when
 from .cron_cmd import cron_group
+from .dashboard_cmd import dashboard_cmd
 from .limits_cmd import limits_group
 from .loading import load_app
 from .runs_cmd import event_group, queue_group, runs_group
@@ -41,6 +42,7 @@ main.add_command(limits_group)
 main.add_command(event_group)
 main.add_command(cron_group)
 main.add_command(queue_group)
+main.add_command(dashboard_cmd)
 
 
 @main.command("migrate")

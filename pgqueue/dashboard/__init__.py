@@ -1,0 +1,58 @@
+"""The web dashboard (`pgqueue dashboard`), an optional extra: `pip install 'pgqueue[dashboard]'`.
+
+Nothing here imports the extra's packages until the dashboard is started, so the core library and
+the CLI work without them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .server import DashboardServer
+
+log = logging.getLogger("pgqueue.dashboard")
+
+
+def require_extra() -> None:
+    if importlib.util.find_spec("jinja2") is None:
+        raise ConfigurationError("the dashboard needs its extra: pip install 'pgqueue[dashboard]'")
+
+
+def create_server(dsn: str | None = None, host: str = "127.0.0.1", port: int = 8088, token: str | None = None,
+                  app: Any = None) -> DashboardServer:
+    """A dashboard server bound to (host, port), not yet serving (call `serve_forever()`).
+
+    `app`: your PgQueue, optional: with it, workflow graphs come from the code and show nodes that
+    have not started yet. A non-loopback host without a token is refused."""
+    require_extra()
+    from ..app import PgQueue
+    from .auth import Auth, check_dashboard_binding
+    from .pages import Dashboard
+    from .server import make_server
+
+    check_dashboard_binding(host, token)
+    queue = PgQueue(dsn or (app._dsn if app is not None else None), pool_size=8)
+    queue.pool()  # a wrong DSN or a missing schema ends here with a clear error, not on the first page
+    return make_server(Dashboard(queue, Auth(token), workflow_graphs(app)), host, port)
+
+
+def workflow_graphs(app: Any) -> dict[str, dict[str, list[str]]]:
+    """The DAGs declared in an app's code, by workflow name. A workflow's run is its orchestrator
+    task, whose function closes over the Workflow (the app keeps no list of workflows)."""
+    from ..workflow import Workflow
+
+    graphs = {}
+    for task in (app.tasks.values() if app is not None else ()):
+        try:
+            owner = inspect.getclosurevars(task.fn).nonlocals.get("workflow")
+        except TypeError:  # not a plain Python function
+            continue
+        if isinstance(owner, Workflow):
+            graphs[owner.name] = {node: list(parents) for node, parents in owner.parents.items()}
+    return graphs
