@@ -16,7 +16,8 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._ops import Op
+from ._ops import Op, Statement
+from ._sql import query
 from .admin import status_op
 from .errors import ConfigurationError
 
@@ -34,6 +35,10 @@ HELP = {
     "pgqueue_queue_runs": "Runs per queue and state (from the database).",
     "pgqueue_queue_oldest_wait_seconds": "Age of the oldest due run per queue (from the database).",
     "pgqueue_workers_alive": "Workers with a fresh heartbeat (from the database).",
+    "pgqueue_concurrency_waiting_runs": "Due runs waiting because their key is at its concurrency limit, by task.",
+    "pgqueue_rate_limit_available_units": "Units available in a rate limit's shared bucket (from the database).",
+    "pgqueue_rate_limit_held_keys": "Keys of a rate limit on hold after a 429 (from the database).",
+    "pgqueue_rate_limit_deferred_runs": "Runs deferred for want of units or a hold, all time (from the database).",
 }
 
 
@@ -135,7 +140,15 @@ async def serve(host: str, port: int, token: str | None,
 def gauges_op() -> Op[dict[str, dict[Labels, float]]]:
     """The gauges read from the database at each scrape, for the worker's and the dashboard's endpoints."""
     queues, workers = yield from status_op()
-    return database_gauges(queues, workers)
+    gauges = database_gauges(queues, workers)
+    for task, waiting in (yield Statement(query("flow", "waiting_metrics"))):
+        gauges["pgqueue_concurrency_waiting_runs"][_labels(task=task)] = float(waiting)
+    for name, available, held, deferred in (yield Statement(query("flow", "rate_metrics"))):
+        if available is not None:
+            gauges["pgqueue_rate_limit_available_units"][_labels(limit=name)] = float(available)
+        gauges["pgqueue_rate_limit_held_keys"][_labels(limit=name)] = float(held)
+        gauges["pgqueue_rate_limit_deferred_runs"][_labels(limit=name)] = float(deferred)
+    return gauges
 
 
 def database_gauges(queues: list[Any], workers: list[Any]) -> dict[str, dict[Labels, float]]:

@@ -33,7 +33,9 @@ ALTER TABLE pgqueue.concurrency_limits
 -- rate_limits rows: key '' is the limit's definition (and the bucket of a limit without
 -- keys); keyed buckets are created from it on first use. capacity is the burst.
 ALTER TABLE pgqueue.rate_limits
-    ADD COLUMN source text NOT NULL DEFAULT 'code' CHECK (source IN ('code', 'runtime'));
+    ADD COLUMN source text NOT NULL DEFAULT 'code' CHECK (source IN ('code', 'runtime')),
+    -- runs a claim moved to later because this bucket was short or on hold (for metrics)
+    ADD COLUMN deferred_total bigint NOT NULL DEFAULT 0;
 
 -- Two claim indexes instead of one: unkeyed runs in age order, keyed runs in round-robin order.
 DROP INDEX pgqueue.ready_claim;
@@ -629,6 +631,8 @@ DECLARE
     v_ok      boolean;
     v_until   timestamptz;
     v_short   double precision;
+    v_blocked_names text[];
+    v_blocked_keys  text[];
 BEGIN
     FOR v_run IN
         SELECT r.id, r.rate_cost FROM unnest(run_ids) WITH ORDINALITY AS u(id, n)
@@ -640,6 +644,8 @@ BEGIN
         END IF;
         v_ok := true;
         v_until := now();
+        v_blocked_names := '{}';
+        v_blocked_keys := '{}';
         -- buckets are locked in (name, key) order, so that claimers cannot deadlock
         FOR v_need IN
             SELECT e ->> 'limit' AS name, coalesce(e ->> 'key', '') AS key,
@@ -650,9 +656,13 @@ BEGIN
             CONTINUE WHEN v_b.name IS NULL;          -- not defined: no limit applies
             IF v_b.held_until > now() THEN
                 v_ok := false;
+                v_blocked_names := v_blocked_names || v_need.name;
+                v_blocked_keys := v_blocked_keys || v_need.key;
                 v_until := greatest(v_until, v_b.held_until);
             ELSIF v_b.tokens < v_need.units OR v_deficit ? (v_need.name || E'\x1f' || v_need.key) THEN
                 v_ok := false;
+                v_blocked_names := v_blocked_names || v_need.name;
+                v_blocked_keys := v_blocked_keys || v_need.key;
                 -- units still missing, counting those promised to runs deferred before this one
                 v_short := coalesce((v_deficit ->> (v_need.name || E'\x1f' || v_need.key))::float8 + v_need.units,
                                     v_need.units - v_b.tokens);
@@ -673,6 +683,9 @@ BEGIN
         ELSE
             UPDATE pgqueue.ready r SET run_at = v_until WHERE r.run_id = v_run.id;
             UPDATE pgqueue.runs r SET run_at = v_until WHERE r.id = v_run.id;
+            UPDATE pgqueue.rate_limits b SET deferred_total = b.deferred_total + 1
+              FROM unnest(v_blocked_names, v_blocked_keys) AS u(name, key)
+             WHERE b.name = u.name AND b.key = u.key;
         END IF;
     END LOOP;
     RETURN v_taken;

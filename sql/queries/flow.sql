@@ -71,3 +71,30 @@ SELECT name, key, least(capacity, tokens + refill_per_s * extract(epoch FROM now
 
 -- name: list_concurrency_limits
 SELECT name, key, max_running, strategy, source FROM pgqueue.concurrency_limits ORDER BY name, key = '*' DESC, key
+
+-- name: waiting_metrics
+-- Per task: due queued runs whose key is at its limit (they wait for a slot). Reads only the
+-- queued runs of saturated keys (ready_key), never the whole backlog.
+WITH running AS (
+    SELECT task, concurrency_key AS key, count(*) AS n
+      FROM pgqueue.runs WHERE status = 'running' AND concurrency_key IS NOT NULL
+     GROUP BY 1, 2
+), saturated AS (
+    SELECT r.task, r.key FROM running r
+     CROSS JOIN LATERAL pgqueue.concurrency_limit_of(r.task, r.key) l
+     WHERE r.n >= l.max_running
+)
+SELECT s.task, count(q.run_id)
+  FROM saturated s
+  JOIN pgqueue.ready q ON q.task = s.task AND q.concurrency_key = s.key AND q.run_at <= now()
+ GROUP BY 1
+
+-- name: rate_metrics
+-- Per rate limit: units available in its shared bucket, keys on hold, runs deferred so far.
+SELECT name,
+       sum(least(capacity, tokens + refill_per_s * extract(epoch FROM now() - refilled_at)))
+           FILTER (WHERE key = '') AS available,
+       count(*) FILTER (WHERE held_until > now()) AS held_keys,
+       sum(deferred_total) AS deferred
+  FROM pgqueue.rate_limits
+ GROUP BY name
