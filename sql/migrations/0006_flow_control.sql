@@ -504,7 +504,9 @@ BEGIN
                   FROM pgqueue.runs r
                  WHERE r.status = 'running' AND r.concurrency_key IS NOT NULL
                  GROUP BY 1, 2) f
-         CROSS JOIN LATERAL pgqueue.concurrency_limit_of(f.task, f.key) l
+         CROSS JOIN LATERAL (           -- pgqueue.concurrency_limit_of, inlined (no call per key)
+                SELECT l.max_running, l.strategy FROM pgqueue.concurrency_limits l
+                 WHERE l.name = f.task AND l.key IN (f.key, '*') ORDER BY l.key = '*' LIMIT 1) l
          WHERE l.strategy = 'queue' AND f.running >= l.max_running;
     END IF;
 
@@ -539,16 +541,23 @@ BEGIN
          WHERE pg_try_advisory_xact_lock(hashtextextended('pgqueue.concurrency' || E'\x1f' || d.k, 0));
 
         -- a new statement, hence a snapshot taken after the locks were granted
+        -- one limit lookup and one count of running runs per key (not per candidate); the
+        -- lookup is pgqueue.concurrency_limit_of inlined, a function call per key costs more
         FOR k IN
-            SELECT c.task, c.concurrency_key, l.max_running, l.strategy,
-                   array_agg(c.run_id ORDER BY c.fair_seq, c.run_at, c.run_id) AS queued,
+            SELECT g.task, g.concurrency_key, l.max_running, l.strategy, g.queued,
                    (SELECT array_agg(r.id ORDER BY r.id) FROM pgqueue.runs r
-                     WHERE r.status = 'running' AND r.task = c.task
-                       AND r.concurrency_key = c.concurrency_key) AS running
-              FROM unnest(v_cands) c
-              LEFT JOIN LATERAL pgqueue.concurrency_limit_of(c.task, c.concurrency_key) l ON true
-             WHERE c.concurrency_key IS NOT NULL AND c.task || E'\x1f' || c.concurrency_key = ANY (v_locked)
-             GROUP BY 1, 2, 3, 4
+                     WHERE r.status = 'running' AND r.task = g.task
+                       AND r.concurrency_key = g.concurrency_key) AS running
+              FROM (SELECT c.task, c.concurrency_key,
+                           array_agg(c.run_id ORDER BY c.fair_seq, c.run_at, c.run_id) AS queued
+                      FROM unnest(v_cands) c
+                     WHERE c.concurrency_key IS NOT NULL
+                       AND c.task || E'\x1f' || c.concurrency_key = ANY (v_locked)
+                     GROUP BY 1, 2) g
+              LEFT JOIN LATERAL (
+                    SELECT l.max_running, l.strategy FROM pgqueue.concurrency_limits l
+                     WHERE l.name = g.task AND l.key IN (g.concurrency_key, '*')
+                     ORDER BY l.key = '*' LIMIT 1) l ON true
         LOOP
             IF k.max_running IS NULL THEN            -- a key with no limit: fairness only
                 v_allowed := v_allowed || k.queued;
