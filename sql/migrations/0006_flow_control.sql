@@ -329,7 +329,9 @@ COMMENT ON FUNCTION pgqueue.enqueue IS
     'Enqueue one run of TASK; returns its id (the existing run''s id for a repeated idempotency key).';
 
 -- The limit that applies to KEY of TASK: its own row, else the task's default row ('*').
-CREATE FUNCTION pgqueue.concurrency_limit_of(task text, key text, OUT max_running integer, OUT strategy text)
+-- A table function written as one SELECT: the planner inlines it where it is joined LATERAL.
+CREATE FUNCTION pgqueue.concurrency_limit_of(task text, key text)
+RETURNS TABLE (max_running integer, strategy text)
 LANGUAGE sql STABLE AS $$
     SELECT l.max_running, l.strategy FROM pgqueue.concurrency_limits l
      WHERE l.name = concurrency_limit_of.task AND l.key IN (concurrency_limit_of.key, '*')
@@ -504,9 +506,7 @@ BEGIN
                   FROM pgqueue.runs r
                  WHERE r.status = 'running' AND r.concurrency_key IS NOT NULL
                  GROUP BY 1, 2) f
-         CROSS JOIN LATERAL (           -- pgqueue.concurrency_limit_of, inlined (no call per key)
-                SELECT l.max_running, l.strategy FROM pgqueue.concurrency_limits l
-                 WHERE l.name = f.task AND l.key IN (f.key, '*') ORDER BY l.key = '*' LIMIT 1) l
+         CROSS JOIN LATERAL pgqueue.concurrency_limit_of(f.task, f.key) l
          WHERE l.strategy = 'queue' AND f.running >= l.max_running;
     END IF;
 
@@ -541,8 +541,7 @@ BEGIN
          WHERE pg_try_advisory_xact_lock(hashtextextended('pgqueue.concurrency' || E'\x1f' || d.k, 0));
 
         -- a new statement, hence a snapshot taken after the locks were granted
-        -- one limit lookup and one count of running runs per key (not per candidate); the
-        -- lookup is pgqueue.concurrency_limit_of inlined, a function call per key costs more
+        -- one limit lookup and one count of running runs per key (not per candidate)
         FOR k IN
             SELECT g.task, g.concurrency_key, l.max_running, l.strategy, g.queued,
                    (SELECT array_agg(r.id ORDER BY r.id) FROM pgqueue.runs r
@@ -554,10 +553,7 @@ BEGIN
                      WHERE c.concurrency_key IS NOT NULL
                        AND c.task || E'\x1f' || c.concurrency_key = ANY (v_locked)
                      GROUP BY 1, 2) g
-              LEFT JOIN LATERAL (
-                    SELECT l.max_running, l.strategy FROM pgqueue.concurrency_limits l
-                     WHERE l.name = g.task AND l.key IN (g.concurrency_key, '*')
-                     ORDER BY l.key = '*' LIMIT 1) l ON true
+              LEFT JOIN LATERAL pgqueue.concurrency_limit_of(g.task, g.concurrency_key) l ON true
         LOOP
             IF k.max_running IS NULL THEN            -- a key with no limit: fairness only
                 v_allowed := v_allowed || k.queued;
@@ -713,7 +709,7 @@ BEGIN
            SET error = jsonb_build_object(
                    'type', 'ConcurrencyLimit',
                    'message', format('cancelled by the concurrency strategy of key %L (%s)', r.concurrency_key,
-                                     (pgqueue.concurrency_limit_of(r.task, r.concurrency_key)).strategy))
+                                     (SELECT l.strategy FROM pgqueue.concurrency_limit_of(r.task, r.concurrency_key) l)))
          WHERE r.id = v_id AND r.status = 'cancelled';
     END LOOP;
 END
