@@ -365,3 +365,23 @@ def test_cli_sets_limits_and_status_shows_use(cli_env: dict[str, str], conn: Con
     assert_one_line_error(pgqueue("limits", "hold", "nope", "5", env=cli_env), 'no rate limit named "nope"')
     bad = pgqueue("limits", "set", "limited", "0", env=cli_env)
     assert bad.returncode == 2 and "0 is not in the range" in bad.stderr
+
+
+def test_a_full_key_with_a_deep_backlog_does_not_hide_other_keys(conn: Conn) -> None:
+    """B's next run sits behind 2,500 runs of the full key A: the claim still finds it (through
+    the skip scan over keys), and in claim order."""
+    limited.enqueue_many([{"tenant": "deep-A", "n": i} for i in range(5000)])
+    b_runs = [h.id for h in fair.enqueue_many([{"tenant": "B", "n": i} for i in range(3000)])]
+    finish(conn, [i for i in claim(conn, 4) if i in b_runs])       # A is full (2 running) from here on
+    done: set[int] = set()
+    while len(done) < 2500:
+        got = claim(conn, 100)
+        assert got and set(got) <= set(b_runs)
+        done |= set(got)
+        finish(conn, got)
+    front = conn.execute("SELECT min(run_id) FROM pgqueue.ready WHERE concurrency_key = 'B'").fetchone()
+    ahead = conn.execute("SELECT count(*) FROM pgqueue.ready r, pgqueue.ready b WHERE b.run_id = %s"
+                         " AND r.concurrency_key = 'deep-A' AND r.fair_seq < b.fair_seq", front).fetchone()
+    assert ahead is not None and ahead[0] > 1000   # deeper than the claim's bounded scan
+    assert claim(conn, 10)[0] == front[0]           # type: ignore[index]
+    assert running_per_key(conn, "limited") == {"deep-A": 2}

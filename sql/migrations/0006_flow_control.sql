@@ -472,6 +472,63 @@ CREATE TYPE pgqueue.claim_candidate AS (
     fair_seq        bigint
 );
 
+-- Keyed runs worth claiming while some keys are FULL (at their limit): up to twice WANTED
+-- run ids in claim order (twice, so that claimers racing for the same runs still find some
+-- their rivals did not lock). The rows of full keys are not claimable, and a full key with a
+-- large backlog would make an index scan that filters them out read all of it; so the scan in
+-- claim order stops after a bounded number of rows (the window's run condition, PostgreSQL
+-- 15+), and if that did not find enough, one due run per key that is not full is taken from
+-- a skip scan over the keys (its cost grows with the number of keys, never with the backlog).
+CREATE FUNCTION pgqueue.keyed_candidates(served text[], "full" text[], wanted integer) RETURNS bigint[]
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_cap   integer := greatest(wanted * 20, 1000);
+    v_found bigint[];
+BEGIN
+    v_found := ARRAY(
+        SELECT s.run_id FROM unnest(served) AS q(name) CROSS JOIN LATERAL (
+            SELECT w.run_id FROM (
+                SELECT r.run_id, r.task, r.concurrency_key,
+                       row_number() OVER (ORDER BY r.priority DESC, r.fair_seq, r.run_at, r.run_id) AS n
+                  FROM pgqueue.ready r
+                 WHERE r.queue = q.name AND r.concurrency_key IS NOT NULL AND r.run_at <= now()) AS w
+             WHERE w.n <= v_cap AND NOT (w.task || E'\x1f' || w.concurrency_key = ANY ("full"))
+             LIMIT 2 * wanted) AS s);
+    -- enough, or the scan saw every due keyed run: nothing deeper to find
+    IF cardinality(v_found) >= 2 * wanted OR NOT EXISTS (
+        SELECT 1 FROM unnest(served) AS q(name) CROSS JOIN LATERAL (
+            SELECT 1 FROM pgqueue.ready r
+             WHERE r.queue = q.name AND r.concurrency_key IS NOT NULL AND r.run_at <= now()
+             ORDER BY r.priority DESC, r.fair_seq, r.run_at, r.run_id
+             OFFSET v_cap LIMIT 1) AS deeper) THEN
+        RETURN v_found;
+    END IF;
+    RETURN v_found || ARRAY(
+        WITH RECURSIVE keys AS (
+            (SELECT r.task, r.concurrency_key FROM pgqueue.ready r
+              WHERE r.concurrency_key IS NOT NULL ORDER BY r.task, r.concurrency_key LIMIT 1)
+            UNION ALL
+            SELECT n.task, n.concurrency_key FROM keys k CROSS JOIN LATERAL (
+                SELECT r.task, r.concurrency_key FROM pgqueue.ready r
+                 WHERE r.concurrency_key IS NOT NULL AND (r.task, r.concurrency_key) > (k.task, k.concurrency_key)
+                 ORDER BY r.task, r.concurrency_key LIMIT 1) AS n
+        ), open AS (
+            SELECT k.task, k.concurrency_key FROM keys k
+             WHERE NOT (k.task || E'\x1f' || k.concurrency_key = ANY ("full"))
+        )
+        -- the first due runs of each key that is not full, as many per key as fill the claim
+        SELECT f.run_id FROM open k CROSS JOIN LATERAL (
+            SELECT r.run_id, r.priority, r.fair_seq, r.run_at FROM pgqueue.ready r
+             WHERE r.task = k.task AND r.concurrency_key = k.concurrency_key
+               AND r.queue = ANY (served) AND r.run_at <= now()
+             ORDER BY r.fair_seq
+             LIMIT (SELECT greatest(1, ceil(2.0 * wanted / greatest(count(*), 1)))::integer FROM open)) AS f
+         WHERE f.run_id <> ALL (v_found)
+         ORDER BY f.priority DESC, f.fair_seq, f.run_at, f.run_id
+         LIMIT 2 * wanted - cardinality(v_found));
+END
+$$;
+
 -- Claim up to MAX_RUNS due runs of the served, unpaused QUEUES for WORKER.
 --
 -- Candidates are locked with SKIP LOCKED in claim order (see the top of this file). Keyed
@@ -489,6 +546,7 @@ DECLARE
     v_keyed   boolean;
     v_full    text[] := '{}';
     v_cands   pgqueue.claim_candidate[];
+    v_found   bigint[];
     v_locked  text[];
     v_allowed bigint[];
     v_cancel  bigint[] := '{}';
@@ -510,6 +568,10 @@ BEGIN
          WHERE l.strategy = 'queue' AND f.running >= l.max_running;
     END IF;
 
+    IF cardinality(v_full) > 0 THEN
+        -- some keys are full: find the keyed candidates without scanning past their backlogs
+        v_found := pgqueue.keyed_candidates(v_served, v_full, max_runs);
+    END IF;
     SELECT array_agg(c) INTO v_cands FROM (
         SELECT p.* FROM unnest(v_served) AS q(name) CROSS JOIN LATERAL (
             SELECT r.run_id, r.priority, r.run_at, r.task, r.concurrency_key, r.fair_seq
@@ -522,11 +584,19 @@ BEGIN
         SELECT f.* FROM unnest(v_served) AS q(name) CROSS JOIN LATERAL (
             SELECT r.run_id, r.priority, r.run_at, r.task, r.concurrency_key, r.fair_seq
               FROM pgqueue.ready r
-             WHERE v_keyed AND r.queue = q.name AND r.concurrency_key IS NOT NULL AND r.run_at <= now()
-               AND NOT (r.task || E'\x1f' || r.concurrency_key = ANY (v_full))
+             WHERE v_keyed AND v_found IS NULL
+               AND r.queue = q.name AND r.concurrency_key IS NOT NULL AND r.run_at <= now()
              ORDER BY r.priority DESC, r.fair_seq, r.run_at, r.run_id
              LIMIT max_runs
                FOR UPDATE SKIP LOCKED) AS f
+        UNION ALL
+        SELECT x.* FROM (
+            SELECT r.run_id, r.priority, r.run_at, r.task, r.concurrency_key, r.fair_seq
+              FROM pgqueue.ready r
+             WHERE r.run_id = ANY (v_found) AND r.run_at <= now()
+             ORDER BY r.priority DESC, r.fair_seq, r.run_at, r.run_id
+             LIMIT max_runs
+               FOR UPDATE SKIP LOCKED) AS x
     ) AS c;
     IF v_cands IS NULL THEN
         RETURN;
