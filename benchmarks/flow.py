@@ -22,6 +22,9 @@ benchmarks/worker.py, whose worker processes, drain and pgbench ceilings this re
   statements inside the function (auto_explain with log_nested_statements, sent to this
   client as NOTICEs: needs a superuser, as on the throwaway server);
   (c) drain jobs/s of the whole backlog by 1 worker process.
+- a full key's backlog: --backlog (then a tenth of it) queued runs of `limited_noop` for one
+  tenant, 5 of them claimed and left running (the key is full): the median time of a direct
+  claim that finds nothing, which must not grow with the backlog behind the full key.
 - ceilings for context: benchmarks/worker.py's pgbench claim loops on a plain table (naive
   one-row claim + complete, and 100 rows per statement), 1 client, --seconds each.
 
@@ -90,6 +93,7 @@ class Results:
     claim_costs: dict[int, ClaimCost] = field(default_factory=dict)
     one_row: list[float] = field(default_factory=list)
     batched: list[float] = field(default_factory=list)
+    saturated: dict[int, list[float]] = field(default_factory=dict)  # backlog -> ms per empty claim
 
 
 # -- enqueueing ---------------------------------------------------------------------------------
@@ -239,6 +243,18 @@ def measure_claim_cost(dsn: str, opts: Options, results: Results, repeat: int) -
             log(f"    {cost.drains[-1]:,.0f} jobs/s")
 
 
+def measure_saturated(dsn: str, opts: Options, results: Results) -> None:
+    for backlog in (opts.backlog // 10, opts.backlog):
+        prepare(dsn, LIMITED, backlog, 1, with_keys=True)
+        with psycopg.connect(dsn, autocommit=True) as conn:  # fill the key: TENANT_LIMIT runs left running
+            conn.execute("SELECT count(*) FROM pgqueue.claim(%s, '{default}', %s, 600)", (uuid.uuid4(), CLAIM_BATCH))
+        log(f"  full key: {backlog:,} queued behind it, {opts.claims} direct claims")
+        times, claimed = time_claims(dsn, opts.claims)
+        assert claimed == 0, f"a claim took {claimed} runs of a full key"
+        results.saturated.setdefault(backlog, []).extend(times)
+        log(f"    median {median(times):.2f} ms per (empty) claim")
+
+
 # -- ceilings -----------------------------------------------------------------------------------
 
 
@@ -259,6 +275,7 @@ def run_benchmark(dsn: str, opts: Options) -> Results:
         log(f"round {i + 1}/{opts.repeat}")
         measure_limited(dsn, opts, results)
         measure_claim_cost(dsn, opts, results, i)
+        measure_saturated(dsn, opts, results)
         measure_ceilings(dsn, opts, results)
     return results
 
@@ -287,6 +304,11 @@ def claim_rows(results: Results, opts: Options) -> list[list[str]]:
             [f"claim of {CLAIM_BATCH}, ms (median; {opts.backlog:,} queued; {many.keys:,} vs {few.keys} keys)",
              f"{many_ms:.2f}", f"{few_ms:.2f}", f"{ratio:.2f}", f"<= {KEY_GROWTH_TOLERANCE:.2f}",
              wb.verdict(ratio <= KEY_GROWTH_TOLERANCE)]]
+    small, large = sorted(results.saturated)
+    small_ms, large_ms = median(results.saturated[small]), median(results.saturated[large])
+    rows.append([f"empty claim behind a full key, ms ({large:,} vs {small:,} queued)", f"{large_ms:.2f}",
+                 f"{small_ms:.2f}", f"{large_ms / small_ms:.2f}", f"<= {KEY_GROWTH_TOLERANCE:.2f}",
+                 wb.verdict(large_ms / small_ms <= KEY_GROWTH_TOLERANCE)])
     if few.drains and many.drains:
         few_rate, many_rate = median(few.drains), median(many.drains)
         rows.append([f"drain jobs/s of the backlog, 1 proc. ({many.keys:,} vs {few.keys} keys)",

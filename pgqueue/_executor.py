@@ -34,8 +34,8 @@ class Claimed:
     attempt: int
     failures: int
     expired: bool
-    #: read only when tracing is on (see tracing.py)
     queue: str | None = None
+    #: read only when tracing is on (see tracing.py)
     trace_context: dict[str, str] | None = None
 
 

@@ -1,6 +1,6 @@
 """Prometheus metrics of a worker, served over HTTP without extra dependencies.
 
-The worker counts what it does (runs started and finished by task and outcome, claim latency,
+The worker counts what it does (runs started and finished by task, queue and outcome, claim latency,
 run durations, heartbeats); queue depth, oldest wait and live workers are read from the
 database when the endpoint is scraped (`gauges_op`, shared with the dashboard's `/metrics`). The
 endpoint binds to loopback unless told otherwise, and any other address requires a bearer token.
@@ -26,8 +26,8 @@ log = logging.getLogger("pgqueue.metrics")
 Labels = tuple[tuple[str, str], ...]
 BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0)
 HELP = {
-    "pgqueue_runs_started_total": "Attempts started by this worker, by task.",
-    "pgqueue_runs_finished_total": "Attempts finished by this worker, by task and outcome.",
+    "pgqueue_runs_started_total": "Attempts started by this worker, by task and queue.",
+    "pgqueue_runs_finished_total": "Attempts finished by this worker, by task, queue and outcome.",
     "pgqueue_claims_total": "Claim round trips of this worker.",
     "pgqueue_claim_seconds": "Duration of claim round trips.",
     "pgqueue_run_seconds": "Duration of attempts, by task.",

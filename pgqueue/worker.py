@@ -280,7 +280,7 @@ class Worker:
 
     def _start(self, run: Claimed) -> None:
         ctx = RunContext(run.id, run.task, run.attempt, self.id, self.app, _writer=self._steps)
-        self.metrics.inc("pgqueue_runs_started_total", task=run.task)
+        self.metrics.inc("pgqueue_runs_started_total", task=run.task, queue=run.queue or "")
         task = asyncio.create_task(self._execute_run(run, ctx), name=f"run-{run.id}")
         self._running[run.id] = _Running(run, ctx, task)
 
@@ -288,8 +288,9 @@ class Worker:
         started = time.monotonic()
         try:
             outcome = await self._executor.run(run, ctx)
-            self.metrics.observe("pgqueue_run_seconds", time.monotonic() - started, task=run.task)
-            self.metrics.inc("pgqueue_runs_finished_total", task=run.task,
+            self.metrics.observe("pgqueue_run_seconds", time.monotonic() - started, task=run.task,
+                                 queue=run.queue or "")
+            self.metrics.inc("pgqueue_runs_finished_total", task=run.task, queue=run.queue or "",
                              outcome=outcome.attempt_outcome if outcome else "suspended")
             if outcome is not None:
                 self._completer.add(replace(outcome, logs=ctx.logs_text()))

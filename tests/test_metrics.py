@@ -44,11 +44,12 @@ async def test_worker_serves_metrics(worker_tasks: Any) -> None:
         status, body = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/metrics")
         missing, _ = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/nothing")
     assert status == 200 and missing == 404
-    assert 'pgqueue_runs_started_total{task="record"} 5' in body
-    assert 'pgqueue_runs_finished_total{outcome="succeeded",task="record"} 5' in body
-    assert 'pgqueue_runs_finished_total{outcome="failed",task="refuses"} 1' in body
+    assert 'pgqueue_runs_started_total{queue="default",task="record"} 5' in body
+    assert 'pgqueue_runs_finished_total{outcome="succeeded",queue="default",task="record"} 5' in body
+    assert 'pgqueue_runs_finished_total{outcome="failed",queue="default",task="refuses"} 1' in body
     assert 'pgqueue_queue_runs{queue="default",state="scheduled"} 1' in body
-    assert "# TYPE pgqueue_claim_seconds histogram" in body and 'pgqueue_run_seconds_count{task="record"} 5' in body
+    assert "# TYPE pgqueue_claim_seconds histogram" in body
+    assert 'pgqueue_run_seconds_count{queue="default",task="record"} 5' in body
     assert "pgqueue_workers_alive 1" in body
     worker_tasks.app.cancel(waiting.id)
 

@@ -538,7 +538,8 @@ $$;
 -- left for the next claim (never waited for). Rate-limited candidates take their units from
 -- their buckets, or are moved to when the units will be there (not failed, no attempt).
 CREATE FUNCTION pgqueue.claim(worker uuid, queues text[], max_runs integer, lease_s double precision)
-RETURNS TABLE (id bigint, task text, input jsonb, attempt integer, failures integer, expired boolean)
+RETURNS TABLE (id bigint, task text, input jsonb, attempt integer, failures integer, expired boolean,
+               queue text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -688,7 +689,7 @@ BEGIN
       FROM taken
      WHERE run.id = taken.run_id AND run.status IN ('queued', 'sleeping', 'waiting')
     RETURNING run.id, run.task, run.input, run.attempt, run.failures,
-              coalesce(run.expires_at < now(), false);
+              coalesce(run.expires_at < now(), false), run.queue;
 END
 $$;
 
