@@ -104,7 +104,8 @@ def workers_op() -> Op[list[dict[str, Any]]]:
 
 
 def limits_op() -> Op[tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]]:
-    concurrency = _dicts((yield _q("concurrency_usage")), "name key running max_running strategy queued")
+    keys = yield Statement(query("flow", "concurrency_status"), {"limit": 500})
+    concurrency = _dicts(keys, "name key running max_running strategy queued")
     rates = _dicts((yield _q("rate_limit_usage")), "name key tokens_now capacity refill_per_s held_until held")
     paused = _dicts((yield _q("paused_queues")), "name updated_at")
     return concurrency, rates, paused

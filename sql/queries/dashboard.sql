@@ -91,29 +91,6 @@ SELECT name, host, pid, queues, concurrency, extract(epoch FROM now() - heartbea
 -- name: paused_queues
 SELECT name, updated_at FROM pgqueue.queues WHERE paused ORDER BY name
 
--- name: concurrency_usage
--- Per (task, key): running and queued runs against the effective limit (the key's own row, else
--- the task's '*' row: pgqueue.concurrency_limit_of), for keys with runs and for every limit row.
-WITH running AS (
-    SELECT task, concurrency_key AS key, count(*) AS running
-      FROM pgqueue.runs WHERE status = 'running' AND concurrency_key IS NOT NULL
-     GROUP BY 1, 2
-), queued AS (
-    SELECT task, concurrency_key AS key, count(*) AS queued
-      FROM pgqueue.ready WHERE concurrency_key IS NOT NULL
-     GROUP BY 1, 2
-), keys AS (
-    SELECT task, key FROM running UNION SELECT task, key FROM queued
-    UNION SELECT name, key FROM pgqueue.concurrency_limits
-)
-SELECT k.task, k.key, coalesce(r.running, 0), l.max_running, l.strategy, coalesce(q.queued, 0)
-  FROM keys k
-  LEFT JOIN running r USING (task, key)
-  LEFT JOIN queued q USING (task, key)
-  LEFT JOIN LATERAL pgqueue.concurrency_limit_of(k.task, k.key) l ON true
- ORDER BY coalesce(r.running, 0) DESC, coalesce(q.queued, 0) DESC, 1, 2
- LIMIT 500
-
 -- name: rate_limit_usage
 -- Token buckets with the tokens they hold now (refilled on the database clock, capped at capacity).
 SELECT name, key,

@@ -40,7 +40,8 @@ SELECT pgqueue.set_rate_limit(%s, %s, %s, %s, %s)
 SELECT pgqueue.hold_rate_limit(%s, %s, %s)
 
 -- name: concurrency_status
--- Keys with running or queued runs (the busiest first): running / limit and queued.
+-- Per (task, key): running and queued runs against the effective limit (the key's own row, else
+-- the task's '*' row), for keys with runs and for every limit row; the busiest first.
 WITH running AS (
     SELECT task, concurrency_key AS key, count(*) AS running
       FROM pgqueue.runs WHERE status = 'running' AND concurrency_key IS NOT NULL
@@ -49,12 +50,16 @@ WITH running AS (
     SELECT task, concurrency_key AS key, count(*) AS queued
       FROM pgqueue.ready WHERE concurrency_key IS NOT NULL
      GROUP BY 1, 2
+), keys AS (
+    SELECT task, key FROM running UNION SELECT task, key FROM queued
+    UNION SELECT name, key FROM pgqueue.concurrency_limits
 )
-SELECT k.task, k.key, coalesce(running, 0), l.max_running, l.strategy, coalesce(queued, 0)
-  FROM running r FULL JOIN queued q USING (task, key)
- CROSS JOIN LATERAL (SELECT coalesce(r.task, q.task) AS task, coalesce(r.key, q.key) AS key) k
+SELECT k.task, k.key, coalesce(r.running, 0), l.max_running, l.strategy, coalesce(q.queued, 0)
+  FROM keys k
+  LEFT JOIN running r USING (task, key)
+  LEFT JOIN queued q USING (task, key)
   LEFT JOIN LATERAL pgqueue.concurrency_limit_of(k.task, k.key) l ON true
- ORDER BY coalesce(running, 0) DESC, coalesce(queued, 0) DESC, 1, 2
+ ORDER BY coalesce(r.running, 0) DESC, coalesce(q.queued, 0) DESC, 1, 2
  LIMIT %(limit)s
 
 -- name: rate_status
