@@ -163,6 +163,18 @@ def test_bad_input_gets_clear_answers(open_server: DashboardServer, tasks: Any) 
         parse_filters({"until": "2026-13-45"}, now=__import__("datetime").datetime.now())
 
 
+def test_without_a_token_only_loopback_host_names_are_answered(open_server: DashboardServer,
+                                                               token_server: DashboardServer) -> None:
+    # a site whose name was re-pointed at 127.0.0.1 (DNS rebinding) must not read pages or act
+    status, _, text = request(open_server, "GET", "/runs", headers={"Host": "evil.example:8088"})
+    assert status == 403 and "loopback" in text
+    for host in ("127.0.0.1:8088", "localhost:8088", "[::1]:8088"):
+        assert request(open_server, "GET", "/runs", headers={"Host": host})[0] == 200, host
+    # with a token, the token decides
+    assert request(token_server, "GET", "/runs", headers={"Host": "dash.example",
+                                                          "Authorization": f"Bearer {TOKEN}"})[0] == 200
+
+
 def test_actions_are_guarded(open_server: DashboardServer, tasks: Any, dsn: str) -> None:
     run = tasks.app.enqueue("summarize", {"doc_id": 1}, queue="nowhere")  # a queue no worker serves
     status, _, html = post(open_server, f"/runs/{run.id}/retry", back=f"/runs/{run.id}")

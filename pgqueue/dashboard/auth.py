@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 from collections.abc import Mapping
 from http.cookies import CookieError, SimpleCookie
@@ -40,6 +41,19 @@ class Auth:
         if bearer_ok(headers.get("authorization"), self.token):
             return True
         return hmac.compare_digest(_cookie(headers.get("cookie")).encode(), self.session.encode())
+
+    def host_ok(self, headers: Mapping[str, str]) -> bool:
+        """Without a token, only loopback names may be in the Host header: a page on another site
+        whose name an attacker re-pointed at 127.0.0.1 (DNS rebinding) is refused."""
+        if self.token is not None:
+            return True
+        name = urlsplit("//" + headers.get("host", "")).hostname or ""
+        if name == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
 
     def login(self, submitted: str) -> bool:
         return self.token is not None and hmac.compare_digest(submitted.encode(), self.token.encode())

@@ -83,6 +83,9 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = dict(parse_qsl(url.query))
         try:
+            if not self.server.dash.auth.host_ok(self._headers()):
+                return self._send(403, "this dashboard answers only to a loopback address such as 127.0.0.1 "
+                                       "(or give it a --token)\n", "text/plain; charset=utf-8")
             if url.path.startswith("/static/"):
                 return self._static(url.path.removeprefix("/static/"))
             if url.path == "/login":
