@@ -103,8 +103,9 @@ def enqueue_op(task: str, inputs: Sequence[str], options: EnqueueOptions, *,
         "priority": default_priority if options.priority is None else options.priority,
         "run_at": options.run_at,
         "delay": timedelta(seconds=delay) if isinstance(delay, (int, float)) else delay,
-        "tags": list(options.tags),
-        "metadata": Jsonb(dict(options.metadata)),
+        # empty ones go as NULL (the functions store '{}'): cheaper to send than an empty array or object
+        "tags": list(options.tags) or None,
+        "metadata": Jsonb(dict(options.metadata)) if options.metadata else None,
         "schedule_to_start": schedule_to_start,
     }
     with tracing.enqueue_span(task, queue, len(inputs)) as span:
