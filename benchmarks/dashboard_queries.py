@@ -117,10 +117,12 @@ def measure(conn: psycopg.Connection[Any], label: str) -> list[list[str]]:
         explain(conn, list_sql, params)  # warm the cache: figures are for a warm dashboard
         plan, ms, hit, read = explain(conn, list_sql, params)
         rows.append([label, name, f"{ms:.2f}", f"{hit + read}", plan])
-    for name in ("activity", "workers", "concurrency_usage", "rate_limit_usage"):
-        sql = query("dashboard", name)
-        explain(conn, sql, None)
-        plan, ms, hit, read = explain(conn, sql, None)
+    limit = {"limit": 500}
+    for file, name, page_params in (("dashboard", "activity", None), ("dashboard", "workers", None),
+                                    ("flow", "concurrency_status", limit), ("flow", "rate_status", limit)):
+        sql = query(file, name)
+        explain(conn, sql, page_params)
+        plan, ms, hit, read = explain(conn, sql, page_params)
         rows.append([label, f"overview: {name}", f"{ms:.2f}", f"{hit + read}", plan])
     plan, ms, hit, read = explain(conn, query("admin", "queue_status"), None)
     rows.append([label, "overview: queue_status", f"{ms:.2f}", f"{hit + read}", plan])

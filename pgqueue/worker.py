@@ -256,16 +256,15 @@ class Worker:
                 await self._idle_wait()
 
     async def _with_trace_contexts(self, claimed: list[Claimed]) -> list[Claimed]:
-        """The runs with their queue and trace context, read in one query (tracing only: the claim
-        itself stays as narrow as it is when tracing is off)."""
+        """The runs with their trace context, read in one query (tracing only: the claim itself
+        stays as narrow as it is when tracing is off)."""
         try:
             rows = await self._execute("trace_contexts", {"ids": [run.id for run in claimed]})
         except DB_ERRORS as exc:  # the runs are claimed: they run, in traces of their own
             log.warning("could not read the trace contexts of %d claimed run(s): %s", len(claimed), exc)
             return claimed
-        found = {run_id: (queue, context) for run_id, queue, context in rows}
-        return [replace(run, queue=found[run.id][0], trace_context=found[run.id][1]) if run.id in found else run
-                for run in claimed]
+        found = dict(rows)
+        return [replace(run, trace_context=found[run.id]) if run.id in found else run for run in claimed]
 
     async def _idle_wait(self) -> None:
         """Sleep until a notification, a freed slot in burst mode, or the poll interval."""

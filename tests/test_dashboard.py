@@ -137,6 +137,12 @@ async def test_pages_filters_and_metrics(tasks: Any, open_server: DashboardServe
     for path in ("/", "/workers", "/cron", "/limits", f"/runs/{workflow.id}", f"/runs/{failed.id}"):
         status, _, html = request(open_server, "GET", path)
         assert status == 200, (path, html)
+    # a rate-limit bucket on hold shows its units and its hold
+    app = open_server.dash.app
+    app.set_rate_limit("dash-llm", limit=50, per=10)
+    app.hold_rate_limit("dash-llm", 60)
+    _, _, page = request(open_server, "GET", "/limits")
+    assert "dash-llm" in page and "/ 50</td>" in page and 'class="status paused"' in page
     _, _, page = request(open_server, "GET", f"/runs/{workflow.id}")
     assert 'aria-label="workflow graph"' in page and "outline" in page and "store" in page
     _, _, page = request(open_server, "GET", f"/runs/{failed.id}")

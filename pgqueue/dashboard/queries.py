@@ -106,6 +106,7 @@ def workers_op() -> Op[list[dict[str, Any]]]:
 def limits_op() -> Op[tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]]:
     keys = yield Statement(query("flow", "concurrency_status"), {"limit": 500})
     concurrency = _dicts(keys, "name key running max_running strategy queued")
-    rates = _dicts((yield _q("rate_limit_usage")), "name key tokens_now capacity refill_per_s held_until held")
+    rates = _dicts((yield Statement(query("flow", "rate_status"), {"limit": 500})),
+                   "name key available capacity per_second held_until next_start")
     paused = _dicts((yield _q("paused_queues")), "name updated_at")
     return concurrency, rates, paused

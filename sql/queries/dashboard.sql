@@ -91,14 +91,5 @@ SELECT name, host, pid, queues, concurrency, extract(epoch FROM now() - heartbea
 -- name: paused_queues
 SELECT name, updated_at FROM pgqueue.queues WHERE paused ORDER BY name
 
--- name: rate_limit_usage
--- Token buckets with the tokens they hold now (refilled on the database clock, capped at capacity).
-SELECT name, key,
-       least(capacity, tokens + refill_per_s * greatest(0, extract(epoch FROM now() - refilled_at))) AS tokens_now,
-       capacity, refill_per_s, held_until, coalesce(held_until > now(), false) AS held
-  FROM pgqueue.rate_limits
- ORDER BY name, key
- LIMIT 500
-
 -- name: now
 SELECT now()

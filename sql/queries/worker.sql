@@ -20,7 +20,7 @@ SELECT id, task, input, attempt, failures, expired, queue
 
 -- name: trace_contexts
 -- Only when tracing is on: where each claimed run's enqueue put its trace context.
-SELECT id, queue, trace_context FROM pgqueue.runs WHERE id = ANY(%(ids)s::bigint[])
+SELECT id, trace_context FROM pgqueue.runs WHERE id = ANY(%(ids)s::bigint[])
 
 -- name: complete
 -- Record a batch of outcomes. An outcome is applied only while the run is still running
