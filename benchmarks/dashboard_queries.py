@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import bench_server, format_table, fresh_database, print_server_header
 
-from pgqueue._sql import query
+from pgqueue.sqlfiles import query
 
 FILL = """
 INSERT INTO pgqueue.runs (task, queue, status, input, created_at, run_at, started_at, finished_at, attempt,
@@ -106,9 +106,9 @@ def times(conn: psycopg.Connection[Any], value: str) -> Any:
 
 def measure(conn: psycopg.Connection[Any], label: str) -> list[list[str]]:
     # as the dashboard runs the list (queries.list_runs_op): serial plans
-    conn.execute(query("dashboard", "serial_plans").replace("SET LOCAL", "SET"))  # type: ignore[arg-type]
+    conn.execute(query("dashboard.serial_plans").replace("SET LOCAL", "SET"))  # type: ignore[arg-type]
     rows = []
-    list_sql = query("dashboard", "list_runs")
+    list_sql = query("dashboard.list_runs")
     for name, case in CASES:
         params = {**BASE, **case}
         for key in ("since", "until"):
@@ -124,7 +124,7 @@ def measure(conn: psycopg.Connection[Any], label: str) -> list[list[str]]:
         explain(conn, sql, page_params)
         plan, ms, hit, read = explain(conn, sql, page_params)
         rows.append([label, f"overview: {name}", f"{ms:.2f}", f"{hit + read}", plan])
-    plan, ms, hit, read = explain(conn, query("admin", "queue_status"), None)
+    plan, ms, hit, read = explain(conn, query("queues.queue_status"), None)
     rows.append([label, "overview: queue_status", f"{ms:.2f}", f"{hit + read}", plan])
     conn.execute("RESET max_parallel_workers_per_gather")
     return rows

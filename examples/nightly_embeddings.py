@@ -150,7 +150,7 @@ async def demo() -> None:
         conn.execute("INSERT INTO documents (body) SELECT 'document ' || i || ' about postgres queues and agents'"
                      " FROM generate_series(1, 250) AS i")
     handle = await nightly_embeddings.enqueue_async()
-    await Worker(app, WorkerSettings(concurrency=8, burst=True)).run()
+    await Worker(app, WorkerSettings(concurrency=8, burst=True)).serve()
     stored = await handle.result(timeout=60)
     print(f"stored {stored} embeddings with {model_name()}")
     await app.aclose()

@@ -49,7 +49,7 @@ def main() -> None:
           f"and run {later.id} scheduled an hour from now")
     # In production `pgqueue worker examples.quickstart:app --queues default,llm` runs these;
     # here a worker runs in-process until no due run is left.
-    asyncio.run(Worker(app, WorkerSettings(queues=["default", "llm"], burst=True)).run())
+    asyncio.run(Worker(app, WorkerSettings(queues=["default", "llm"], burst=True)).serve())
     print(f"summary of article 1: {one.result(timeout=10)!r}")
     print(f"word counts: {[h.result(timeout=10) for h in many]}")
     for handle in [one, *many, later]:

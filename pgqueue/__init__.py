@@ -1,28 +1,35 @@
 """pgqueue: durable tasks and workflows for Python, on PostgreSQL alone."""
 
 from .app import PgQueue
-from .context import RetryLater, RunContext, TaskCancelled, current_run
+from .context import RunContext, current_run
 from .cron import Schedule
-from .durable import ChildRunFailed, NonDeterminismError
 from .errors import (
+    ChildRunFailed,
     ConfigurationError,
     DatabaseUnavailable,
     InputTooLarge,
     InvalidInput,
     InvalidRunState,
+    NonDeterminismError,
     PgQueueError,
+    RateLimited,
+    RetryLater,
     RunFailed,
     RunNotFound,
     SchemaMissing,
     SchemaOutdated,
+    TaskCancelled,
     TaskDefinitionError,
     UnknownTask,
+    WorkflowFailed,
 )
-from .flow import Concurrency, RateLimit, RateLimited
+from .flow import Concurrency, RateLimit
+from .handles import AsyncRunHandle, RunHandle
 from .retry import Retry
-from .runs import AsyncRunHandle, RunHandle, RunInfo
+from .runs import RunInfo
+from .status import RunStatus
 from .task import Task, TaskCall
-from .workflow import Workflow, WorkflowFailed
+from .workflow import Workflow
 
 __all__ = [
     "AsyncRunHandle",
@@ -45,6 +52,7 @@ __all__ = [
     "RunHandle",
     "RunInfo",
     "RunNotFound",
+    "RunStatus",
     "Schedule",
     "SchemaMissing",
     "SchemaOutdated",

@@ -1,4 +1,4 @@
-"""What a running task can know and ask for: its run, cancellation, and a retry later."""
+"""What a running task can know and ask for: its run, cancellation, logs, and durable execution."""
 
 from __future__ import annotations
 
@@ -10,37 +10,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
-from .errors import PgQueueError
+from .database import Database
+from .durable import CheckpointWriter, Durable, raise_if_suspended
+from .errors import PgQueueError, TaskCancelled
+from .ops import Op
 from .retry import Retry
+from .steps import run_step, run_step_sync
 
 if TYPE_CHECKING:
-    from ._stepwriter import StepWriter
-    from .app import PgQueue
-    from .durable import Durable
     from .task import Task
 
 T = TypeVar("T")
 
 #: logs kept per attempt; beyond it, lines are dropped (and counted)
 MAX_TASK_LOG_BYTES = 64 * 1024
-
-
-class RetryLater(Exception):
-    """Raise inside a task to run it again after `delay` seconds, e.g. on a provider's 429.
-
-    It does not count as a failed attempt: the retry policy's attempts are not used up.
-    """
-
-    def __init__(self, delay: float, reason: str = "") -> None:
-        if delay < 0:
-            raise ValueError("RetryLater delay must be >= 0 seconds")
-        self.delay = delay
-        self.reason = reason
-        super().__init__(f"retry in {delay:g}s{': ' + reason if reason else ''}")
-
-
-class TaskCancelled(PgQueueError):
-    """The run was cancelled while it ran."""
 
 
 @dataclass
@@ -56,10 +39,10 @@ class RunContext:
     task: str
     attempt: int
     worker_id: str
-    app: PgQueue | None = field(default=None, repr=False)
+    db: Database | None = field(default=None, repr=False)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _durable: Durable | None = field(default=None, repr=False)
-    _writer: StepWriter | None = field(default=None, repr=False)
+    _writer: CheckpointWriter | None = field(default=None, repr=False)
     _logs: list[str] = field(default_factory=list, repr=False)
     _log_bytes: int = field(default=0, repr=False)
     _logs_dropped: int = field(default=0, repr=False)
@@ -93,15 +76,27 @@ class RunContext:
         if self._cancel.is_set():
             raise TaskCancelled(f"run {self.run_id} was cancelled")
 
+    def request_cancel(self) -> None:
+        """Set by the worker when someone asked to cancel the run (or its lease was lost)."""
+        self._cancel.set()
+
     def durable(self) -> Durable:
         if self._durable is None:
-            from .durable import Durable
-
-            if self.app is None:
-                raise PgQueueError("durable steps need a run executed by a worker")
-            self._durable = Durable(self.app, self.run_id, self.attempt, self.worker_id, self._writer,
-                                    self.logs_text)
+            self._durable = Durable(self.run_id, self.attempt, self.worker_id, self._writer, self.logs_text)
         return self._durable
+
+    def database(self) -> Database:
+        if self.db is None:
+            raise PgQueueError("durable steps need a run executed by a worker")
+        return self.db
+
+    # Each durable operation runs in one transaction; the twins below only block or await it.
+
+    async def _durably(self, op: Op[T]) -> T:
+        return raise_if_suspended(await self.database().execute_async(op, transaction=True))
+
+    def _durably_sync(self, op: Op[T]) -> T:
+        return raise_if_suspended(self.database().execute(op, transaction=True))
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -121,83 +116,57 @@ class RunContext:
         failure propagates and the task's policy applies. `timeout`: seconds, async `fn` only.
         Calls in a loop get distinct keys (name#0, name#1, ...).
         """
-        from .durable import run_step
-
-        return await run_step(self.durable(), name, fn, args, retry, timeout)
+        return await run_step(self.database(), self.durable(), name, fn, args, retry, timeout)
 
     def step_sync(self, name: str, fn: Callable[..., T], *args: Any, retry: Retry | None = None) -> T:
         """`step` for sync tasks."""
-        from .durable import run_step_sync
-
-        return cast(T, run_step_sync(self.durable(), name, fn, args, retry))
+        return cast(T, run_step_sync(self.database(), self.durable(), name, fn, args, retry))
 
     async def step_in_transaction(self, name: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run `await fn(conn, *args)` in a transaction that also records the step: the
         database writes `fn` makes on `conn` and the checkpoint commit together, exactly once
         (if the run was taken over meanwhile, both roll back)."""
-        from .durable import run_step
-
-        assert self.app is not None
-        pool = await self.app.async_pool()
-        async with pool.connection() as conn, conn.transaction():
-            return cast(T, await run_step(self.durable(), name, fn, (conn, *args), None, None, conn))
+        db = self.database()
+        async with (await db.async_pool()).connection() as conn, conn.transaction():
+            return cast(T, await run_step(db, self.durable(), name, fn, (conn, *args), None, None, conn))
 
     def step_in_transaction_sync(self, name: str, fn: Callable[..., T], *args: Any) -> T:
-        from .durable import run_step_sync
-
-        assert self.app is not None
-        with self.app.pool().connection() as conn, conn.transaction():
-            return cast(T, run_step_sync(self.durable(), name, fn, (conn, *args), None, conn))
+        db = self.database()
+        with db.pool().connection() as conn, conn.transaction():
+            return cast(T, run_step_sync(db, self.durable(), name, fn, (conn, *args), None, conn))
 
     # -- child runs ------------------------------------------------------------------------
+
+    def _spawn_op(self, task: Task[Any, Any], items: Iterable[Any]) -> Op[list[int]]:
+        texts = task.encode_many(items)
+        return self.durable().spawn_op(task.name, texts, task.settings.queue, task.settings.priority,
+                                       task.flow_columns(texts))
 
     async def spawn(self, task: Task[Any, Any], items: Iterable[Any]) -> list[int]:
         """Enqueue one child run of `task` per item (a model instance or a mapping of its
         arguments), in bulk; returns their ids. Re-executions of this run never spawn twice."""
-        from .durable import raise_if_suspended
-
-        assert self.app is not None
-        texts = task._encode_many(items)
-        op = self.durable().spawn_op(task.name, texts, task.settings.queue, task.settings.priority)
-        return raise_if_suspended(await self.app.execute_async(op, transaction=True))
+        return await self._durably(self._spawn_op(task, items))
 
     def spawn_sync(self, task: Task[Any, Any], items: Iterable[Any]) -> list[int]:
-        assert self.app is not None
-        texts = task._encode_many(items)
-        op = self.durable().spawn_op(task.name, texts, task.settings.queue, task.settings.priority)
-        return self.app.execute(op, transaction=True)
+        return self._durably_sync(self._spawn_op(task, items))
 
     async def gather(self, ids: list[int]) -> list[Any]:
         """The results of child runs `ids`, in order, once all children of this run have
         finished. Waiting holds no worker slot. Raises ChildRunFailed if any did not succeed."""
-        from .durable import raise_if_suspended
-
-        assert self.app is not None
-        result = raise_if_suspended(await self.app.execute_async(self.durable().gather_op(ids), transaction=True))
-        return list(cast(list[Any], result))
+        return list(cast(list[Any], await self._durably(self.durable().gather_op(ids))))
 
     def gather_sync(self, ids: list[int]) -> list[Any]:
-        from .durable import raise_if_suspended
-
-        assert self.app is not None
-        result = raise_if_suspended(self.app.execute(self.durable().gather_op(ids), transaction=True))
-        return list(cast(list[Any], result))
+        return list(cast(list[Any], self._durably_sync(self.durable().gather_op(ids))))
 
     # -- suspending ------------------------------------------------------------------------
 
     async def sleep(self, seconds: float) -> None:
         """Suspend the run for `seconds` (database clock). It holds no worker slot and no
         connection meanwhile, and continues on any worker, also after restarts."""
-        from .durable import raise_if_suspended
-
-        assert self.app is not None
-        raise_if_suspended(await self.app.execute_async(self.durable().sleep_op(seconds), transaction=True))
+        await self._durably(self.durable().sleep_op(seconds))
 
     def sleep_sync(self, seconds: float) -> None:
-        from .durable import raise_if_suspended
-
-        assert self.app is not None
-        raise_if_suspended(self.app.execute(self.durable().sleep_op(seconds), transaction=True))
+        self._durably_sync(self.durable().sleep_op(seconds))
 
     async def sleep_until(self, when: datetime) -> None:
         await self.sleep(max(0.0, (when - datetime.now(UTC)).total_seconds()))
@@ -206,19 +175,11 @@ class RunContext:
                              default: Any = None) -> Any:
         """Suspend until the event (name, key) is sent; return its payload, or `default` after
         `timeout` seconds. An event sent since the run was created counts (lookback)."""
-        from .durable import raise_if_suspended
-
-        assert self.app is not None
-        return raise_if_suspended(await self.app.execute_async(self.durable().wait_op(name, key, timeout, default),
-                                                               transaction=True))
+        return await self._durably(self.durable().wait_op(name, key, timeout, default))
 
     def wait_for_event_sync(self, name: str, key: str = "", *, timeout: float | None = None,
                             default: Any = None) -> Any:
-        from .durable import raise_if_suspended
-
-        assert self.app is not None
-        return raise_if_suspended(self.app.execute(self.durable().wait_op(name, key, timeout, default),
-                                                   transaction=True))
+        return self._durably_sync(self.durable().wait_op(name, key, timeout, default))
 
 
 _current: contextvars.ContextVar[RunContext] = contextvars.ContextVar("pgqueue_run")

@@ -27,10 +27,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter  # type: ignore[import-untyped]
 
-from ._ops import Op, Statement
-from ._sql import query
+from .enqueue import EnqueueOptions, enqueue_op
 from .errors import ConfigurationError, UnknownTask
-from .runs import EnqueueOptions, enqueue_op
+from .ops import Op, statement
 
 MISFIRE_POLICIES = ("skip", "run_once", "catch_up")
 #: under the `skip` policy, a tick this late still fires (workers look every second)
@@ -120,10 +119,6 @@ class Schedule:
             raise ConfigurationError("a schedule needs a name")
 
 
-def _q(name: str, params: Any = None) -> Statement:
-    return Statement(query("cron", name), params)
-
-
 def _row(schedule: Schedule, source: str) -> dict[str, Any]:
     return {"name": schedule.name, "expression": schedule.expression, "timezone": schedule.timezone,
             "task": schedule.task, "input": json.dumps(schedule.input), "queue": schedule.queue,
@@ -135,37 +130,37 @@ def sync_op(schedules: list[Schedule]) -> Op[None]:
     """Write the schedules declared in code. A row edited at runtime (CLI, SQL, Python) is left
     alone; a changed expression or zone recomputes the next fire time; `enabled` is never touched."""
     for schedule in schedules:
-        yield _q("save", _row(schedule, "code"))
+        yield statement("cron.save", _row(schedule, "code"))
 
 
 def add_op(schedule: Schedule, known_task: bool) -> Op[None]:
     """Create or replace a schedule at runtime (it is then not overwritten by code sync)."""
     if not known_task:
-        rows = yield _q("task_known", {"task": schedule.task})
+        rows = yield statement("cron.task_known", {"task": schedule.task})
         if not rows:
             raise UnknownTask(f"unknown task {schedule.task!r}: no worker has registered it; start a worker "
                               "that defines it (or pass --app) before scheduling it")
-    yield _q("save", _row(schedule, "runtime"))
+    yield statement("cron.save", _row(schedule, "runtime"))
 
 
 def set_enabled_op(name: str, enabled: bool) -> Op[None]:
-    if not (yield _q("set_enabled", {"name": name, "enabled": enabled})):
+    if not (yield statement("cron.set_enabled", {"name": name, "enabled": enabled})):
         raise ConfigurationError(f"no schedule named {name!r}; see `pgqueue cron list`")
 
 
 def delete_op(name: str) -> Op[None]:
-    if not (yield _q("delete", {"name": name})):
+    if not (yield statement("cron.delete", {"name": name})):
         raise ConfigurationError(f"no schedule named {name!r}; see `pgqueue cron list`")
 
 
 def trigger_op(name: str) -> Op[int]:
     """Enqueue a run of the schedule now, outside its ticks."""
-    rows = yield _q("get", {"name": name})
+    rows = yield statement("cron.get", {"name": name}, row=dict)
     if not rows:
         raise ConfigurationError(f"no schedule named {name!r}; see `pgqueue cron list`")
-    task, data, queue, priority = rows[0]
-    [(run_id, _)] = yield from enqueue_op(task, [json.dumps(data)], EnqueueOptions(queue=queue, priority=priority,
-                                                                                  tags=["cron", name]))
+    found = rows[0]
+    options = EnqueueOptions(queue=found["queue"], priority=found["priority"], tags=["cron", name])
+    [(run_id, _)] = yield from enqueue_op(found["task"], [json.dumps(found["input"])], options)
     return run_id
 
 
@@ -184,7 +179,25 @@ class ScheduleInfo:
 
 
 def list_op() -> Op[list[ScheduleInfo]]:
-    return [ScheduleInfo(*row) for row in (yield _q("list"))]
+    rows = yield statement("cron.list", row=ScheduleInfo)
+    return rows
+
+
+@dataclass(frozen=True)
+class Due:
+    """A schedule row due to fire, locked for this pass."""
+
+    name: str
+    expression: str
+    timezone: str
+    task: str
+    input: dict[str, Any]
+    queue: str | None
+    priority: int | None
+    misfire_policy: str
+    catch_up_limit: int | None
+    next_fire_at: datetime | None
+    now: datetime
 
 
 @dataclass(frozen=True)
@@ -200,25 +213,28 @@ class Fired:
 def fire_due_op(limit: int = 20) -> Op[list[Fired]]:
     """Fire what is due; run in one transaction."""
     fired: list[Fired] = []
-    rows = yield _q("due", {"limit": limit})
-    for name, expression, timezone, task, data, queue, priority, policy, limit_n, next_fire_at, now in rows:
+    rows: list[Due] = yield statement("cron.due", {"limit": limit}, row=Due)
+    for due in rows:
+        name = due.name
         try:
-            if next_fire_at is None:  # new, or its expression changed: start from now
-                yield _q("advance", {"name": name, "next": next_tick(expression, timezone, now), "last": None})
+            if due.next_fire_at is None:  # new, or its expression changed: start from now
+                following = next_tick(due.expression, due.timezone, due.now)
+                yield statement("cron.advance", {"name": name, "next": following, "last": None})
                 continue
-            ticks, following = due_ticks(expression, timezone, next_fire_at, now, policy, limit_n)
+            ticks, following = due_ticks(due.expression, due.timezone, due.next_fire_at, due.now,
+                                         due.misfire_policy, due.catch_up_limit)
         except ConfigurationError as exc:  # a row written by SQL with a bad expression or zone
-            yield _q("disable_broken", {"name": name})
-            fired.append(Fired(name, now, problem=str(exc)))
+            yield statement("cron.disable_broken", {"name": name})
+            fired.append(Fired(name, due.now, problem=str(exc)))
             continue
         for tick in ticks:
-            if not (yield _q("claim_tick", {"name": name, "tick": tick})):
+            if not (yield statement("cron.claim_tick", {"name": name, "tick": tick})):
                 continue  # already fired (a manual edit of next_fire_at, say): never twice
             key = f"cron:{name}:{tick.isoformat()}"
             [(run_id, _)] = yield from enqueue_op(
-                task, [json.dumps(data)], EnqueueOptions(queue=queue, priority=priority, tags=["cron", name]),
-                idempotency_keys=[key])
-            yield _q("tick_run", {"name": name, "tick": tick, "run": run_id})
+                due.task, [json.dumps(due.input)],
+                EnqueueOptions(queue=due.queue, priority=due.priority, tags=["cron", name]), idempotency_keys=[key])
+            yield statement("cron.tick_run", {"name": name, "tick": tick, "run": run_id})
             fired.append(Fired(name, tick, run_id))
-        yield _q("advance", {"name": name, "next": following, "last": ticks[-1] if ticks else None})
+        yield statement("cron.advance", {"name": name, "next": following, "last": ticks[-1] if ticks else None})
     return fired

@@ -1,4 +1,11 @@
-"""Errors pgqueue raises; each message says what is wrong and what to do."""
+"""Every error pgqueue raises, in one hierarchy; each message says what is wrong and what to do.
+
+Three kinds live here:
+- errors (`PgQueueError` and below): something is wrong, and the message says what to do;
+- requests a task raises on purpose (`RetryLater`, `RateLimited`): not failures of the attempt;
+- control flow of the worker (`Suspended`, `RunTakenOver`): `BaseException`s, so that a task's
+  own `except Exception:` can never swallow them (asyncio's `CancelledError` does the same).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,8 @@ from __future__ import annotations
 class PgQueueError(Exception):
     """Base class of every error pgqueue raises on purpose."""
 
+
+# -- configuration and schema ---------------------------------------------------------------
 
 class ConfigurationError(PgQueueError):
     """Settings are missing or wrong (DSN, options, environment)."""
@@ -23,13 +32,15 @@ class SchemaOutdated(PgQueueError):
     """The database schema is older than this version of pgqueue."""
 
 
+class SchemaTooNew(PgQueueError):
+    """The database schema is newer than this version of pgqueue."""
+
+
 class MigrationFailed(PgQueueError):
     """A migration raised an error; its transaction was rolled back."""
 
 
-class SchemaTooNew(PgQueueError):
-    """The database schema is newer than this version of pgqueue."""
-
+# -- declaring and enqueueing ---------------------------------------------------------------
 
 class TaskDefinitionError(PgQueueError):
     """A task was declared with invalid options."""
@@ -47,6 +58,16 @@ class InputTooLarge(InvalidInput):
     """A run's input is larger than the configured limit."""
 
 
+# -- runs -----------------------------------------------------------------------------------
+
+class RunNotFound(PgQueueError):
+    """No run with that id exists (it may have been pruned by retention)."""
+
+
+class InvalidRunState(PgQueueError):
+    """The run's state does not allow that action (e.g. retrying a running run)."""
+
+
 class RunFailed(PgQueueError):
     """The run ended without a result (failed, cancelled or dead)."""
 
@@ -58,9 +79,56 @@ class RunFailed(PgQueueError):
         super().__init__(f"run {run_id} ended {status}{detail}")
 
 
-class InvalidRunState(PgQueueError):
-    """The run's state does not allow that action (e.g. retrying a running run)."""
+class TaskCancelled(PgQueueError):
+    """The run was cancelled while it ran."""
 
 
-class RunNotFound(PgQueueError):
-    """No run with that id exists (it may have been pruned by retention)."""
+class NonDeterminismError(PgQueueError):
+    """A replay reached a different step than the run's recorded history."""
+
+
+class ChildRunFailed(PgQueueError):
+    """Some children gathered by a run failed, were cancelled or dead."""
+
+
+class WorkflowFailed(PgQueueError):
+    """A node of the workflow failed for good; the workflow's run fails with it."""
+
+
+# -- requests a task makes by raising -------------------------------------------------------
+
+class RetryLater(Exception):
+    """Raise inside a task to run it again after `delay` seconds, e.g. on a provider's 429.
+
+    It does not count as a failed attempt: the retry policy's attempts are not used up.
+    """
+
+    def __init__(self, delay: float, reason: str = "") -> None:
+        if delay < 0:
+            raise ValueError("RetryLater delay must be >= 0 seconds")
+        self.delay = delay
+        self.reason = reason
+        super().__init__(f"retry in {delay:g}s{': ' + reason if reason else ''}")
+
+
+class RateLimited(RetryLater):
+    """Raise when a provider answers 429: puts the rate limit's key on hold for the whole fleet.
+
+    No worker starts a run that needs `limit` (for `key`) for `retry_after` seconds, and this
+    run is retried after that without counting a failed attempt.
+    """
+
+    def __init__(self, limit: str, retry_after: float, *, key: str = "", reason: str = "") -> None:
+        super().__init__(retry_after, reason or f"rate limit {limit!r} on hold for {retry_after:g}s")
+        self.limit = limit
+        self.key = key
+
+
+# -- the worker's control flow (never caught by `except Exception`) ---------------------------
+
+class Suspended(BaseException):
+    """The run was suspended (durable sleep, waiting); the worker has nothing more to record."""
+
+
+class RunTakenOver(BaseException):
+    """A fenced write found the run no longer running this attempt here (rescued or cancelled)."""

@@ -15,10 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ._ops import Op, Statement
-from ._sql import query
-from .context import RetryLater
 from .errors import InvalidInput, TaskDefinitionError
+from .ops import Op, statement
 
 STRATEGIES = ("queue", "cancel_newest", "cancel_oldest")
 
@@ -90,19 +88,6 @@ class RateLimitDefinition:
                 raise TaskDefinitionError(f"rate limit {self.name!r}: {label} must be a positive number")
 
 
-class RateLimited(RetryLater):
-    """Raise when a provider answers 429: puts the rate limit's key on hold for the whole fleet.
-
-    No worker starts a run that needs `limit` (for `key`) for `retry_after` seconds, and this
-    run is retried after that without counting a failed attempt.
-    """
-
-    def __init__(self, limit: str, retry_after: float, *, key: str = "", reason: str = "") -> None:
-        super().__init__(retry_after, reason or f"rate limit {limit!r} on hold for {retry_after:g}s")
-        self.limit = limit
-        self.key = key
-
-
 def _check_source(label: str, source: Any) -> None:
     if not (callable(source) or (isinstance(source, str) and source)):
         raise TaskDefinitionError(f"{label} must be an input field name or a function of the input, not {source!r}")
@@ -171,28 +156,28 @@ def registration(concurrency: Concurrency | None, rate_limits: Sequence[RateLimi
 def sync_limits_op(limits: Sequence[tuple[str, Concurrency]], rates: Sequence[RateLimitDefinition]) -> Op[None]:
     """Write the limits declared in code; rows changed at runtime are left alone."""
     for task, rule in limits:
-        yield Statement(query("flow", "sync_concurrency"), (task, rule.max_running, rule.strategy))
+        yield statement("flow.sync_concurrency", (task, rule.max_running, rule.strategy))
     for rate in rates:
         burst = rate.burst or rate.limit
-        yield Statement(query("flow", "sync_rate_limit"), (rate.name, burst, rate.limit / rate.per, burst))
-        yield Statement(query("flow", "propagate_rate_limit"), (rate.name,))
+        yield statement("flow.sync_rate_limit", (rate.name, burst, rate.limit / rate.per, burst))
+        yield statement("flow.propagate_rate_limit", (rate.name,))
 
 
 def set_concurrency_op(task: str, max_running: int, key: str, strategy: str | None) -> Op[None]:
-    yield Statement(query("flow", "set_concurrency"), (task, max_running, key, strategy))
+    yield statement("flow.set_concurrency", (task, max_running, key, strategy))
 
 
 def delete_concurrency_op(task: str, key: str) -> Op[bool]:
-    rows = yield Statement(query("flow", "delete_concurrency"), (task, key))
+    rows = yield statement("flow.delete_concurrency", (task, key))
     return bool(rows[0][0])
 
 
 def set_rate_limit_op(name: str, limit: float, per: float, burst: float | None, key: str) -> Op[None]:
-    yield Statement(query("flow", "set_rate_limit"), (name, limit, per, burst, key))
+    yield statement("flow.set_rate_limit", (name, limit, per, burst, key))
 
 
 def hold_op(name: str, seconds: float, key: str) -> Op[Any]:
-    rows = yield Statement(query("flow", "hold"), (name, seconds, key))
+    rows = yield statement("flow.hold", (name, seconds, key))
     return rows[0][0]
 
 
@@ -228,11 +213,11 @@ class LimitRow:
 
 def flow_status_op(limit: int = 20) -> Op[tuple[list[KeyUsage], list[RateUsage]]]:
     """The busiest concurrency keys (running / limit, queued) and every rate-limit bucket."""
-    keys = yield Statement(query("flow", "concurrency_status"), {"limit": limit})
-    rates = yield Statement(query("flow", "rate_status"), {"limit": limit})
-    return [KeyUsage(*row) for row in keys], [RateUsage(*row) for row in rates]
+    keys = yield statement("flow.concurrency_status", {"limit": limit}, row=KeyUsage)
+    rates = yield statement("flow.rate_status", {"limit": limit}, row=RateUsage)
+    return keys, rates
 
 
 def list_limits_op() -> Op[list[LimitRow]]:
-    rows = yield Statement(query("flow", "list_concurrency_limits"))
-    return [LimitRow(*row) for row in rows]
+    rows = yield statement("flow.list_concurrency_limits", row=LimitRow)
+    return rows

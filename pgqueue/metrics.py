@@ -16,10 +16,9 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._ops import Op, Statement
-from ._sql import query
-from .admin import status_op
 from .errors import ConfigurationError
+from .ops import Op, statement
+from .queues import status_op
 
 log = logging.getLogger("pgqueue.metrics")
 
@@ -106,7 +105,7 @@ def bearer_ok(authorization: str | None, token: str) -> bool:
     return hmac.compare_digest((authorization or "").encode(), f"Bearer {token}".encode())
 
 
-async def serve(host: str, port: int, token: str | None,
+async def serve_metrics(host: str, port: int, token: str | None,
                 render: Callable[[], Awaitable[str]]) -> asyncio.Server:
     """A minimal HTTP/1.1 server answering GET /metrics."""
     check_binding(host, token)
@@ -141,9 +140,9 @@ def gauges_op() -> Op[dict[str, dict[Labels, float]]]:
     """The gauges read from the database at each scrape, for the worker's and the dashboard's endpoints."""
     queues, workers = yield from status_op()
     gauges = database_gauges(queues, workers)
-    for task, waiting in (yield Statement(query("flow", "waiting_metrics"))):
+    for task, waiting in (yield statement("flow.waiting_metrics")):
         gauges["pgqueue_concurrency_waiting_runs"][_labels(task=task)] = float(waiting)
-    for name, available, held, deferred in (yield Statement(query("flow", "rate_metrics"))):
+    for name, available, held, deferred in (yield statement("flow.rate_metrics")):
         if available is not None:
             gauges["pgqueue_rate_limit_available_units"][_labels(limit=name)] = float(available)
         gauges["pgqueue_rate_limit_held_keys"][_labels(limit=name)] = float(held)

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from ._ops import Op, Statement, run_async, run_sync
-from ._sql import latest_version, migrations, query
 from .config import connect, connect_async, first_line
 from .errors import MigrationFailed, SchemaMissing, SchemaOutdated, SchemaTooNew
-
-
-def _q(name: str) -> Statement:
-    return Statement(query("migrations", name))
+from .ops import Op, Statement, execute_on, execute_on_async, statement
+from .sqlfiles import latest_version, migrations
 
 
 def check_versions(applied: list[int] | None) -> None:
@@ -31,10 +27,10 @@ def check_versions(applied: list[int] | None) -> None:
 
 
 def applied_versions_op() -> Op[list[int] | None]:
-    exists = (yield _q("ledger_exists"))[0][0]
+    exists = (yield statement("migrations.ledger_exists"))[0][0]
     if not exists:
         return None
-    return [row[0] for row in (yield _q("applied"))]
+    return [row[0] for row in (yield statement("migrations.applied"))]
 
 
 def check_schema_op() -> Op[None]:
@@ -46,8 +42,8 @@ def migrate_op() -> Op[list[str]]:
     applied_now: list[str] = []
     # Session-level lock on the runner's own connection (not a pool): closing the
     # connection after an error releases it.
-    yield _q("lock")
-    yield _q("create_ledger")
+    yield statement("migrations.lock")
+    yield statement("migrations.create_ledger")
     applied = set((yield from applied_versions_op()) or [])
     for migration in migrations():
         if migration.version in applied:
@@ -59,32 +55,32 @@ def migrate_op() -> Op[list[str]]:
             raise MigrationFailed(
                 f"migration {migration.version:04d}_{migration.name} failed and was rolled back: "
                 f"{first_line(exc)}") from exc
-        yield Statement(query("migrations", "record"), (migration.version, migration.name))
+        yield statement("migrations.record", (migration.version, migration.name))
         yield Statement("COMMIT")
         applied_now.append(f"{migration.version:04d}_{migration.name}")
-    yield _q("unlock")
+    yield statement("migrations.unlock")
     return applied_now
 
 
 def migrate(dsn: str) -> list[str]:
     """Bring the database up to date; returns the names of the migrations applied now."""
     with connect(dsn, autocommit=True) as conn:
-        return run_sync(conn, migrate_op())
+        return execute_on(conn, migrate_op())
 
 
 def pending(dsn: str) -> list[str]:
     """Names of migrations not yet applied."""
     with connect(dsn, autocommit=True) as conn:
-        versions = run_sync(conn, applied_versions_op())
+        versions = execute_on(conn, applied_versions_op())
     applied = set(versions or [])
     return [f"{m.version:04d}_{m.name}" for m in migrations() if m.version not in applied]
 
 
 def check_schema(dsn: str) -> None:
     with connect(dsn, autocommit=True) as conn:
-        run_sync(conn, check_schema_op())
+        execute_on(conn, check_schema_op())
 
 
 async def check_schema_async(dsn: str) -> None:
     async with await connect_async(dsn, autocommit=True) as conn:
-        await run_async(conn, check_schema_op())
+        await execute_on_async(conn, check_schema_op())

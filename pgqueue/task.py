@@ -11,15 +11,16 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 import psycopg
 
-from ._codec import InputCodec
-from ._ops import Op
+from .codec import InputCodec
+from .enqueue import EnqueueOptions, enqueue_op
 from .errors import ConfigurationError, TaskDefinitionError
 from .flow import Concurrency, RateLimit, flow_columns
+from .handles import AsyncRunHandle, RunHandle
+from .ops import Op
 from .retry import Retry
-from .runs import AsyncRunHandle, EnqueueOptions, RunHandle, enqueue_op
 
 if TYPE_CHECKING:
-    from .app import PgQueue
+    from .database import Database
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -119,15 +120,15 @@ class TaskCall(Generic[P, R]):
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle[R]:
         """Put one run on the queue; the arguments are those of the task function."""
         text = self.task.codec.encode_call(args, kwargs)
-        [(run_id, created)] = self.task.app.execute(self._op([text]), self._sync_connection())
-        return RunHandle(self.task.app, run_id, created, self.task.codec.decode_output)
+        [(run_id, created)] = self.task.db.execute(self._op([text]), self._sync_connection())
+        return RunHandle(self.task.db, run_id, created, self.task.codec.decode_output)
 
     async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> AsyncRunHandle[R]:
         text = self.task.codec.encode_call(args, kwargs)
-        [(run_id, created)] = await self.task.app.execute_async(self._op([text]), self._async_connection())
-        return AsyncRunHandle(self.task.app, run_id, created, self.task.codec.decode_output)
+        [(run_id, created)] = await self.task.db.execute_async(self._op([text]), self._async_connection())
+        return AsyncRunHandle(self.task.db, run_id, created, self.task.codec.decode_output)
 
-    def _encode_many(self, items: Iterable[Any]) -> list[str]:
+    def encode_many(self, items: Iterable[Any]) -> list[str]:
         return [self.task.codec.encode_item(item, f" (item {i})") for i, item in enumerate(items)]
 
     def enqueue_many(self, items: Iterable[Any], *, idempotency_keys: Sequence[str] | None = None,
@@ -137,28 +138,28 @@ class TaskCall(Generic[P, R]):
         Each item is an instance of the task's input model, or a mapping of its arguments.
         All items are validated before anything is written.
         """
-        texts = self._encode_many(items)
+        texts = self.encode_many(items)
         op = self._op(texts, idempotency_keys, progress)
-        found = self.task.app.execute(op, self._sync_connection(), transaction=True)
+        found = self.task.db.execute(op, self._sync_connection(), transaction=True)
         decode = self.task.codec.decode_output
-        return [RunHandle(self.task.app, run_id, created, decode) for run_id, created in found]
+        return [RunHandle(self.task.db, run_id, created, decode) for run_id, created in found]
 
     async def enqueue_many_async(self, items: Iterable[Any], *,
                                  idempotency_keys: Sequence[str] | None = None,
                                  progress: Callable[[int], None] | None = None) -> list[AsyncRunHandle[R]]:
-        texts = self._encode_many(items)
+        texts = self.encode_many(items)
         op = self._op(texts, idempotency_keys, progress)
-        found = await self.task.app.execute_async(op, self._async_connection(), transaction=True)
+        found = await self.task.db.execute_async(op, self._async_connection(), transaction=True)
         decode = self.task.codec.decode_output
-        return [AsyncRunHandle(self.task.app, run_id, created, decode) for run_id, created in found]
+        return [AsyncRunHandle(self.task.db, run_id, created, decode) for run_id, created in found]
 
 
 class Task(TaskCall[P, R]):
     """A declared task. Call it like the function; enqueue it to run on a worker."""
 
-    def __init__(self, app: PgQueue, fn: Callable[P, R] | Callable[P, Awaitable[R]],
+    def __init__(self, db: Database, fn: Callable[P, R] | Callable[P, Awaitable[R]],
                  settings: TaskSettings, codec: InputCodec | None = None) -> None:
-        self.app = app
+        self.db = db
         self.fn = fn
         self.settings = settings
         self.is_async = inspect.iscoroutinefunction(fn)

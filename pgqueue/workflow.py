@@ -32,25 +32,21 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pydantic
 
-from ._codec import InputCodec
-from ._ops import Op, Statement
-from ._sql import query
-from .durable import SUSPENDED, Durable, RunTakenOver, raise_if_suspended
-from .errors import PgQueueError, TaskDefinitionError
+from .codec import InputCodec
+from .context import current_run
+from .durable import SUSPENDED, Durable, raise_if_suspended
+from .enqueue import EnqueueOptions, enqueue_op
+from .errors import RunTakenOver, TaskDefinitionError, WorkflowFailed
 from .flow import Concurrency, RateLimit
+from .ops import Op, statement
 from .retry import Retry
-from .runs import EnqueueOptions, enqueue_op
+from .status import UNSUCCESSFUL, RunStatus
 from .task import Task
 
 if TYPE_CHECKING:
-    from .app import PgQueue
+    from .registry import TaskRegistry
 
 F = TypeVar("F", bound=Callable[..., Any])
-FINAL_FAILURES = ("failed", "cancelled", "dead")
-
-
-class WorkflowFailed(PgQueueError):
-    """A node of the workflow failed for good; the workflow's run fails with it."""
 
 
 def validate_dag(graph: dict[str, Sequence[str]]) -> list[str]:
@@ -89,10 +85,10 @@ class Decision:
 
 
 def decide(graph: Mapping[str, Sequence[str]], states: Mapping[str, str]) -> Decision:
-    failed = [node for node, status in states.items() if status in FINAL_FAILURES]
+    failed = [node for node, status in states.items() if status in UNSUCCESSFUL]
     if failed:
         return Decision(failed=sorted(failed))
-    done = {node for node, status in states.items() if status == "succeeded"}
+    done = {node for node, status in states.items() if status == RunStatus.SUCCEEDED}
     if len(done) == len(graph):
         return Decision(finished=True)
     start = [node for node, parents in graph.items()
@@ -103,9 +99,9 @@ def decide(graph: Mapping[str, Sequence[str]], states: Mapping[str, str]) -> Dec
 class Workflow:
     """A DAG of tasks; enqueue it like a task (`wf.enqueue(input)`)."""
 
-    def __init__(self, app: PgQueue, name: str, *, queue: str = "default",
+    def __init__(self, registry: TaskRegistry, name: str, *, queue: str = "default",
                  on_failure: Task[Any, Any] | None = None, concurrency: Concurrency | None = None) -> None:
-        self.app = app
+        self.registry = registry
         self.concurrency = concurrency
         self.name = name
         self.queue = queue
@@ -133,7 +129,7 @@ class Workflow:
                 raise TaskDefinitionError(
                     f"node {node_name!r} of workflow {self.name!r} must take one parameter per parent, named "
                     f"after it ({', '.join(sorted(parent_names))}); it takes ({', '.join(params)})")
-            task = self.app.task(name=f"{self.name}.{node_name}", queue=queue or self.queue,
+            task = self.registry.task(name=f"{self.name}.{node_name}", queue=queue or self.queue,
                                  retry=retry, timeout=timeout, concurrency=concurrency,
                                  rate_limits=rate_limits)(fn)
             if not parent_names:
@@ -159,12 +155,10 @@ class Workflow:
         workflow = self
 
         async def orchestrate(*args: Any, **kwargs: Any) -> Any:
-            from .context import current_run
-
             ctx = current_run()
-            assert ctx.app is not None
             data = json.loads(root.codec.encode_call(args, kwargs))
-            result = await ctx.app.execute_async(orchestrate_op(workflow, ctx.durable(), data), transaction=True)
+            result = await ctx.database().execute_async(orchestrate_op(workflow, ctx.durable(), data),
+                                                         transaction=True)
             if isinstance(result, WorkflowFailed):
                 raise result
             return raise_if_suspended(result)
@@ -172,7 +166,7 @@ class Workflow:
         # the workflow takes the roots' input; its result is the leaves' output(s)
         codec = InputCodec(self.name, root.fn)
         codec.output = pydantic.TypeAdapter(Any)
-        self.task = self.app._register(orchestrate, name=self.name, queue=self.queue,
+        self.task = self.registry.register(orchestrate, name=self.name, queue=self.queue,
                                        retry=Retry(max_attempts=1), codec=codec, concurrency=self.concurrency)
 
     def _require_task(self) -> Task[Any, Any]:
@@ -194,16 +188,12 @@ class Workflow:
         return [node for node in self.parents if node not in with_children]
 
 
-def _q(name: str, params: Any) -> Statement:
-    return Statement(query("durable", name), params)
-
-
 def orchestrate_op(workflow: Workflow, durable: Durable, data: dict[str, Any]) -> Op[object]:
     """One wake-up of the orchestrator, in one transaction that holds the workflow run's row
     lock: a node finishing meanwhile waits for it, then sees the run waiting and wakes it."""
     fence = durable.fence
-    yield _q("pending_children", fence)
-    rows = yield _q("workflow_nodes", fence)
+    yield statement("durable.pending_children", fence)
+    rows = yield statement("durable.workflow_nodes", fence)
     nodes = {node: (run_id, status, result, error) for node, run_id, status, result, error in rows}
     decision = decide(workflow.parents, {node: state[1] for node, state in nodes.items()})
     if decision.finished:
@@ -211,7 +201,7 @@ def orchestrate_op(workflow: Workflow, durable: Durable, data: dict[str, Any]) -
         results = {leaf: nodes[leaf][2] for leaf in leaves}
         return results[leaves[0]] if len(leaves) == 1 else results
     if decision.failed:
-        yield _q("cancel_children", fence)
+        yield statement("durable.cancel_children", fence)
         errors = {node: nodes[node][3] or {"type": nodes[node][1]} for node in decision.failed}
         if workflow.on_failure is not None:
             report = json.dumps({"workflow_run": fence["run"], "errors": errors})
@@ -232,11 +222,11 @@ def orchestrate_op(workflow: Workflow, durable: Durable, data: dict[str, Any]) -
             task.name, [text], EnqueueOptions(), default_queue=task.settings.queue,
             default_priority=task.settings.priority, idempotency_keys=[f"{fence['run']}/{node}"],
             parent_id=int(fence["run"]), flow=task.flow_columns([text]))
-        yield _q("mark_node", {"node": node, "child": child})
+        yield statement("durable.mark_node", {"node": node, "child": child})
         created += was_created
-    if created and not (yield _q("add_children", {**fence, "n": created})):
+    if created and not (yield statement("durable.add_children", {**fence, "n": created})):
         raise RunTakenOver(f"run {fence['run']} is no longer running here")
-    yield _q("wake_on_each_child", fence)
-    yield from durable._suspend("waiting", None, f"workflow waiting for {len(workflow.nodes) - len(nodes)} "
+    yield statement("durable.wake_on_each_child", fence)
+    yield from durable.suspend_op(RunStatus.WAITING, None, f"workflow waiting for {len(workflow.nodes) - len(nodes)} "
                                                  "node(s)")
     return SUSPENDED

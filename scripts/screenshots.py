@@ -78,7 +78,7 @@ def run_worker(stop: threading.Event) -> None:
     async def main() -> None:
         worker = Worker(dashboard_app.app, WorkerSettings(queues=["default"], concurrency=8, poll_interval=0.2,
                                                           name="worker-a"))
-        task = asyncio.create_task(worker.run())
+        task = asyncio.create_task(worker.serve())
         while not stop.is_set():
             await asyncio.sleep(0.1)
         worker.request_stop()
@@ -93,7 +93,7 @@ def main() -> None:
         dsn = embedded.ensure_running()
         try:
             migrate(dsn)
-            dashboard_app.app._dsn = dsn
+            dashboard_app.app.db.use_dsn(dsn)
             dashboard_app.BEHAVIOUR["step_seconds"] = 0.15
             ids = fill(dsn)
             stop = threading.Event()

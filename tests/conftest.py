@@ -138,9 +138,9 @@ def bind(app: PgQueue, dsn: str | None) -> None:
     """Point a module-level test app at this module's database, dropping pools bound elsewhere
     (their databases are dropped with the module that used them)."""
     app.close()
-    app._async_pool = None
-    app._async_lock = None
-    app._dsn = dsn
+    app.db._async_pool = None  # bound to an event loop and a database that are gone
+    app.db._async_lock = None
+    app.db.use_dsn(dsn)
 
 
 FAST = {"lease": 2.0, "heartbeat": 0.5, "poll_interval": 0.1, "grace_period": 3.0}
@@ -150,7 +150,7 @@ FAST = {"lease": 2.0, "heartbeat": 0.5, "poll_interval": 0.1, "grace_period": 3.
 async def running_worker(app: PgQueue, **settings: Any) -> AsyncIterator[Worker]:
     """A worker running in this event loop, with short intervals; stopped gracefully at the end."""
     worker = Worker(app, WorkerSettings(**{"queues": ["default"], **FAST, **settings}))
-    task = asyncio.create_task(worker.run())
+    task = asyncio.create_task(worker.serve())
     started = asyncio.create_task(worker.started.wait())
     await asyncio.wait([task, started], timeout=20, return_when=asyncio.FIRST_COMPLETED)
     if task.done():

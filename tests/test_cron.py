@@ -90,7 +90,7 @@ async def test_worker_fires_every_tick_once_and_runtime_management(dsn: str) -> 
         triggered = _cli(dsn, "cron", "trigger", "every-second")
         assert triggered.returncode == 0 and "triggered: run" in triggered.stdout
         run_id = int(triggered.stdout.rsplit(" ", 1)[1])
-        assert await cron_app.app.run_async(run_id).result(timeout=10) == "tick"
+        assert await cron_app.app.get_async_run(run_id).result(timeout=10) == "tick"
     ticks = _ticks(dsn, "every-second")
     with psycopg.connect(dsn) as conn:
         runs = conn.execute("SELECT count(*), count(DISTINCT idempotency_key) FROM pgqueue.runs"
@@ -128,11 +128,11 @@ def test_runtime_edits_survive_code_sync_and_bad_input_stores_nothing(dsn: str) 
     code = app.schedule(nightly, "0 3 * * *", name="nightly", input={"limit": 5})
     from pgqueue.cron import sync_op
 
-    app.execute(sync_op([code]))
+    app.db.execute(sync_op([code]))
     assert schedule_rows(dsn)["nightly"][:3] == ("0 3 * * *", True, "code")
     # an edit at runtime wins over the code on the next sync
     assert _cli(dsn, "cron", "add", "nightly", "0 4 * * *", "nightly", "--input", '{"limit": 7}').returncode == 0
-    app.execute(sync_op([code]))
+    app.db.execute(sync_op([code]))
     assert schedule_rows(dsn)["nightly"][:3] == ("0 4 * * *", True, "runtime")
     before = schedule_rows(dsn)
     for args, message in [
@@ -156,8 +156,8 @@ def test_catch_up_fires_each_missed_tick_once(dsn: str) -> None:
                                                             next_fire_at)
                         VALUES ('backfill', '* * * * *', 'report', 'catch_up', 4,
                                 date_trunc('minute', now()) - interval '10 minutes')""")
-    first = app.execute(fire_due_op(), transaction=True)
-    again = app.execute(fire_due_op(), transaction=True)
+    first = app.db.execute(fire_due_op(), transaction=True)
+    again = app.db.execute(fire_due_op(), transaction=True)
     assert [f.schedule for f in first] == ["backfill"] * 5 and again == []  # 4 caught up + the current
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM pgqueue.runs WHERE task = 'report'").fetchone() == (5,)

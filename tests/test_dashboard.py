@@ -129,8 +129,8 @@ async def test_pages_filters_and_metrics(tasks: Any, open_server: DashboardServe
     assert ids({"since": "1h", "task": "flaky"}) == [failed.id] and ids({"until": "1h", "task": "flaky"}) == []
     assert scheduled.id in ids({"status": "queued"})
     # keyset paging: pages join up without overlap
-    first, more = open_server.dash.app.execute(list_runs_op(RunFilters(), None, limit=2), transaction=True)
-    second, _ = open_server.dash.app.execute(list_runs_op(RunFilters(), first[-1]["id"], limit=2),
+    first, more = open_server.dash.app.db.execute(list_runs_op(RunFilters(), None, limit=2), transaction=True)
+    second, _ = open_server.dash.app.db.execute(list_runs_op(RunFilters(), first[-1]["id"], limit=2),
                                               transaction=True)
     assert more and first[-1]["id"] > second[0]["id"] and second[0]["id"] == first[-1]["id"] - 1
 
@@ -154,7 +154,7 @@ async def test_pages_filters_and_metrics(tasks: Any, open_server: DashboardServe
 
 
 async def _status(run_id: int, expected: str, tasks: Any) -> bool:
-    return (await tasks.app.run_async(run_id).info()).status == expected
+    return (await tasks.app.get_async_run(run_id).info()).status == expected
 
 
 def test_bad_input_gets_clear_answers(open_server: DashboardServer, tasks: Any) -> None:
@@ -191,10 +191,10 @@ def test_actions_are_guarded(open_server: DashboardServer, tasks: Any, dsn: str)
     assert request(open_server, "POST", f"/runs/{run.id}/cancel", {"back": "/"})[0] == 403
     status, _, _ = request(open_server, "POST", f"/runs/{run.id}/cancel", {"csrf": open_server.dash.auth.csrf},
                            headers={"Origin": "http://evil.example"})
-    assert status == 403 and tasks.app.run(run.id).info().status == "queued"
+    assert status == 403 and tasks.app.get_run(run.id).info().status == "queued"
     status, headers, _ = post(open_server, f"/runs/{run.id}/cancel", back=f"/runs/{run.id}")
     assert status == 303 and headers["location"].startswith(f"/runs/{run.id}?done=")
-    assert tasks.app.run(run.id).info().status == "cancelled"
+    assert tasks.app.get_run(run.id).info().status == "cancelled"
     status, _, html = post(open_server, f"/runs/{run.id}/cancel")
     assert status == 409 and "cannot be cancelled" in html
     # an open redirect is not possible through `back`

@@ -164,7 +164,7 @@ async def test_pause_and_resume_a_queue(tasks: Any, site: str, chrome: WebDriver
 
 
 async def _is(tasks: Any, run_id: int, status: str) -> bool:
-    return (await tasks.app.run_async(run_id).info()).status == status
+    return (await tasks.app.get_async_run(run_id).info()).status == status
 
 
 async def _paused(tasks: Any, queue: str) -> bool:

@@ -98,7 +98,7 @@ async def test_hundred_runs_wait_for_approval_without_holding_slots(durable_task
             for i in range(50, 99):
                 conn.execute("SELECT pgqueue.send_event('approval', %s, '{\"approved\": true, \"by\": \"sql\"}')",
                              (f"doc-{i}",))
-        results = [await durable_tasks.app.run_async(i).result(timeout=30) for i in waiting]
+        results = [await durable_tasks.app.get_async_run(i).result(timeout=30) for i in waiting]
     assert results[:50] == [{"approved": True, "by": "py"}] * 50
     assert results[50:99] == [{"approved": True, "by": "sql"}] * 49
     assert results[99] == {"approved": False, "reason": "timed out"}  # the wait expired

@@ -19,7 +19,7 @@ def tasks(app: PgQueue) -> Any:
     import sample_app
 
     # the sample tasks, bound to this test's database
-    bind(sample_app.app, app._dsn)
+    bind(sample_app.app, app.dsn)
     yield sample_app
     bind(sample_app.app, None)
 
@@ -191,7 +191,7 @@ def test_enqueue_by_name_of_a_task_defined_elsewhere(app: PgQueue, conn: psycopg
 def test_enqueue_survives_a_pooled_connection_the_server_just_ended(app: PgQueue, dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as admin:
         for _ in range(5):
-            pool = app.pool()
+            pool = app.db.pool()
             with pool.connection(), pool.connection(), pool.connection():
                 pass  # the pool now holds several idle connections, all about to be ended
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"

@@ -62,7 +62,7 @@ def fetch(tenant: str) -> str:
 
 @pytest.fixture(scope="module", autouse=True)
 def registered(dsn: str) -> Iterator[None]:
-    app._dsn = dsn
+    app.db.use_dsn(dsn)
     app.register_tasks()
     yield
     app.close()
@@ -288,7 +288,7 @@ def test_rate_limit_buckets_per_key_and_holds(conn: Conn) -> None:
     assert claim(conn, 10) == []
     wait = conn.execute("SELECT min(run_at) FROM pgqueue.ready WHERE run_id = ANY(%s)", (more,)).fetchone()
     assert wait == (until,)
-    gauges = app.execute(gauges_op())
+    gauges = app.db.execute(gauges_op())
     assert gauges["pgqueue_rate_limit_held_keys"][(("limit", "llm"),)] == 1
     assert gauges["pgqueue_rate_limit_deferred_runs"][(("limit", "per_user"),)] >= 4
     assert gauges["pgqueue_rate_limit_available_units"][(("limit", "llm"),)] <= 5
@@ -297,7 +297,7 @@ def test_rate_limit_buckets_per_key_and_holds(conn: Conn) -> None:
 def test_metrics_count_runs_waiting_for_a_slot(conn: Conn) -> None:
     limited.enqueue_many([{"tenant": "m", "n": i} for i in range(5)])
     claim(conn)
-    assert app.execute(gauges_op())["pgqueue_concurrency_waiting_runs"] == {(("task", "limited"),): 3}
+    assert app.db.execute(gauges_op())["pgqueue_concurrency_waiting_runs"] == {(("task", "limited"),): 3}
 
 
 async def test_a_task_raising_rate_limited_holds_the_key_for_every_worker(dsn: str) -> None:

@@ -66,4 +66,4 @@ async def test_async_result(async_app: PgQueue, dsn: str) -> None:
 
 def test_unknown_run(app: PgQueue) -> None:
     with pytest.raises(RunNotFound, match="no run with id 987654321"):
-        app.run(987654321).status()
+        app.get_run(987654321).status()

@@ -58,7 +58,7 @@ async def test_metrics_need_a_token_off_loopback(worker_tasks: Any) -> None:
     with pytest.raises(ConfigurationError, match="without a token"):
         check_binding("0.0.0.0", None)
     with pytest.raises(ConfigurationError, match="without a token"):
-        await Worker(worker_tasks.app, WorkerSettings(metrics_port=free_port(), metrics_host="0.0.0.0")).run()
+        await Worker(worker_tasks.app, WorkerSettings(metrics_port=free_port(), metrics_host="0.0.0.0")).serve()
     port = free_port()
     async with running_worker(worker_tasks.app, metrics_port=port, metrics_token="s3cret"):
         denied, _ = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/metrics")

@@ -8,9 +8,9 @@ import psycopg
 import pytest
 
 from pgqueue import PgQueue, SchemaMissing, SchemaOutdated
-from pgqueue._sql import latest_version, migrations
 from pgqueue.errors import MigrationFailed, SchemaTooNew
 from pgqueue.migrations import check_schema, migrate, pending
+from pgqueue.sqlfiles import latest_version, migrations
 
 
 def test_migrations_are_numbered_without_gaps() -> None:
@@ -53,7 +53,7 @@ def test_library_refuses_an_outdated_or_newer_schema(empty_dsn: str) -> None:
 
 
 def test_failed_migration_leaves_no_partial_state(empty_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pgqueue import _sql
+    from pgqueue import sqlfiles as _sql
 
     shipped = latest_version()
     broken = (*migrations(), _sql.Migration(shipped + 1, "broken",

@@ -6,7 +6,7 @@ import pytest
 from pydantic import BaseModel
 
 from pgqueue import Concurrency, ConfigurationError, InvalidInput, PgQueue, RateLimit, Retry, TaskDefinitionError
-from pgqueue._codec import parse_json_object
+from pgqueue.codec import parse_json_object
 from pgqueue.config import describe_dsn, require_dsn, resolve_dsn
 
 

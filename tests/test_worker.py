@@ -12,7 +12,7 @@ import pytest
 
 from conftest import running_worker, wait_for
 from pgqueue import RunFailed
-from pgqueue._sql import query
+from pgqueue.sqlfiles import query
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -121,9 +121,9 @@ async def test_unknown_task_and_bad_stored_input_fail_clearly_without_blocking(w
     async with running_worker(worker_tasks.app):
         assert await after.result(timeout=20) == 7
         with pytest.raises(RunFailed, match="UnknownTask: this worker has no task named 'no_such_task'"):
-            await worker_tasks.app.run_async(unknown.id).result(timeout=20)
+            await worker_tasks.app.get_async_run(unknown.id).result(timeout=20)
         with pytest.raises(RunFailed, match=r"InvalidInput.*n: Input should be a valid integer"):
-            await worker_tasks.app.run_async(bad_id).result(timeout=20)
+            await worker_tasks.app.get_async_run(bad_id).result(timeout=20)
 
 
 async def test_cancel_queued_and_running_runs(worker_tasks: Any, dsn: str) -> None:
@@ -188,11 +188,11 @@ def test_zombie_cannot_record_after_its_lease_was_taken_over(dsn: str) -> None:
         (run_id,) = conn.execute("SELECT pgqueue.enqueue('zombie_demo', '{}', queue => 'zombies')").fetchone()  # type: ignore[misc]
 
         def claim(worker: str) -> list[tuple[Any, ...]]:
-            return conn.execute(query("worker", "claim"),  # type: ignore[arg-type]
+            return conn.execute(query("worker.claim"),  # type: ignore[arg-type]
                                 {"queues": ["zombies"], "limit": 10, "worker": worker, "lease_s": 30}).fetchall()
 
         def complete(worker: str, attempt: int, result: str) -> list[tuple[Any, ...]]:
-            return conn.execute(query("worker", "complete"), {  # type: ignore[arg-type]
+            return conn.execute(query("worker.complete"), {  # type: ignore[arg-type]
                 "worker": worker, "ids": [run_id], "attempts": [attempt], "statuses": ["succeeded"],
                 "attempt_outcomes": ["succeeded"], "results": [result], "errors": [None], "delays": [0.0],
                 "failed": [0], "logs": [None]}).fetchall()
@@ -200,10 +200,10 @@ def test_zombie_cannot_record_after_its_lease_was_taken_over(dsn: str) -> None:
         assert [r[0] for r in claim(a)] == [run_id]
         conn.execute("UPDATE pgqueue.runs SET lease_expires_at = now() - interval '1 second' WHERE id = %s",
                      (run_id,))
-        rescued = conn.execute(query("worker", "rescue"), {"max_recoveries": 3}).fetchall()  # type: ignore[arg-type]
+        rescued = conn.execute(query("worker.rescue"), {"max_recoveries": 3}).fetchall()  # type: ignore[arg-type]
         assert rescued == [(run_id, "queued")]
         assert [r[3] for r in claim(b)] == [2]  # attempt 2, leased to B
-        beat = conn.execute(query("worker", "heartbeat"),  # type: ignore[arg-type]
+        beat = conn.execute(query("worker.heartbeat"),  # type: ignore[arg-type]
                             {"worker": a, "lease_s": 30, "ids": [run_id], "attempts": [1]}).fetchall()
         assert beat == []  # A learns it lost the run
         assert complete(a, 1, '"from the zombie"') == []
@@ -222,11 +222,11 @@ def test_rescue_never_overwrites_a_finished_run_and_dead_letters_crash_loops(dsn
         (run_id,) = conn.execute("SELECT pgqueue.enqueue('crashy', '{}', queue => 'crash')").fetchone()  # type: ignore[misc]
         statuses = []
         for _ in range(3):
-            conn.execute(query("worker", "claim"),  # type: ignore[arg-type]
+            conn.execute(query("worker.claim"),  # type: ignore[arg-type]
                          {"queues": ["crash"], "limit": 1, "worker": worker, "lease_s": 30})
             conn.execute("UPDATE pgqueue.runs SET lease_expires_at = now() - interval '1 second' WHERE id = %s",
                          (run_id,))
-            statuses += [s for i, s in conn.execute(query("worker", "rescue"),  # type: ignore[arg-type]
+            statuses += [s for i, s in conn.execute(query("worker.rescue"),  # type: ignore[arg-type]
                                                     {"max_recoveries": 2}).fetchall() if i == run_id]
         assert statuses == ["queued", "queued", "dead"]
         row = conn.execute("SELECT status, recoveries, failures, error->>'type' FROM pgqueue.runs WHERE id = %s",
@@ -237,7 +237,7 @@ def test_rescue_never_overwrites_a_finished_run_and_dead_letters_crash_loops(dsn
         (done_id,) = conn.execute("SELECT pgqueue.enqueue('crashy', '{}', queue => 'crash')").fetchone()  # type: ignore[misc]
         conn.execute("UPDATE pgqueue.runs SET status = 'succeeded', lease_expires_at = now() - interval '1 hour'"
                      " WHERE id = %s", (done_id,))
-        assert all(i != done_id for i, _ in conn.execute(query("worker", "rescue"),  # type: ignore[arg-type]
+        assert all(i != done_id for i, _ in conn.execute(query("worker.rescue"),  # type: ignore[arg-type]
                                                          {"max_recoveries": 2}).fetchall())
         assert conn.execute("SELECT status FROM pgqueue.runs WHERE id = %s", (done_id,)).fetchone() == ("succeeded",)
 
@@ -250,9 +250,9 @@ async def test_paused_queue_keeps_its_runs_until_resumed(worker_tasks: Any, dsn:
         assert await other.result(timeout=20) == 12  # other queues keep going
         await asyncio.sleep(1.0)
         assert await held.status() == "queued"
-        from pgqueue.admin import status_op
+        from pgqueue.queues import status_op
 
-        queues, _ = worker_tasks.app.execute(status_op())
+        queues, _ = worker_tasks.app.db.execute(status_op())
         assert [(q.queue, q.queued, q.paused) for q in queues if q.queue == "default"] == [("default", 1, True)]
         worker_tasks.app.resume_queue("default")
         assert await held.result(timeout=20) == 11

@@ -8,7 +8,7 @@ import json
 import click
 
 from pgqueue import PgQueue
-from pgqueue._codec import parse_json_object
+from pgqueue.codec import parse_json_object
 from pgqueue.cron import MISFIRE_POLICIES, Schedule
 
 from .common import cell, dsn_option, friendly_errors, json_option, print_json, table
@@ -43,7 +43,7 @@ def add_cmd(name: str, expression: str, task: str, input_text: str, timezone: st
     data = parse_json_object(input_text, "--input")
     app = load_app(app_path) if app_path else PgQueue(dsn)
     if dsn:
-        app._dsn = dsn
+        app.db.use_dsn(dsn)
     if task in app.tasks:
         data = json.loads(app.tasks[task].codec.encode_item(data))
     schedule = Schedule(name, expression, task, data, timezone, queue, priority, misfire, catch_up_limit)

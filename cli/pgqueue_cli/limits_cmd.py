@@ -24,8 +24,8 @@ def limits_group() -> None:
 def list_cmd(as_json: bool, dsn: str | None) -> None:
     """Limits as stored, then current use: busiest keys and every rate-limit bucket."""
     app = PgQueue(dsn)
-    limits = app.execute(list_limits_op())
-    keys, rates = app.execute(flow_status_op())
+    limits = app.db.execute(list_limits_op())
+    keys, rates = app.db.execute(flow_status_op())
     if as_json:
         print_json({"concurrency_limits": [dataclasses.asdict(row) for row in limits],
                     "keys": [dataclasses.asdict(k) for k in keys],

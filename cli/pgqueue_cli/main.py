@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from pgqueue import PgQueue
-from pgqueue._codec import parse_json_object
+from pgqueue.codec import parse_json_object
 from pgqueue.config import describe_dsn, resolve_dsn
 from pgqueue.embedded import EmbeddedServer
 from pgqueue.migrations import check_schema, migrate, pending
@@ -115,7 +115,7 @@ def _app_for(app_path: str | None, dsn: str | None) -> PgQueue:
         return PgQueue(dsn)
     app = load_app(app_path)
     if dsn:
-        app._dsn = dsn
+        app.db.use_dsn(dsn)
     return app
 
 

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import click
 
 from pgqueue import PgQueue
-from pgqueue.admin import RUN_STATUSES, list_runs_op, run_detail_op
+from pgqueue.runs import list_runs_op, run_detail_op
+from pgqueue.status import NAMES
 
 from .common import cell, dsn_option, friendly_errors, json_option, parse_when, print_json, status_text, table
 
@@ -21,7 +22,7 @@ def runs_group() -> None:
 
 @runs_group.command("list")
 @click.option("--task", default=None, help="Only runs of this task.")
-@click.option("--status", type=click.Choice(RUN_STATUSES), default=None, help="Only runs in this status.")
+@click.option("--status", type=click.Choice(NAMES), default=None, help="Only runs in this status.")
 @click.option("--queue", default=None, help="Only runs of this queue.")
 @click.option("--before", type=int, default=None, help="Page: only ids below this one.")
 @click.option("--scheduled", is_flag=True, help="Only queued runs whose time has not come yet.")
@@ -33,7 +34,7 @@ def list_cmd(task: str | None, status: str | None, queue: str | None, before: in
              limit: int, as_json: bool, dsn: str | None) -> None:
     """Newest runs first."""
     with PgQueue(dsn) as app:
-        runs = app.execute(list_runs_op(task=task, status=status, queue=queue, before=before, limit=limit,
+        runs = app.db.execute(list_runs_op(task=task, status=status, queue=queue, before=before, limit=limit,
                                         scheduled=scheduled))
     if as_json:
         print_json([dataclasses.asdict(r) for r in runs])
@@ -50,7 +51,7 @@ def list_cmd(task: str | None, status: str | None, queue: str | None, before: in
 def show_cmd(run_id: int, as_json: bool, dsn: str | None) -> None:
     """A run with its input, result or error, and every attempt."""
     with PgQueue(dsn) as app:
-        info, attempts = app.execute(run_detail_op(run_id))
+        info, attempts = app.db.execute(run_detail_op(run_id))
     if as_json:
         print_json({**dataclasses.asdict(info), "attempts": [dataclasses.asdict(a) for a in attempts]})
         return

@@ -13,9 +13,9 @@ import click
 import psycopg
 
 from pgqueue import PgQueue
-from pgqueue.admin import QueueStatus, WorkerStatus, status_op
 from pgqueue.config import describe_dsn
 from pgqueue.flow import KeyUsage, RateUsage, flow_status_op
+from pgqueue.queues import QueueStatus, WorkerStatus, status_op
 
 from .common import dsn_option, friendly_errors, json_option, print_json, render_table
 from .limits_cmd import usage_lines
@@ -35,7 +35,7 @@ class Status:
 
 
 def fetch_status(app: PgQueue) -> Status:
-    return Status(*app.execute(status_op()), *app.execute(flow_status_op()))
+    return Status(*app.db.execute(status_op()), *app.db.execute(flow_status_op()))
 
 
 def _snapshot(status: Status) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def wait_cmd(run_id: int, timeout: float | None, as_json: bool, dsn: str | None)
     app = PgQueue(dsn)
     progress = ChildProgress(run_id)
     try:
-        info: RunInfo | None = app.run(run_id).wait(timeout, on_update=progress)
+        info: RunInfo | None = app.get_run(run_id).wait(timeout, on_update=progress)
     except TimeoutError:
         info = None
     finally:

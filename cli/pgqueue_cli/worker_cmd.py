@@ -65,7 +65,7 @@ def worker_cmd(app_path: str, dsn: str | None, queues: str, concurrency: int, ba
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = load_app(app_path)
     if dsn:
-        app._dsn = dsn
+        app.db.use_dsn(dsn)
     settings = WorkerSettings(queues=_queues(queues), concurrency=concurrency, batch_size=batch_size,
                               lease=lease, heartbeat=heartbeat, poll_interval=poll_interval,
                               grace_period=grace_period, max_recoveries=max_recoveries, burst=burst,
@@ -89,4 +89,4 @@ async def _serve(worker: Worker) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    await worker.run()
+    await worker.serve()

@@ -37,8 +37,8 @@ def create_server(dsn: str | None = None, host: str = "127.0.0.1", port: int = 8
     from .server import make_server
 
     check_dashboard_binding(host, token)
-    queue = PgQueue(dsn or (app._dsn if app is not None else None), pool_size=8)
-    queue.pool()  # a wrong DSN or a missing schema ends here with a clear error, not on the first page
+    queue = PgQueue(dsn or (app.dsn if app is not None else None), pool_size=8)
+    queue.db.pool()  # a wrong DSN or a missing schema ends here with a clear error, not on the first page
     return make_server(Dashboard(queue, Auth(token), workflow_graphs(app)), host, port)
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from ..admin import set_queue_paused_op
 from ..cron import set_enabled_op
 from ..errors import InvalidRunState
+from ..queues import set_queue_paused_op
 from ..runs import get_run_op
+from ..status import FINAL, UNSUCCESSFUL
 from .pages import Dashboard
-from .queries import FINAL, RETRYABLE, waits_op
+from .queries import waits_op
 
 RUN_ACTIONS = ("retry", "replay", "cancel", "send_event")
 
@@ -23,9 +24,9 @@ class ActionRefused(InvalidRunState):
 def run_action(dash: Dashboard, run_id: int, action: str, form: Mapping[str, str]) -> str:
     """Do `action` on a run; raises RunNotFound, or ActionRefused saying why not."""
     app = dash.app
-    status = app.execute(get_run_op(run_id)).status
+    status = app.db.execute(get_run_op(run_id)).status
     if action in ("retry", "replay"):
-        if status not in RETRYABLE:
+        if status not in UNSUCCESSFUL:
             raise ActionRefused(f"run {run_id} is {status}: only failed, cancelled or dead runs can be "
                                 f"{'retried' if action == 'retry' else 'replayed'}")
         if action == "retry":
@@ -50,7 +51,7 @@ def _send_event(dash: Dashboard, run_id: int, status: str, form: Mapping[str, st
     if status != "waiting":
         raise ActionRefused(f"run {run_id} is {status}: only a waiting run can be sent an event from its page")
     name, key = form.get("event", ""), form.get("key", "")
-    waits = dash.app.execute(waits_op(run_id))
+    waits = dash.app.db.execute(waits_op(run_id))
     if (name, key) not in waits:
         raise ActionRefused(f"run {run_id} is not waiting for event {name!r} with key {key!r}")
     try:
@@ -65,7 +66,7 @@ def queue_action(dash: Dashboard, queue: str, action: str) -> str:
     if not queue:
         raise ActionRefused("name the queue to pause")
     _check(action, ("pause", "resume"), f"queue {queue!r}")
-    dash.app.execute(set_queue_paused_op(queue, action == "pause"))
+    dash.app.db.execute(set_queue_paused_op(queue, action == "pause"))
     return f"queue {queue!r} " + ("paused: its runs stay queued" if action == "pause" else "resumed")
 
 
@@ -73,7 +74,7 @@ def cron_action(dash: Dashboard, name: str, action: str) -> str:
     _check(action, ("pause", "resume", "trigger"), f"schedule {name!r}")
     if action == "trigger":
         return f"schedule {name!r} triggered: run {dash.app.cron_trigger(name).id}"
-    dash.app.execute(set_enabled_op(name, action == "resume"))
+    dash.app.db.execute(set_enabled_op(name, action == "resume"))
     return f"schedule {name!r} " + ("resumed from its next tick" if action == "resume" else "paused")
 
 

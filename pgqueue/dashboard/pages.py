@@ -10,14 +10,14 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
-from ..admin import RUN_STATUSES
 from ..app import PgQueue
 from ..cron import list_op as cron_list_op
 from ..cron import ticks_after
 from ..errors import ConfigurationError, PgQueueError
+from ..status import FINAL, NAMES, UNSUCCESSFUL
 from . import charts
 from .auth import Auth
-from .queries import FINAL, RETRYABLE, RunFilters, limits_op, list_runs_op, overview_op, run_page_op, workers_op
+from .queries import RunFilters, limits_op, list_runs_op, overview_op, run_page_op, workers_op
 
 Page = tuple[int, str, dict[str, Any]]
 _RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")
@@ -75,8 +75,8 @@ def parse_filters(query: Mapping[str, str], now: datetime) -> tuple[RunFilters, 
         return value or None
 
     status = text("status")
-    if status is not None and status not in RUN_STATUSES:
-        raise BadFilter(f"status: {status!r} is not one of {', '.join(RUN_STATUSES)}")
+    if status is not None and status not in NAMES:
+        raise BadFilter(f"status: {status!r} is not one of {', '.join(NAMES)}")
     before = text("before")
     if before is not None and not before.isdigit():
         raise BadFilter(f"before: {before!r} is not a run id")
@@ -91,7 +91,7 @@ def parse_filters(query: Mapping[str, str], now: datetime) -> tuple[RunFilters, 
 
 
 def overview(dash: Dashboard, query: Mapping[str, str]) -> Page:
-    data = dash.app.execute(overview_op())
+    data = dash.app.db.execute(overview_op())
     return 200, "overview.html", {
         "data": data, "throughput": charts.throughput_chart(data.activity),
         "latency": charts.latency_chart(data.activity),
@@ -101,12 +101,12 @@ def overview(dash: Dashboard, query: Mapping[str, str]) -> Page:
 
 def runs_list(dash: Dashboard, query: Mapping[str, str]) -> Page:
     now = datetime.now(UTC)
-    context: dict[str, Any] = {"q": query, "statuses": RUN_STATUSES, "runs": [], "more": False}
+    context: dict[str, Any] = {"q": query, "statuses": NAMES, "runs": [], "more": False}
     try:
         filters, before = parse_filters(query, now)
     except BadFilter as exc:
         return 400, "runs.html", {**context, "error": str(exc)}
-    runs, more = dash.app.execute(list_runs_op(filters, before), transaction=True)
+    runs, more = dash.app.db.execute(list_runs_op(filters, before), transaction=True)
     older = {k: v for k, v in query.items() if v and k != "before"}
     if more:
         older["before"] = str(runs[-1]["id"])
@@ -115,7 +115,7 @@ def runs_list(dash: Dashboard, query: Mapping[str, str]) -> Page:
 
 
 def run_detail(dash: Dashboard, run_id: int) -> Page:
-    page = dash.app.execute(run_page_op(run_id))
+    page = dash.app.db.execute(run_page_op(run_id))
     now = datetime.now(UTC)
     info = page.info
     graph = _workflow_graph(dash.graphs.get(info.task), page.nodes)
@@ -127,7 +127,7 @@ def run_detail(dash: Dashboard, run_id: int) -> Page:
         "timeline": charts.step_timeline(page.steps, now),
         "dag": charts.dag(graph, states, links) if graph else None,
         "children_done": done,
-        "can_retry": info.status in RETRYABLE, "can_cancel": info.status not in FINAL,
+        "can_retry": info.status in UNSUCCESSFUL, "can_cancel": info.status not in FINAL,
         "can_send": info.status == "waiting" and bool(page.waits),
         "input_json": json.dumps(info.input, indent=2),
         "result_json": None if info.result is None else json.dumps(info.result, indent=2)}
@@ -143,13 +143,13 @@ def _workflow_graph(declared: dict[str, list[str]] | None, nodes: Sequence[Mappi
 
 
 def workers(dash: Dashboard, query: Mapping[str, str]) -> Page:
-    return 200, "workers.html", {"workers": dash.app.execute(workers_op())}
+    return 200, "workers.html", {"workers": dash.app.db.execute(workers_op())}
 
 
 def cron(dash: Dashboard, query: Mapping[str, str]) -> Page:
     now = datetime.now(UTC)
     schedules = []
-    for s in dash.app.execute(cron_list_op()):
+    for s in dash.app.db.execute(cron_list_op()):
         problem: str | None = None
         try:
             upcoming = list(islice(ticks_after(s.expression, s.timezone, s.next_fire_at or now), 3))
@@ -162,7 +162,7 @@ def cron(dash: Dashboard, query: Mapping[str, str]) -> Page:
 
 
 def limits(dash: Dashboard, query: Mapping[str, str]) -> Page:
-    concurrency, rates, paused = dash.app.execute(limits_op())
+    concurrency, rates, paused = dash.app.db.execute(limits_op())
     return 200, "limits.html", {"concurrency": concurrency, "rates": rates, "paused": paused}
 
 

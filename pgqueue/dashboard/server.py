@@ -168,7 +168,7 @@ class Handler(BaseHTTPRequestHandler):
     def _get(self, path: str, query: dict[str, str]) -> None:
         dash = self.server.dash
         if path == "/metrics":
-            text = Metrics().render(dash.app.execute(gauges_op()))
+            text = Metrics().render(dash.app.db.execute(gauges_op()))
             return self._send(200, text, "text/plain; version=0.0.4; charset=utf-8")
         run = _RUN.match(path)
         if run:

@@ -49,7 +49,7 @@ SELECT name, expression, timezone, task, input, enabled, misfire_policy, next_fi
 
 -- name: due
 SELECT name, expression, timezone, task, input, queue, priority, misfire_policy, catch_up_limit,
-       next_fire_at, now()
+       next_fire_at, now() AS now
   FROM pgqueue.cron_schedules
  WHERE enabled AND (next_fire_at IS NULL OR next_fire_at <= now())
  ORDER BY next_fire_at NULLS FIRST

@@ -1,5 +1,5 @@
 -- Read-only queries of the web dashboard (pgqueue/dashboard). Plain SELECTs through indexes: no
--- row locks, nothing that slows the workers. Actions call the SQL API functions (admin.sql).
+-- row locks, nothing that slows the workers. Actions call the SQL API functions (runs.sql, queues.sql).
 -- Optional filters are `param IS NULL OR ...`: the dashboard runs them with custom plans, so
 -- the planner folds the unused ones away and picks the index of the filter that is set.
 
@@ -27,8 +27,8 @@ SELECT id, task, queue, status, attempt, created_at, started_at, finished_at, er
  LIMIT %(limit)s
 
 -- name: run_extras
--- What the run page shows beyond pgqueue.runs' get_run.
-SELECT concurrency_key, workflow_node, cancel_requested, worker_id::text, root_id
+-- What the run page shows beyond runs.get_run.
+SELECT concurrency_key, workflow_node, cancel_requested, worker_id::text AS worker_id, root_id
   FROM pgqueue.runs
  WHERE id = %(run)s
 
@@ -57,7 +57,7 @@ SELECT id, task, status, workflow_node, created_at, finished_at
 
 -- name: workflow_nodes
 -- Nodes of a workflow run that have started; a node's input is keyed by its parents' names.
-SELECT workflow_node, id, status, (SELECT array_agg(k) FROM jsonb_object_keys(input) AS k) AS input_keys,
+SELECT workflow_node AS node, id, status, (SELECT array_agg(k) FROM jsonb_object_keys(input) AS k) AS input_keys,
        started_at, finished_at
   FROM pgqueue.runs
  WHERE parent_id = %(run)s AND workflow_node IS NOT NULL

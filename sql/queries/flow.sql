@@ -54,7 +54,7 @@ WITH running AS (
     SELECT task, key FROM running UNION SELECT task, key FROM queued
     UNION SELECT name, key FROM pgqueue.concurrency_limits
 )
-SELECT k.task, k.key, coalesce(r.running, 0), l.max_running, l.strategy, coalesce(q.queued, 0)
+SELECT k.task, k.key, coalesce(r.running, 0) AS running, l.max_running, l.strategy, coalesce(q.queued, 0) AS queued
   FROM keys k
   LEFT JOIN running r USING (task, key)
   LEFT JOIN queued q USING (task, key)
@@ -65,7 +65,7 @@ SELECT k.task, k.key, coalesce(r.running, 0), l.max_running, l.strategy, coalesc
 -- name: rate_status
 -- Buckets with their tokens refilled to now, and when a run needing one unit can start.
 SELECT name, key, least(capacity, tokens + refill_per_s * extract(epoch FROM now() - refilled_at)) AS available,
-       capacity, refill_per_s, CASE WHEN held_until > now() THEN held_until END AS held_until,
+       capacity, refill_per_s AS per_second, CASE WHEN held_until > now() THEN held_until END AS held_until,
        greatest(now(), held_until,
                 now() + make_interval(secs => greatest(0, 1 - (tokens + refill_per_s
                                                               * extract(epoch FROM now() - refilled_at)))
@@ -75,7 +75,7 @@ SELECT name, key, least(capacity, tokens + refill_per_s * extract(epoch FROM now
  LIMIT %(limit)s
 
 -- name: list_concurrency_limits
-SELECT name, key, max_running, strategy, source FROM pgqueue.concurrency_limits ORDER BY name, key = '*' DESC, key
+SELECT name AS task, key, max_running, strategy, source FROM pgqueue.concurrency_limits ORDER BY name, key = '*' DESC, key
 
 -- name: waiting_metrics
 -- Per task: due queued runs whose key is at its limit (they wait for a slot). Reads only the

@@ -1,4 +1,4 @@
--- Queries of the client: enqueueing runs and reading them back.
+-- Queries about runs: enqueueing them, reading them back, listing, and acting on them.
 
 -- name: enqueue_many
 SELECT id, created FROM pgqueue.enqueue_many(
@@ -40,14 +40,29 @@ SELECT id, task, queue, priority, status, input, result, error, run_at, created_
   FROM pgqueue.runs
  WHERE id = %s
 
--- name: register_task
-INSERT INTO pgqueue.tasks (name, queue, priority, schedule_to_start)
-VALUES (%s, %s, %s, %s)
-ON CONFLICT (name) DO UPDATE
-   SET queue = excluded.queue, priority = excluded.priority,
-       schedule_to_start = excluded.schedule_to_start, updated_at = now()
- WHERE (tasks.queue, tasks.priority, tasks.schedule_to_start)
-       IS DISTINCT FROM (excluded.queue, excluded.priority, excluded.schedule_to_start)
+-- name: list_runs
+SELECT id, task, queue, status, priority, attempt, failures, recoveries, created_at, run_at,
+       started_at, finished_at, error ->> 'type' AS error_type
+  FROM pgqueue.runs
+ WHERE (%(task)s::text IS NULL OR task = %(task)s)
+   AND (%(status)s::text IS NULL OR status = %(status)s)
+   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+   AND (%(before)s::bigint IS NULL OR id < %(before)s)
+   AND (NOT %(scheduled)s OR (status = 'queued' AND run_at > now()))
+ ORDER BY id DESC
+ LIMIT %(limit)s
 
--- name: listen_done
-LISTEN pgqueue_done
+-- name: run_attempts
+SELECT attempt, worker_id::text, started_at, finished_at, outcome, error_type, error_message, traceback, logs
+  FROM pgqueue.attempts
+ WHERE run_id = %s
+ ORDER BY attempt
+
+-- name: reschedule_run
+SELECT pgqueue.reschedule_run(%s, %s)
+
+-- name: cancel_run
+SELECT pgqueue.cancel_run(%s)
+
+-- name: replay_run
+SELECT pgqueue.replay_run(%s, %s)

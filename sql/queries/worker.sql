@@ -9,9 +9,6 @@ VALUES (%(id)s, %(name)s, %(host)s, %(pid)s, %(queues)s, %(concurrency)s, %(leas
 -- name: stop_worker
 UPDATE pgqueue.workers SET stopped_at = now(), heartbeat_at = now() WHERE id = %(id)s
 
--- name: listen_ready
-LISTEN pgqueue_ready
-
 -- name: claim
 -- Lease up to `limit` due runs of the served queues to this worker (pgqueue.claim, in
 -- 0006_flow_control.sql, applies priorities, fairness, concurrency and rate limits).

@@ -11,32 +11,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import tracing
-from .context import RetryLater, RunContext, TaskCancelled, _current
-from .durable import RunTakenOver, Suspended
-from .errors import InvalidInput
-from .flow import RateLimited
+from .. import tracing
+from ..context import RunContext, _current
+from ..errors import InvalidInput, RateLimited, RetryLater, RunTakenOver, Suspended, TaskCancelled
+from ..status import RunStatus
+from .claimer import Claimed
 
 if TYPE_CHECKING:
-    from .app import PgQueue
-    from .task import Task
+    from ..app import PgQueue
+    from ..task import Task
 
 log = logging.getLogger("pgqueue.worker")
 
 MAX_TRACEBACK = 16_000  # characters kept per attempt
-
-
-@dataclass(frozen=True)
-class Claimed:
-    id: int
-    task: str
-    input: dict[str, Any]
-    attempt: int
-    failures: int
-    expired: bool
-    queue: str | None = None
-    #: read only when tracing is on (see tracing.py)
-    trace_context: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -66,14 +53,15 @@ def failure(run: Claimed, task: Task[Any, Any] | None, exc: BaseException,
     """A failed attempt: retried per the task's policy, else the run fails."""
     failures = run.failures + 1
     if task is not None and task.settings.retry.should_retry(failures, exc):
-        return Outcome(run.id, run.attempt, "queued", "retry" if attempt_outcome == "failed" else attempt_outcome,
+        return Outcome(run.id, run.attempt, RunStatus.QUEUED,
+                       "retry" if attempt_outcome == "failed" else attempt_outcome,
                        error=error_info(exc), delay=task.settings.retry.delay(failures), failed=1)
-    return Outcome(run.id, run.attempt, "failed", attempt_outcome, error=error_info(exc), failed=1)
+    return Outcome(run.id, run.attempt, RunStatus.FAILED, attempt_outcome, error=error_info(exc), failed=1)
 
 
 def final_failure(run: Claimed, kind: str, message: str, attempt_outcome: str = "failed") -> Outcome:
     """A failure that no retry can fix (unknown task, bad input, expired)."""
-    return Outcome(run.id, run.attempt, "failed", attempt_outcome, error={"type": kind, "message": message})
+    return Outcome(run.id, run.attempt, RunStatus.FAILED, attempt_outcome, error={"type": kind, "message": message})
 
 
 class Executor:
@@ -83,18 +71,18 @@ class Executor:
         self.app = app
         self.threads = threads
 
-    async def run(self, run: Claimed, ctx: RunContext) -> Outcome | None:
+    async def execute(self, run: Claimed, ctx: RunContext) -> Outcome | None:
         """The outcome to record; None when the run already recorded its own (suspended)."""
         with tracing.run_span(run.task, run.id, run.attempt, run.queue, run.trace_context) as span:
-            outcome = await self._run(run, ctx)
+            outcome = await self._outcome_of(run, ctx)
             if outcome is None:
                 span.finished("suspended")
             else:
                 span.finished(outcome.attempt_outcome, outcome.error,
-                              failed=outcome.status == "failed" or bool(outcome.failed))
+                              failed=outcome.status == RunStatus.FAILED or bool(outcome.failed))
             return outcome
 
-    async def _run(self, run: Claimed, ctx: RunContext) -> Outcome | None:
+    async def _outcome_of(self, run: Claimed, ctx: RunContext) -> Outcome | None:
         if run.expired:
             return final_failure(run, "Expired", "the run did not start within its schedule-to-start window",
                                  "expired")
@@ -118,10 +106,10 @@ class Executor:
             return None
         except RateLimited as request:
             await self._hold(run, request)
-            return Outcome(run.id, run.attempt, "queued", "retry", error=error_info(request, False),
+            return Outcome(run.id, run.attempt, RunStatus.QUEUED, "retry", error=error_info(request, False),
                            delay=request.delay)
         except RetryLater as request:
-            return Outcome(run.id, run.attempt, "queued", "retry", error=error_info(request, False),
+            return Outcome(run.id, run.attempt, RunStatus.QUEUED, "retry", error=error_info(request, False),
                            delay=request.delay)
         except TimeoutError:
             timeout = TimeoutError(f"the attempt ran longer than the task's timeout of {task.settings.timeout:g}s")
@@ -134,7 +122,7 @@ class Executor:
             return self._cancelled(run)
         except Exception as exc:
             return failure(run, task, exc)
-        return Outcome(run.id, run.attempt, "succeeded", "succeeded", result=result)
+        return Outcome(run.id, run.attempt, RunStatus.SUCCEEDED, "succeeded", result=result)
 
     async def _hold(self, run: Claimed, request: RateLimited) -> None:
         """Put the provider's key on hold for the whole fleet; the run is retried after it anyway."""
@@ -145,7 +133,7 @@ class Executor:
 
     @staticmethod
     def _cancelled(run: Claimed) -> Outcome:
-        return Outcome(run.id, run.attempt, "cancelled", "cancelled",
+        return Outcome(run.id, run.attempt, RunStatus.CANCELLED, "cancelled",
                        error={"type": "Cancelled", "message": "the run was cancelled while running"})
 
     async def _call(self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any],

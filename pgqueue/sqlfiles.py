@@ -1,4 +1,4 @@
-"""Loads the SQL files: numbered migrations and named queries from `sql/`."""
+"""Loads the SQL files of `sql/`: the numbered migrations and the registry of named queries."""
 
 from __future__ import annotations
 
@@ -45,13 +45,21 @@ def latest_version() -> int:
 
 
 @cache
-def queries(group: str) -> dict[str, str]:
-    """Named queries of `sql/queries/<group>.sql`, split at `-- name: <name>` lines."""
-    text = (sql_dir() / "queries" / f"{group}.sql").read_text()
-    parts = _NAME_LINE.split(text)
-    # parts = [preamble, name1, body1, name2, body2, ...]
-    return {name: body.strip().rstrip(";") for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+def queries() -> dict[str, str]:
+    """Every named query, as `group.name`: the blocks of `sql/queries/<group>.sql` that start
+    with a `-- name: <name>` line. One registry for the whole package."""
+    found: dict[str, str] = {}
+    for path in sorted((sql_dir() / "queries").glob("*.sql")):
+        parts = _NAME_LINE.split(path.read_text())
+        # parts = [preamble, name1, body1, name2, body2, ...]
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            found[f"{path.stem}.{name}"] = body.strip().rstrip(";")
+    return found
 
 
-def query(group: str, name: str) -> str:
-    return queries(group)[name]
+def query(name: str) -> str:
+    """The SQL of the named query `group.name` (e.g. `worker.claim`)."""
+    try:
+        return queries()[name]
+    except KeyError:
+        raise KeyError(f"no query named {name!r} in sql/queries (a `-- name:` line in <group>.sql)") from None

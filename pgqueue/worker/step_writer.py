@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._sql import query
-from .errors import InputTooLarge
+from ..database import Database
+from ..errors import InputTooLarge
+from ..ops import Op, statement
 
 MAX_BATCH = 500
 
@@ -34,9 +34,11 @@ class _Pending:
 
 
 class StepWriter:
-    def __init__(self, worker_id: str, connection: Callable[[], Any], max_payload: int) -> None:
+    """Queues checkpoints and writes them in batches (a `durable.CheckpointWriter`)."""
+
+    def __init__(self, db: Database, worker_id: str, max_payload: int) -> None:
+        self.db = db
         self.worker_id = worker_id
-        self._connection = connection
         self.max_payload = max_payload
         self._pending: list[_Pending] = []
         self._arrived = asyncio.Event()
@@ -56,14 +58,14 @@ class StepWriter:
         self._arrived.set()
         return await done
 
-    async def run(self) -> None:
+    async def serve(self) -> None:
         while True:
             await self._arrived.wait()
             self._arrived.clear()
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 try:
-                    written = await self._write(batch)
+                    written = await self.db.execute_async(record_steps_op(self.worker_id, batch))
                 except Exception as exc:  # the steps fail; their runs retry per policy
                     for item in batch:
                         if not item.done.done():
@@ -73,14 +75,15 @@ class StepWriter:
                     if not item.done.done():
                         item.done.set_result(written.get((item.run_id, item.key)))
 
-    async def _write(self, batch: list[_Pending]) -> dict[tuple[int, str], int]:
-        params = {
-            "worker": self.worker_id,
-            "runs": [p.run_id for p in batch], "attempts": [p.attempt for p in batch],
-            "keys": [p.key for p in batch], "seqs": [p.seq for p in batch], "names": [p.name for p in batch],
-            "statuses": [p.status for p in batch], "outputs": [p.output for p in batch],
-            "errors": [p.error for p in batch], "durations": [p.duration for p in batch],
-        }
-        async with self._connection() as conn:
-            cur = await conn.execute(query("durable", "record_steps"), params)
-            return {(run_id, key): attempts for run_id, key, attempts in await cur.fetchall()}
+
+def record_steps_op(worker_id: str, batch: list[_Pending]) -> Op[dict[tuple[int, str], int]]:
+    """(run, step key) -> the step's attempt count, for each checkpoint whose run this attempt
+    still holds (fenced like `record_step`)."""
+    rows = yield statement("durable.record_steps", {
+        "worker": worker_id,
+        "runs": [p.run_id for p in batch], "attempts": [p.attempt for p in batch],
+        "keys": [p.key for p in batch], "seqs": [p.seq for p in batch], "names": [p.name for p in batch],
+        "statuses": [p.status for p in batch], "outputs": [p.output for p in batch],
+        "errors": [p.error for p in batch], "durations": [p.duration for p in batch],
+    }, custom_plan=True)
+    return {(run_id, key): attempts for run_id, key, attempts in rows}

@@ -1,0 +1,149 @@
+"""What an application declares in code: tasks, rate limits and cron schedules.
+
+The registry holds the declarations and writes them to the database when a worker starts
+(`register_op`): the tasks' defaults and flow-control rules (which plain-SQL enqueues and the
+claim rely on), the declared limits, and the schedules. Rows changed at runtime (CLI, SQL,
+dashboard) are never overwritten by code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+
+from .codec import InputCodec
+from .cron import Schedule, sync_op
+from .errors import TaskDefinitionError, UnknownTask
+from .flow import Concurrency, RateLimit, RateLimitDefinition, registration, sync_limits_op
+from .ops import Op, statement
+from .retry import Retry
+from .task import Task, TaskSettings
+
+if TYPE_CHECKING:
+    from .database import Database
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class TaskDecorator:
+    """What `@app.task(...)` returns: typed so that `Task[P, R]` keeps the function's signature."""
+
+    def __init__(self, registry: TaskRegistry, options: dict[str, Any]) -> None:
+        self.registry = registry
+        self.options = options
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Task[P, R]: ...
+
+    def __call__(self, fn: Callable[P, Any]) -> Task[P, Any]:
+        return self.registry.register(fn, **self.options)
+
+
+class TaskRegistry:
+    """The tasks, rate limits and schedules of one application; tasks enqueue through `db`."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, Schedule] = {}
+        self.rate_limits: dict[str, RateLimitDefinition] = {}
+
+    @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(self, *, name: str | None = None, queue: str = "default", priority: int = 0,
+             retry: Retry | None = None, timeout: float | None = None,
+             schedule_to_start: float | None = None, on_event: str | Sequence[str] = (),
+             concurrency: Concurrency | None = None,
+             rate_limits: Sequence[RateLimit] | RateLimit = ()) -> TaskDecorator: ...
+
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
+        """Declare a task. Use as `@app.task` or `@app.task(queue=..., retry=..., ...)`.
+
+        name: defaults to the function's name; queue, priority (higher runs first);
+        retry: a `Retry` policy (default 3 attempts, exponential backoff with jitter);
+        timeout: start-to-close seconds per attempt; schedule_to_start: seconds a run may
+        wait before it fails as expired; on_event: event names that start a run of this task
+        with the event's payload as input; concurrency: a `Concurrency` rule (at most N running
+        runs per key); rate_limits: `RateLimit` rules (units taken before a run starts).
+        """
+        if fn is not None:
+            return self.register(fn)
+        return TaskDecorator(self, options)
+
+    def register(self, fn: Callable[..., Any], *, name: str | None = None, retry: Retry | None = None,
+                 codec: InputCodec | None = None, **options: Any) -> Task[Any, Any]:
+        if not callable(fn):
+            raise TaskDefinitionError(f"@app.task decorates a function, not {fn!r}")
+        # The bare function name reads well from SQL (`pgqueue.enqueue('summarize', ...)`)
+        # and survives moving the function to another module; clashes are refused below.
+        task_name = name or fn.__name__
+        settings = TaskSettings(name=task_name, retry=retry or Retry(), **options)
+        if task_name in self.tasks and self.tasks[task_name].fn is not fn:
+            raise TaskDefinitionError(f"two tasks are named {task_name!r}; give one of them name=...")
+        task: Task[Any, Any] = Task(self.db, fn, settings, codec)
+        self.tasks[task_name] = task
+        return task
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tasks)) or "none"
+            raise UnknownTask(f"no task named {name!r} in this app (known: {known})") from None
+
+    def rate_limit(self, name: str, *, limit: float, per: float = 1.0, burst: float | None = None) -> None:
+        """Declare a rate limit: `limit` units per `per` seconds across all workers, with bursts up
+        to `burst` units (default `limit`). Tasks take units with `rate_limits=[RateLimit(name)]`.
+        Workers write it to `pgqueue.rate_limits` at start; a runtime change is never overwritten."""
+        if name in self.rate_limits:
+            raise TaskDefinitionError(f"two rate limits are named {name!r}")
+        self.rate_limits[name] = RateLimitDefinition(name, limit, per, burst)
+
+    def schedule(self, task: Task[Any, Any] | str, expression: str, *, name: str | None = None,
+                 input: Mapping[str, Any] | Any = None, timezone: str = "UTC", queue: str | None = None,
+                 priority: int | None = None, misfire: str = "run_once",
+                 catch_up_limit: int | None = None) -> Schedule:
+        """Declare a cron schedule for a task; workers write it to `pgqueue.cron_schedules` at start.
+
+        expression: 5 fields, or 6 with seconds first; misfire: what to do with ticks missed while
+        no worker ran — "skip" (fire only a tick less than a minute late), "run_once" (one run for
+        the latest missed tick) or "catch_up" (every missed tick, at most `catch_up_limit`)."""
+        task_name = task if isinstance(task, str) else task.name
+        data: dict[str, Any] = {}
+        if input is not None:
+            known = self.tasks.get(task_name)
+            data = json.loads(known.codec.encode_item(input)) if known else dict(input)
+        schedule = Schedule(name or task_name, expression, task_name, data, timezone, queue, priority, misfire,
+                            catch_up_limit)
+        if schedule.name in self.schedules:
+            raise TaskDefinitionError(f"two schedules are named {schedule.name!r}; give one of them name=...")
+        self.schedules[schedule.name] = schedule
+        return schedule
+
+    def register_op(self) -> Op[None]:
+        """Write the task defaults (queue, priority, how to compute flow-control keys), the
+        declared limits and the schedules to the database (run it in one transaction)."""
+        limits: list[tuple[str, Concurrency]] = []
+        for task in self.tasks.values():
+            s = task.settings
+            s2s = None if s.schedule_to_start is None else f"{s.schedule_to_start} seconds"
+            yield statement("tasks.register", (s.name, s.queue, s.priority, s2s))
+            yield statement("flow.register_flow", {"task": s.name, **registration(s.concurrency, s.rate_limits)})
+            for event in s.on_event:
+                yield statement("durable.subscribe", (event, s.name))
+            if s.concurrency is not None:
+                limits.append((s.name, s.concurrency))
+            for rule in s.rate_limits:
+                if rule.name not in self.rate_limits:
+                    raise TaskDefinitionError(
+                        f"task {s.name!r} uses rate limit {rule.name!r}, which is not declared: add "
+                        f"app.rate_limit({rule.name!r}, limit=..., per=...)")
+        yield from sync_limits_op(limits, list(self.rate_limits.values()))
+        yield from sync_op(list(self.schedules.values()))

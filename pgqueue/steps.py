@@ -1,0 +1,158 @@
+"""Running a step's function once per run, with its result checkpointed (`ctx.step`).
+
+The step is written once, as a generator of effects: an operation to run (plan the step), a
+call of the function, a checkpoint to record. `run_step` performs them from async code and
+`run_step_sync` from a sync task's thread; neither decides anything. No transaction is held
+while the function runs, except with a caller's `connection` (`step_in_transaction`), where
+the function's own writes and the checkpoint commit together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast, get_type_hints
+
+import pydantic
+
+from . import tracing
+from .durable import Durable, Plan, Recorded
+from .errors import RetryLater, RunTakenOver
+from .ops import Op
+from .retry import Retry
+from .status import RunStatus
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from .database import Database
+
+_adapters: dict[Callable[..., Any], pydantic.TypeAdapter[Any]] = {}
+
+
+def _adapter(fn: Callable[..., Any]) -> pydantic.TypeAdapter[Any]:
+    """Decodes a stored step output back into the type the function returns."""
+    if fn not in _adapters:
+        try:
+            hint = get_type_hints(fn).get("return", Any)
+        except Exception:
+            hint = Any
+        _adapters[fn] = pydantic.TypeAdapter(hint)
+    return _adapters[fn]
+
+
+class _Call:
+    """Effect: call the step's function now (its value, or its exception, is sent back)."""
+
+
+CALL = _Call()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Effect: record the step's outcome; the step's attempt count is sent back."""
+
+    plan: Plan
+    status: str
+    output: Any
+    error: dict[str, Any] | None
+    duration: float
+
+
+Effect = Op[Any] | _Call | Checkpoint
+
+
+def _step(durable: Durable, name: str, fn: Callable[..., Any], retry: Retry | None) -> Generator[Effect, Any, Any]:
+    plan: Plan = yield durable.plan_op(name)
+    if plan.done:
+        tracing.step_replayed(plan.key)
+        return _adapter(fn).validate_python(cast(Recorded, plan.recorded).output)
+    started = time.monotonic()
+    with tracing.step_span(name, plan.key, durable.fence["run"]):
+        try:
+            value = yield CALL
+        except Exception as exc:
+            error = {"type": type(exc).__name__, "message": str(exc)}
+            attempts = yield Checkpoint(plan, RunStatus.FAILED, None, error, time.monotonic() - started)
+            if retry is not None and retry.should_retry(attempts, exc):
+                # the run is requeued after the step's backoff: no worker slot held while waiting,
+                # and the task's own attempts are not used up
+                raise RetryLater(retry.delay(attempts), f"step {plan.key} failed ({type(exc).__name__}: {exc}); "
+                                                        f"attempt {attempts} of {retry.max_attempts}") from exc
+            raise
+        output = _adapter(fn).dump_python(value, mode="json")
+        yield Checkpoint(plan, RunStatus.SUCCEEDED, output, None, time.monotonic() - started)
+    return value
+
+
+async def run_step(db: Database, durable: Durable, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
+                   retry: Retry | None, timeout: float | None = None,
+                   connection: psycopg.AsyncConnection[Any] | None = None) -> Any:
+    async def perform(effect: Effect) -> Any:
+        if effect is CALL:
+            value = fn(*args)
+            return await asyncio.wait_for(value, timeout) if inspect.isawaitable(value) else value
+        if isinstance(effect, Checkpoint):
+            # through the worker's batching writer, unless the step must commit on `connection`
+            if durable.writer is None or connection is not None:
+                return await db.execute_async(_checkpoint_op(durable, effect), connection)
+            attempts = await durable.writer.record(durable.fence, effect.plan.key, effect.plan.seq,
+                                                   effect.plan.name, effect.status, effect.output, effect.error,
+                                                   effect.duration)
+            if attempts is None:
+                raise RunTakenOver(f"run {durable.fence['run']} is no longer running here")
+            return attempts
+        return await db.execute_async(cast(Op[Any], effect), connection)
+
+    steps = _step(durable, name, fn, retry)
+    effect: Effect | _Done = next(steps)
+    while not isinstance(effect, _Done):
+        try:
+            answer = await perform(effect)
+        except BaseException as exc:
+            effect = _resume(steps, exc)
+        else:
+            effect = _resume(steps, None, answer)
+    return effect.value
+
+
+def run_step_sync(db: Database, durable: Durable, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
+                  retry: Retry | None, connection: psycopg.Connection[Any] | None = None) -> Any:
+    def perform(effect: Effect) -> Any:
+        if effect is CALL:
+            return fn(*args)
+        if isinstance(effect, Checkpoint):
+            return db.execute(_checkpoint_op(durable, effect), connection)
+        return db.execute(cast(Op[Any], effect), connection)
+
+    steps = _step(durable, name, fn, retry)
+    effect: Effect | _Done = next(steps)
+    while not isinstance(effect, _Done):
+        try:
+            answer = perform(effect)
+        except BaseException as exc:
+            effect = _resume(steps, exc)
+        else:
+            effect = _resume(steps, None, answer)
+    return effect.value
+
+
+@dataclass(frozen=True)
+class _Done:
+    value: Any
+
+
+def _resume(steps: Generator[Effect, Any, Any], exc: BaseException | None, answer: Any = None) -> Effect | _Done:
+    """Send the effect's answer (or throw its exception) into the step; _Done when it returned."""
+    try:
+        return steps.throw(exc) if exc is not None else steps.send(answer)
+    except StopIteration as done:
+        return _Done(done.value)
+
+
+def _checkpoint_op(durable: Durable, checkpoint: Checkpoint) -> Op[int]:
+    return durable.record_op(checkpoint.plan, checkpoint.status, checkpoint.output, checkpoint.error,
+                             checkpoint.duration)

@@ -1,0 +1,97 @@
+"""Writing outcomes in batches, and retrying the write until it lands (never re-running)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..database import Database
+from ..ops import Op, statement
+from .executor import Outcome
+from .service import DB_ERRORS, Backoff
+
+log = logging.getLogger("pgqueue.worker")
+
+MAX_BATCH = 500
+
+
+class Completer:
+    """Collects outcomes and records them, many per statement.
+
+    An outcome that cannot be written (database down) stays pending and is retried; the
+    worker keeps heart-beating its run meanwhile, so nobody runs it again.
+    """
+
+    def __init__(self, db: Database, worker_id: str, on_written: Callable[[], None]) -> None:
+        self.db = db
+        self.worker_id = worker_id
+        self._on_written = on_written
+        self._pending: list[Outcome] = []
+        self._arrived = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def add(self, outcome: Outcome) -> None:
+        self._pending.append(outcome)
+        self._idle.clear()
+        self._arrived.set()
+
+    def pending(self) -> list[Outcome]:
+        return list(self._pending)
+
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    async def serve(self) -> None:
+        backoff = Backoff("recording outcomes")
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            while self._pending:
+                # in id order: row locks taken in one order everywhere cannot deadlock
+                batch = sorted(self._pending[:MAX_BATCH], key=lambda o: o.run_id)
+                try:
+                    applied = await self.db.execute_async(complete_op(self.worker_id, batch))
+                except DB_ERRORS as exc:  # kept, and written again: never run again
+                    await backoff.sleep_after(exc)
+                    continue
+                backoff.succeeded()
+                _warn_rejected(batch, applied)
+                del self._pending[:len(batch)]  # the same outcomes, whatever their order
+                self._on_written()
+            self._idle.set()
+
+
+def complete_op(worker_id: str, batch: list[Outcome]) -> Op[set[int]]:
+    """Record a batch of outcomes; the ids of those applied (the others lost their lease)."""
+    rows = yield statement("worker.complete", {
+        "worker": worker_id,
+        "ids": [o.run_id for o in batch],
+        "attempts": [o.attempt for o in batch],
+        "statuses": [o.status for o in batch],
+        "attempt_outcomes": [o.attempt_outcome for o in batch],
+        "results": [o.result for o in batch],
+        "errors": [None if o.error is None else _json(o.error) for o in batch],
+        "delays": [o.delay for o in batch],
+        "failed": [o.failed for o in batch],
+        "logs": [o.logs for o in batch],
+    }, custom_plan=True)
+    return {row[0] for row in rows}
+
+
+def _warn_rejected(batch: list[Outcome], applied: set[int]) -> None:
+    for outcome in batch:
+        if outcome.run_id not in applied:
+            log.warning("run %d attempt %d: outcome %r rejected: the run was taken over or cancelled "
+                        "meanwhile (this worker lost its lease)", outcome.run_id, outcome.attempt,
+                        outcome.attempt_outcome)
+
+
+def _json(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)

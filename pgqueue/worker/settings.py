@@ -1,0 +1,46 @@
+"""How a worker runs: its queues, concurrency, leases and intervals."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from ..errors import ConfigurationError
+
+
+@dataclass
+class WorkerSettings:
+    """How a worker runs. Defaults suit production; tests shrink the intervals."""
+
+    queues: list[str] = field(default_factory=lambda: ["default"])
+    concurrency: int = 10
+    #: most runs claimed per round trip (0: as many as there are free slots)
+    batch_size: int = 0
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    #: seconds a claimed run stays leased without a heartbeat
+    lease: float = 30.0
+    #: seconds between heartbeats (extending leases)
+    heartbeat: float = 5.0
+    #: seconds between claims when no notification arrives (also how late a scheduled run may start)
+    poll_interval: float = 1.0
+    #: seconds to let running runs finish on shutdown before handing them back
+    grace_period: float = 30.0
+    #: crash recoveries after which a run is marked dead instead of run again
+    max_recoveries: int = 3
+    #: exit once no due run is left (for scripts, demos and tests)
+    burst: bool = False
+    #: serve Prometheus metrics on this port (None: off); any host but loopback needs a token
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_token: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ConfigurationError("concurrency must be at least 1")
+        if not self.queues:
+            raise ConfigurationError("a worker needs at least one queue")
+        if self.heartbeat >= self.lease:
+            raise ConfigurationError(
+                f"heartbeat ({self.heartbeat:g}s) must be shorter than the lease ({self.lease:g}s), "
+                "or leases expire between heartbeats")

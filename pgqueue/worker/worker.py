@@ -1,0 +1,301 @@
+"""The worker: claims runs in batches, executes them, records outcomes, keeps leases alive.
+
+Services, each on its own loop so one slow part never blocks another (see the modules named
+after them): the claim loop here; the listener (wake-ups); the completer (outcomes, batched and
+fenced); the step writer (checkpoints, batched); the heartbeat (leases, cancellations); and the
+maintenance services: rescuer, expirer, cron firer. No transaction is held while task code
+runs: claim commits, the task runs, the outcome commits.
+
+Connections: the worker's machinery uses a small pool of its own (without prepared statements,
+see `Database`), so that task code holding connections (steps in a transaction, say) can never
+starve a heartbeat; task code uses the application's pools; the listener holds one more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+from .. import tracing
+from ..app import PgQueue
+from ..config import describe_dsn
+from ..context import RunContext, TaskLogHandler
+from ..database import Database
+from ..metrics import Metrics, check_binding, gauges_op, serve_metrics
+from ..ops import Op, statement
+from .claimer import Claimed, claim_op, with_trace_contexts_op
+from .completer import Completer
+from .cron_firer import CronFirer
+from .executor import Executor
+from .expirer import Expirer
+from .heartbeat import Heartbeat, Held
+from .listener import Listener
+from .rescuer import Rescuer
+from .service import DB_ERRORS, Backoff, Service
+from .settings import WorkerSettings
+from .step_writer import StepWriter
+
+log = logging.getLogger("pgqueue.worker")
+
+#: connections of the worker's own pool: claim, completer, step writer, heartbeat, maintenance
+MACHINERY_CONNECTIONS = 6
+
+
+@dataclass
+class _Running:
+    run: Claimed
+    ctx: RunContext
+    task: asyncio.Task[None]
+
+
+class Worker:
+    def __init__(self, app: PgQueue, settings: WorkerSettings | None = None) -> None:
+        self.app = app
+        self.settings = settings or WorkerSettings()
+        self.id = str(uuid.uuid4())
+        self.db = Database(None, pool_size=MACHINERY_CONNECTIONS,
+                           name=f"pgqueue-worker-{self.settings.name}", prepared_statements=False,
+                           checkout_timeout=max(2.0, self.settings.lease / 2))
+        self._threads = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="pgqueue-task")
+        self._executor = Executor(app, self._threads)
+        self._running: dict[int, _Running] = {}
+        self._wake = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._completer = Completer(self.db, self.id, on_written=self._slot_free.set)
+        self._steps: StepWriter | None = None
+        self.metrics = Metrics()
+        self._task_logs = TaskLogHandler()
+        self.started = asyncio.Event()
+        self.claimed_total = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop claiming; running runs get the grace period to finish."""
+        if not self._stopping.is_set():
+            log.info("worker %s stopping: no new claims; waiting up to %gs for %d running run(s)",
+                     self.settings.name, self.settings.grace_period, len(self._running))
+        self._stopping.set()
+        self._wake.set()
+
+    async def serve(self) -> None:
+        """Run until `request_stop` (or, in burst mode, until nothing is due), then shut down."""
+        settings = self.settings
+        if settings.metrics_port is not None:
+            check_binding(settings.metrics_host, settings.metrics_token)
+        self.db.use_dsn(self.app.dsn)  # resolved now: an error here says what to set
+        # durable steps of concurrent runs each commit through the app's pools: more connections
+        # let their commits share WAL flushes instead of queueing for a few (capped, so that
+        # many workers stay within max_connections; the pools only grow on demand)
+        self.app.db.pool_size = max(self.app.db.pool_size, min(settings.concurrency, 20))
+        await self.db.async_pool()  # checks the schema version first
+        try:
+            await self.app.db.execute_async(self.app.registry.register_op(), transaction=True)
+            await self.db.execute_async(_register_worker_op(self.id, settings))
+            log.info("pgqueue worker %s started: database %s, queues %s, concurrency %d, tasks: %s",
+                     settings.name, describe_dsn(self.db.dsn), ",".join(settings.queues),
+                     settings.concurrency, ", ".join(sorted(self.app.tasks)) or "none")
+            max_payload = await self.db.execute_async(_max_payload_op())
+            self._steps = StepWriter(self.db, self.id, max_payload)
+            await self._serve_with_services(self._steps)
+            try:
+                await self.db.execute_async(_stop_worker_op(self.id))
+            except DB_ERRORS as exc:
+                log.warning("could not mark worker %s stopped: %s", settings.name, exc)
+        finally:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            await self.db.aclose()
+        log.info("pgqueue worker %s stopped", settings.name)
+
+    async def _serve_with_services(self, steps: StepWriter) -> None:
+        settings = self.settings
+        services: list[Service] = [
+            Listener(self.db, settings.queues, self._wake),
+            Heartbeat(self.db, self.id, settings.lease, settings.heartbeat, self._held, self._apply_heartbeat,
+                      self.metrics),
+            Rescuer(self.db, settings.lease, settings.max_recoveries),
+            Expirer(self.db, settings.lease),
+            CronFirer(self.app.db, settings.poll_interval),
+            self._completer,
+            steps,
+        ]
+        background = [asyncio.create_task(service.serve(), name=type(service).__name__) for service in services]
+        metrics_server = None
+        if settings.metrics_port is not None:
+            metrics_server = await serve_metrics(settings.metrics_host, settings.metrics_port,
+                                                 settings.metrics_token, self._render_metrics)
+            log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+        self.started.set()
+        logging.getLogger().addHandler(self._task_logs)
+        try:
+            await self._claim_loop()
+            await self._shutdown()
+        finally:
+            if metrics_server is not None:
+                metrics_server.close()
+            logging.getLogger().removeHandler(self._task_logs)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+
+    async def _shutdown(self) -> None:
+        if self._running:
+            tasks = [r.task for r in self._running.values()]
+            await asyncio.wait(tasks, timeout=self.settings.grace_period)
+        unfinished = list(self._running.values())
+        if unfinished:
+            log.warning("grace period over: handing %d unfinished run(s) back to the queue", len(unfinished))
+            for entry in unfinished:
+                entry.task.cancel()
+            await asyncio.gather(*(e.task for e in unfinished), return_exceptions=True)
+            await self._hand_back([e.run for e in unfinished])
+        try:
+            await asyncio.wait_for(self._completer.wait_idle(), timeout=max(5.0, self.settings.lease))
+        except TimeoutError:
+            log.error("%d outcome(s) could not be written before shutdown; those runs are run again after "
+                      "their lease expires", len(self._completer.pending()))
+
+    async def _hand_back(self, runs: list[Claimed]) -> None:
+        backoff = Backoff("handing runs back")
+        for _ in range(5):
+            try:
+                await self.db.execute_async(_hand_back_op(self.id, runs))
+                return
+            except DB_ERRORS as exc:
+                await backoff.sleep_after(exc)
+        log.error("could not hand back runs %s; they are retried when their lease expires", [r.id for r in runs])
+
+    # -- claiming and running --------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        settings = self.settings
+        backoff = Backoff("claiming")
+        while not self._stopping.is_set():
+            # a slot is free once the run's outcome is written, not when its code returns: else
+            # claims outrun the completer and the held runs (and every batch) grow without bound
+            free = settings.concurrency - len(self._running) - self._completer.backlog()
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                await asyncio.sleep(0)  # let other runs finishing in this tick free their slots too
+                continue
+            limit = min(free, settings.batch_size) if settings.batch_size else free
+            self._wake.clear()
+            try:
+                started = time.monotonic()
+                claimed = await self.db.execute_async(claim_op(self.id, settings.queues, limit, settings.lease))
+                self.metrics.inc("pgqueue_claims_total")
+                self.metrics.observe("pgqueue_claim_seconds", time.monotonic() - started)
+            except DB_ERRORS as exc:
+                await backoff.sleep_after(exc)
+                continue
+            backoff.succeeded()
+            if claimed and tracing.enabled():
+                claimed = await self._with_trace_contexts(claimed)
+            for run in claimed:
+                self._start(run)
+            self.claimed_total += len(claimed)
+            if len(claimed) < limit:
+                if settings.burst and not claimed and not self._running and not self._completer.backlog():
+                    break
+                await self._idle_wait()
+
+    async def _with_trace_contexts(self, claimed: list[Claimed]) -> list[Claimed]:
+        try:
+            return await self.db.execute_async(with_trace_contexts_op(claimed))
+        except DB_ERRORS as exc:  # the runs are claimed: they run, in traces of their own
+            log.warning("could not read the trace contexts of %d claimed run(s): %s", len(claimed), exc)
+            return claimed
+
+    async def _idle_wait(self) -> None:
+        """Sleep until a notification, a freed slot in burst mode, or the poll interval."""
+        waits = [asyncio.ensure_future(self._wake.wait())]
+        if self.settings.burst:
+            waits.append(asyncio.ensure_future(self._slot_free.wait()))
+        self._slot_free.clear()
+        _, pending = await asyncio.wait(waits, timeout=self.settings.poll_interval,
+                                        return_when=asyncio.FIRST_COMPLETED)
+        for waiter in pending:
+            waiter.cancel()
+
+    def _start(self, run: Claimed) -> None:
+        ctx = RunContext(run.id, run.task, run.attempt, self.id, self.app.db, _writer=self._steps)
+        self.metrics.inc("pgqueue_runs_started_total", task=run.task, queue=run.queue or "")
+        task = asyncio.create_task(self._execute_run(run, ctx), name=f"run-{run.id}")
+        self._running[run.id] = _Running(run, ctx, task)
+
+    async def _execute_run(self, run: Claimed, ctx: RunContext) -> None:
+        started = time.monotonic()
+        try:
+            outcome = await self._executor.execute(run, ctx)
+            self.metrics.observe("pgqueue_run_seconds", time.monotonic() - started, task=run.task,
+                                 queue=run.queue or "")
+            self.metrics.inc("pgqueue_runs_finished_total", task=run.task, queue=run.queue or "",
+                             outcome=outcome.attempt_outcome if outcome else "suspended")
+            if outcome is not None:
+                self._completer.add(replace(outcome, logs=ctx.logs_text()))
+        except asyncio.CancelledError:
+            pass  # handed back by _shutdown, or the lease was lost
+        except Exception:
+            log.exception("run %d: unexpected error in the worker", run.id)
+        finally:
+            self._running.pop(run.id, None)
+            self._slot_free.set()
+
+    # -- heartbeats ------------------------------------------------------------------------
+
+    def _held(self) -> Held:
+        held = {r.run.id: r.run.attempt for r in self._running.values()}
+        held.update({o.run_id: o.attempt for o in self._completer.pending()})
+        return list(held), list(held.values())
+
+    def _apply_heartbeat(self, sent: set[int], answer: dict[int, bool]) -> None:
+        for run_id, entry in list(self._running.items()):
+            if run_id not in sent or entry.task.done():
+                continue  # claimed after the heartbeat was sent
+            if run_id not in answer:
+                log.warning("run %d: lease lost (rescued by another worker); abandoning this attempt", run_id)
+                entry.ctx.request_cancel()
+                entry.task.cancel()
+            elif answer[run_id] and not entry.ctx.cancel_requested:
+                log.info("run %d: cancellation requested", run_id)
+                entry.ctx.request_cancel()
+                entry.task.cancel()  # async tasks stop at their next await; sync ones see the flag
+
+    async def _render_metrics(self) -> str:
+        try:
+            gauges = await self.app.db.execute_async(gauges_op())
+        except DB_ERRORS as exc:
+            log.warning("metrics without database gauges: %s", exc)
+            gauges = {}
+        return self.metrics.render(gauges)
+
+
+# -- the worker's own rows -----------------------------------------------------------------
+
+def _register_worker_op(worker_id: str, settings: WorkerSettings) -> Op[None]:
+    yield statement("worker.register_worker", {
+        "id": worker_id, "name": settings.name, "host": socket.gethostname(), "pid": os.getpid(),
+        "queues": settings.queues, "concurrency": settings.concurrency, "lease_s": settings.lease})
+
+
+def _stop_worker_op(worker_id: str) -> Op[None]:
+    yield statement("worker.stop_worker", {"id": worker_id})
+
+
+def _max_payload_op() -> Op[int]:
+    rows = yield statement("durable.max_payload", {})
+    return int(rows[0][0])
+
+
+def _hand_back_op(worker_id: str, runs: list[Claimed]) -> Op[None]:
+    """Graceful shutdown: unfinished runs go back to the queue at once, without a failure."""
+    yield statement("worker.hand_back", {"worker": worker_id, "ids": [r.id for r in runs],
+                                         "attempts": [r.attempt for r in runs]}, custom_plan=True)
