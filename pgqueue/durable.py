@@ -166,8 +166,8 @@ class Durable:
             return cast(Any, plan.recorded).output
         args = {**self.fence, "key": plan.key, "seq": plan.seq, "name": name, "event_key": key}
         yield statement("durable.event_lock", args)
-        state = yield statement("durable.wait_state", args)
-        if state and state[0][1]:  # registered earlier, and its timeout has passed
+        [wait] = (yield statement("durable.wait_state", args, row=dict)) or [None]
+        if wait is not None and wait["timed_out"]:  # registered by an earlier attempt, and timed out
             yield statement("durable.drop_wait", args)
             yield from self.record_op(plan, RunStatus.SUCCEEDED, default)
             return default
@@ -176,8 +176,8 @@ class Durable:
             yield statement("durable.drop_wait", args)
             yield from self.record_op(plan, RunStatus.SUCCEEDED, found[0][0])
             return found[0][0]
-        timeout_at = state[0][0] if state else None
-        if not state:
+        timeout_at = wait["timeout_at"] if wait is not None else None
+        if wait is None:
             rows = yield statement("durable.register_wait", {**args, "timeout": timeout})
             timeout_at = rows[0][0]
         yield from self.suspend_op(RunStatus.WAITING, timeout_at, f"waiting for event {name!r} key {key!r}")

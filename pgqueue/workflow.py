@@ -193,16 +193,16 @@ def orchestrate_op(workflow: Workflow, durable: Durable, data: dict[str, Any]) -
     lock: a node finishing meanwhile waits for it, then sees the run waiting and wakes it."""
     fence = durable.fence
     yield statement("durable.pending_children", fence)
-    rows = yield statement("durable.workflow_nodes", fence)
-    nodes = {node: (run_id, status, result, error) for node, run_id, status, result, error in rows}
-    decision = decide(workflow.parents, {node: state[1] for node, state in nodes.items()})
+    rows = yield statement("durable.workflow_nodes", fence, row=dict)
+    nodes = {row["workflow_node"]: row for row in rows}  # the nodes started so far
+    decision = decide(workflow.parents, {node: row["status"] for node, row in nodes.items()})
     if decision.finished:
         leaves = workflow.leaves()
-        results = {leaf: nodes[leaf][2] for leaf in leaves}
+        results = {leaf: nodes[leaf]["result"] for leaf in leaves}
         return results[leaves[0]] if len(leaves) == 1 else results
     if decision.failed:
         yield statement("durable.cancel_children", fence)
-        errors = {node: nodes[node][3] or {"type": nodes[node][1]} for node in decision.failed}
+        errors = {node: nodes[node]["error"] or {"type": nodes[node]["status"]} for node in decision.failed}
         if workflow.on_failure is not None:
             report = json.dumps({"workflow_run": fence["run"], "errors": errors})
             yield from enqueue_op(workflow.on_failure.name, [report], EnqueueOptions(),
@@ -215,7 +215,7 @@ def orchestrate_op(workflow: Workflow, durable: Durable, data: dict[str, Any]) -
     created = 0
     for node in decision.start:
         parents = workflow.parents[node]
-        payload: dict[str, Any] = data if not parents else {parent: nodes[parent][2] for parent in parents}
+        payload: dict[str, Any] = data if not parents else {parent: nodes[parent]["result"] for parent in parents}
         task = workflow.nodes[node]
         text = json.dumps(payload)
         [(child, was_created)] = yield from enqueue_op(
@@ -227,6 +227,6 @@ def orchestrate_op(workflow: Workflow, durable: Durable, data: dict[str, Any]) -
     if created and not (yield statement("durable.add_children", {**fence, "n": created})):
         raise RunTakenOver(f"run {fence['run']} is no longer running here")
     yield statement("durable.wake_on_each_child", fence)
-    yield from durable.suspend_op(RunStatus.WAITING, None, f"workflow waiting for {len(workflow.nodes) - len(nodes)} "
-                                                 "node(s)")
+    waiting_for = len(workflow.nodes) - len(nodes)
+    yield from durable.suspend_op(RunStatus.WAITING, None, f"workflow waiting for {waiting_for} node(s)")
     return SUSPENDED

@@ -81,7 +81,8 @@ RETURNING timeout_at
 
 -- name: wait_state
 -- Of a wait registered by an earlier attempt: its timeout, and whether it has passed.
-SELECT timeout_at, timeout_at <= now() FROM pgqueue.event_waits WHERE run_id = %(run)s AND step_key = %(key)s
+SELECT timeout_at, timeout_at <= now() AS timed_out
+  FROM pgqueue.event_waits WHERE run_id = %(run)s AND step_key = %(key)s
 
 -- name: drop_wait
 DELETE FROM pgqueue.event_waits WHERE run_id = %(run)s AND step_key = %(key)s
