@@ -1,11 +1,36 @@
-"""Applying the numbered migrations of `sql/migrations`, and checking the schema version."""
+"""Applying `sql/migrations` and `sql/functions`, and checking that a database matches this code.
+
+What migrate does, and why in this order:
+
+- `sql/migrations/000N_*.sql` hold what cannot simply be re-created: tables, types, indexes,
+  triggers, data changes, and the DROP of a function signature that changed. Each pending one
+  runs once, in its own transaction, and is recorded in `pgqueue.schema_migrations`.
+- `sql/functions/*.sql` hold the current definition of every function (`CREATE OR REPLACE`).
+  They are not versioned: every migrate run re-applies all of them after the pending migrations,
+  in one transaction, and records their sha256 in `pgqueue.schema_functions`.
+- Functions come after the migrations because their signatures use the tables' row types
+  (`pgqueue.rate_bucket` returns a `pgqueue.rate_limits`) and because a migration must drop a
+  changed signature before CREATE OR REPLACE would add the new one beside it. Their bodies are
+  not checked at creation (`check_function_bodies = off`, as pg_dump does), so the files apply
+  in any order.
+- A migration that creates a trigger needs the trigger's function to exist. Trigger functions
+  (`sql/functions/triggers.sql`) depend on no table at creation (no arguments, `RETURNS
+  trigger`), so migrate creates them at the start of every migration's transaction as well.
+  Other functions do not exist yet while a migration runs on a fresh database: a migration
+  must not call them (write its data changes in plain SQL).
+
+All of it runs under one advisory lock, so concurrent runs are safe.
+"""
 
 from __future__ import annotations
 
 from ._ops import Op, Statement, run_async, run_sync
-from ._sql import latest_version, migrations, query
+from ._sql import FunctionFile, functions, functions_sha256, latest_version, migrations, query, trigger_functions
 from .config import connect, connect_async, first_line
 from .errors import MigrationFailed, SchemaMissing, SchemaOutdated, SchemaTooNew
+
+FUNCTIONS_DIFFER = ("the pgqueue functions in this database differ from this pgqueue's; "
+                    "run `pgqueue migrate`")
 
 
 def _q(name: str) -> Statement:
@@ -30,6 +55,12 @@ def check_versions(applied: list[int] | None) -> None:
         )
 
 
+def check_functions(stored_sha256: str | None) -> None:
+    """Raise unless the database's functions were applied from the same files as this code's."""
+    if stored_sha256 != functions_sha256():
+        raise SchemaOutdated(FUNCTIONS_DIFFER)
+
+
 def applied_versions_op() -> Op[list[int] | None]:
     exists = (yield _q("ledger_exists"))[0][0]
     if not exists:
@@ -39,10 +70,20 @@ def applied_versions_op() -> Op[list[int] | None]:
 
 def check_schema_op() -> Op[None]:
     check_versions((yield from applied_versions_op()))
+    stored = yield _q("functions_sha256")
+    check_functions(stored[0][0] if stored else None)
+
+
+def _apply_function_file(file: FunctionFile) -> Op[None]:
+    try:
+        yield Statement(file.sql)
+    except Exception as exc:
+        raise MigrationFailed(f"sql/functions/{file.name} failed and was rolled back: {first_line(exc)}") from exc
 
 
 def migrate_op() -> Op[list[str]]:
-    """Apply what is missing, each migration in its own transaction, under an advisory lock."""
+    """Apply what is missing, each migration in its own transaction, then all functions, under an
+    advisory lock (see the module's docstring)."""
     applied_now: list[str] = []
     # Session-level lock on the runner's own connection (not a pool): closing the
     # connection after an error releases it.
@@ -53,6 +94,8 @@ def migrate_op() -> Op[list[str]]:
         if migration.version in applied:
             continue
         yield Statement("BEGIN")
+        yield _q("skip_function_bodies")
+        yield from _apply_function_file(trigger_functions())
         try:
             yield Statement(migration.sql)
         except Exception as exc:
@@ -62,12 +105,19 @@ def migrate_op() -> Op[list[str]]:
         yield Statement(query("migrations", "record"), (migration.version, migration.name))
         yield Statement("COMMIT")
         applied_now.append(f"{migration.version:04d}_{migration.name}")
+    yield Statement("BEGIN")
+    yield _q("skip_function_bodies")
+    for file in functions():
+        yield from _apply_function_file(file)
+    yield Statement(query("migrations", "record_functions"), (functions_sha256(),))
+    yield Statement("COMMIT")
     yield _q("unlock")
     return applied_now
 
 
 def migrate(dsn: str) -> list[str]:
-    """Bring the database up to date; returns the names of the migrations applied now."""
+    """Bring the database up to date; returns the names of the migrations applied now (the
+    functions are re-applied on every run and not listed)."""
     with connect(dsn, autocommit=True) as conn:
         return run_sync(conn, migrate_op())
 
