@@ -16,10 +16,17 @@ What migrate does, and why in this order:
 - A migration that creates a trigger needs the trigger's function to exist. Trigger functions
   (`sql/functions/triggers.sql`) depend on no table at creation (no arguments, `RETURNS
   trigger`), so migrate creates them at the start of every migration's transaction as well.
-  Other functions do not exist yet while a migration runs on a fresh database: a migration
-  must not call them (write its data changes in plain SQL).
+  While a migration runs, the other functions are missing (a fresh database) or old (an
+  upgrade): a migration must not call them (write its data changes in plain SQL).
 
 All of it runs under one advisory lock, so concurrent runs are safe.
+
+Without Python, the same steps: create the schema and the ledger (`create_ledger` in
+sql/queries/migrations.sql); for each missing migration, in one transaction: `SET LOCAL
+check_function_bodies = off`, sql/functions/triggers.sql, the migration, its row in
+`pgqueue.schema_migrations`; then in one transaction: `SET LOCAL check_function_bodies = off`,
+every file of sql/functions in name order, and the sha256 of those files concatenated (in that
+order) in `pgqueue.schema_functions`.
 """
 
 from __future__ import annotations
