@@ -1,7 +1,7 @@
 """Flow control declared with tasks: per-key concurrency limits and rate limits.
 
 A task's keys are computed from its input when it is enqueued and stored with the run; the
-claim (`pgqueue.claim` in sql/migrations/0006_flow_control.sql) enforces the limits. A key or
+claim (`pgqueue.claim` in sql/functions/claim.sql) enforces the limits. A key or
 a number of units given as a field name can also be computed by plain-SQL enqueues (workers
 register it in `pgqueue.tasks`); one given as a function only by the Python client.
 """

@@ -1,11 +1,43 @@
-"""Applying the numbered migrations of `sql/migrations`, and checking the schema version."""
+"""Applying `sql/migrations` and `sql/functions`, and checking that a database matches this code.
+
+What migrate does, and why in this order:
+
+- `sql/migrations/000N_*.sql` hold what cannot simply be re-created: tables, types, indexes,
+  triggers, data changes, and the DROP of a function signature that changed. Each pending one
+  runs once, in its own transaction, and is recorded in `pgqueue.schema_migrations`.
+- `sql/functions/*.sql` hold the current definition of every function (`CREATE OR REPLACE`).
+  They are not versioned: every migrate run re-applies all of them after the pending migrations,
+  in one transaction, and records their sha256 in `pgqueue.schema_functions`.
+- Functions come after the migrations because their signatures use the tables' row types
+  (`pgqueue.rate_bucket` returns a `pgqueue.rate_limits`) and because a migration must drop a
+  changed signature before CREATE OR REPLACE would add the new one beside it. Their bodies are
+  not checked at creation (`check_function_bodies = off`, as pg_dump does), so the files apply
+  in any order.
+- A migration that creates a trigger needs the trigger's function to exist. Trigger functions
+  (`sql/functions/triggers.sql`) depend on no table at creation (no arguments, `RETURNS
+  trigger`), so migrate creates them at the start of every migration's transaction as well.
+  While a migration runs, the other functions are missing (a fresh database) or old (an
+  upgrade): a migration must not call them (write its data changes in plain SQL).
+
+All of it runs under one advisory lock, so concurrent runs are safe.
+
+Without Python, the same steps: create the schema and the ledger (`create_ledger` in
+sql/queries/migrations.sql); for each missing migration, in one transaction: `SET LOCAL
+check_function_bodies = off`, sql/functions/triggers.sql, the migration, its row in
+`pgqueue.schema_migrations`; then in one transaction: `SET LOCAL check_function_bodies = off`,
+every file of sql/functions in name order, and the sha256 of those files concatenated (in that
+order) in `pgqueue.schema_functions`.
+"""
 
 from __future__ import annotations
 
 from .config import connect, connect_async, first_line
 from .errors import MigrationFailed, SchemaMissing, SchemaOutdated, SchemaTooNew
 from .ops import Op, Statement, execute_on, execute_on_async, statement
-from .sqlfiles import latest_version, migrations
+from .sqlfiles import FunctionFile, functions, functions_sha256, latest_version, migrations, trigger_functions
+
+FUNCTIONS_DIFFER = ("the pgqueue functions in this database differ from this pgqueue's; "
+                    "run `pgqueue migrate`")
 
 
 def check_versions(applied: list[int] | None) -> None:
@@ -26,6 +58,12 @@ def check_versions(applied: list[int] | None) -> None:
         )
 
 
+def check_functions(stored_sha256: str | None) -> None:
+    """Raise unless the database's functions were applied from the same files as this code's."""
+    if stored_sha256 != functions_sha256():
+        raise SchemaOutdated(FUNCTIONS_DIFFER)
+
+
 def applied_versions_op() -> Op[list[int] | None]:
     exists = (yield statement("migrations.ledger_exists"))[0][0]
     if not exists:
@@ -35,10 +73,20 @@ def applied_versions_op() -> Op[list[int] | None]:
 
 def check_schema_op() -> Op[None]:
     check_versions((yield from applied_versions_op()))
+    stored = yield statement("migrations.functions_sha256")
+    check_functions(stored[0][0] if stored else None)
+
+
+def _apply_function_file(file: FunctionFile) -> Op[None]:
+    try:
+        yield Statement(file.sql)
+    except Exception as exc:
+        raise MigrationFailed(f"sql/functions/{file.name} failed and was rolled back: {first_line(exc)}") from exc
 
 
 def migrate_op() -> Op[list[str]]:
-    """Apply what is missing, each migration in its own transaction, under an advisory lock."""
+    """Apply what is missing, each migration in its own transaction, then all functions, under an
+    advisory lock (see the module's docstring)."""
     applied_now: list[str] = []
     # Session-level lock on the runner's own connection (not a pool): closing the
     # connection after an error releases it.
@@ -49,6 +97,8 @@ def migrate_op() -> Op[list[str]]:
         if migration.version in applied:
             continue
         yield Statement("BEGIN")
+        yield statement("migrations.skip_function_bodies")
+        yield from _apply_function_file(trigger_functions())
         try:
             yield Statement(migration.sql)
         except Exception as exc:
@@ -58,12 +108,19 @@ def migrate_op() -> Op[list[str]]:
         yield statement("migrations.record", (migration.version, migration.name))
         yield Statement("COMMIT")
         applied_now.append(f"{migration.version:04d}_{migration.name}")
+    yield Statement("BEGIN")
+    yield statement("migrations.skip_function_bodies")
+    for file in functions():
+        yield from _apply_function_file(file)
+    yield statement("migrations.record_functions", (functions_sha256(),))
+    yield Statement("COMMIT")
     yield statement("migrations.unlock")
     return applied_now
 
 
 def migrate(dsn: str) -> list[str]:
-    """Bring the database up to date; returns the names of the migrations applied now."""
+    """Bring the database up to date; returns the names of the migrations applied now (the
+    functions are re-applied on every run and not listed)."""
     with connect(dsn, autocommit=True) as conn:
         return execute_on(conn, migrate_op())
 

@@ -1,7 +1,8 @@
-"""Loads the SQL files of `sql/`: the numbered migrations and the registry of named queries."""
+"""Loads the SQL files of `sql/`: numbered migrations, function definitions and the registry of named queries."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -42,6 +43,32 @@ def migrations() -> tuple[Migration, ...]:
 
 def latest_version() -> int:
     return len(migrations())
+
+
+@dataclass(frozen=True)
+class FunctionFile:
+    name: str
+    sql: str
+
+
+#: the file of trigger functions, which migrate creates before each migration (see migrations.py)
+TRIGGER_FUNCTIONS = "triggers.sql"
+
+
+@cache
+def functions() -> tuple[FunctionFile, ...]:
+    """The files of `sql/functions`, in name order: the current definition of every function."""
+    return tuple(FunctionFile(path.name, path.read_text(encoding="utf-8"))
+                 for path in sorted((sql_dir() / "functions").glob("*.sql")))
+
+
+def trigger_functions() -> FunctionFile:
+    return next(f for f in functions() if f.name == TRIGGER_FUNCTIONS)
+
+
+def functions_sha256() -> str:
+    """sha256 of the function files concatenated in name order: what migrate records in the database."""
+    return hashlib.sha256("".join(f.sql for f in functions()).encode()).hexdigest()
 
 
 @cache

@@ -22,3 +22,15 @@ SELECT version FROM pgqueue.schema_migrations ORDER BY version
 
 -- name: record
 INSERT INTO pgqueue.schema_migrations (version, name) VALUES (%s, %s)
+
+-- name: skip_function_bodies
+-- functions are created in any order, before the functions and tables their bodies use (as
+-- pg_dump does); a body is checked when it first runs, and the test suite runs them all
+SET LOCAL check_function_bodies = off
+
+-- name: record_functions
+INSERT INTO pgqueue.schema_functions (sha256) VALUES (%s)
+ON CONFLICT (singleton) DO UPDATE SET sha256 = excluded.sha256, applied_at = now()
+
+-- name: functions_sha256
+SELECT sha256 FROM pgqueue.schema_functions

@@ -11,7 +11,7 @@ UPDATE pgqueue.workers SET stopped_at = now(), heartbeat_at = now() WHERE id = %
 
 -- name: claim
 -- Lease up to `limit` due runs of the served queues to this worker (pgqueue.claim, in
--- 0006_flow_control.sql, applies priorities, fairness, concurrency and rate limits).
+-- sql/functions/claim.sql, applies priorities, fairness, concurrency and rate limits).
 SELECT id, task, input, attempt, failures, expired, queue
   FROM pgqueue.claim(%(worker)s, %(queues)s::text[], %(limit)s, %(lease_s)s)
 

@@ -1,0 +1,60 @@
+-- Events: a named, keyed payload. Runs waiting for it wake up; subscribed tasks start.
+--
+-- Lookback rule: a run waiting for (name, key) also accepts the latest such event sent since
+-- the run was created, so an event sent just before the run reached its wait is not lost.
+-- Waits and sends on one (name, key) are serialised by a transaction-level advisory lock, so a
+-- wait registered concurrently with a send is always either satisfied or woken.
+
+CREATE OR REPLACE FUNCTION pgqueue.event_lock(name text, key text) RETURNS void
+LANGUAGE sql AS $$
+    SELECT pg_advisory_xact_lock(hashtext('pgqueue.event'), hashtext(name || chr(31) || key))
+$$;
+
+-- Send an event; returns how many waiting runs it woke.
+CREATE OR REPLACE FUNCTION pgqueue.send_event(name text, key text DEFAULT '', payload jsonb DEFAULT '{}')
+RETURNS integer
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_woken    integer;
+    v_notified integer;
+BEGIN
+    IF send_event.name IS NULL OR send_event.name = '' THEN
+        RAISE EXCEPTION 'pgqueue: event name is empty' USING ERRCODE = 'PQ002',
+            HINT = 'e.g. SELECT pgqueue.send_event(''approval'', ''run-42'', ''{"approved": true}'')';
+    END IF;
+    PERFORM pgqueue.check_payload(send_event.payload, format('the payload of event "%s"', send_event.name));
+    PERFORM pgqueue.event_lock(send_event.name, coalesce(send_event.key, ''));
+    INSERT INTO pgqueue.events (name, key, payload)
+    VALUES (send_event.name, coalesce(send_event.key, ''), coalesce(send_event.payload, '{}'));
+
+    WITH waits AS (
+        DELETE FROM pgqueue.event_waits w
+         WHERE w.event_name = send_event.name AND w.event_key = coalesce(send_event.key, '')
+        RETURNING w.run_id, w.step_key, w.seq
+    ), answered AS (
+        INSERT INTO pgqueue.steps (run_id, step_key, seq, name, status, output, finished_at)
+        SELECT waits.run_id, waits.step_key, waits.seq, 'event:' || send_event.name, 'succeeded',
+               coalesce(send_event.payload, '{}'), now()
+          FROM waits
+        ON CONFLICT (run_id, step_key) DO NOTHING
+    ), woken AS (
+        UPDATE pgqueue.runs r SET status = 'queued', run_at = now()
+          FROM waits WHERE r.id = waits.run_id AND r.status = 'waiting'
+        RETURNING r.id, r.queue, r.priority, r.task, r.concurrency_key
+    ), requeued AS (
+        INSERT INTO pgqueue.ready (run_id, queue, priority, run_at, task, concurrency_key)
+        SELECT id, queue, priority, now(), task, concurrency_key FROM woken
+        ON CONFLICT (run_id) DO UPDATE SET run_at = excluded.run_at
+        RETURNING queue
+    )
+    SELECT (SELECT count(*) FROM woken),
+           (SELECT count(pg_notify('pgqueue_ready', q.queue)) FROM (SELECT DISTINCT queue FROM requeued) q)
+      INTO v_woken, v_notified;
+
+    -- tasks subscribed to this event start with the payload as input
+    PERFORM pgqueue.enqueue_one(s.task, coalesce(send_event.payload, '{}'))
+       FROM pgqueue.event_subscriptions s WHERE s.event_name = send_event.name;
+    RETURN v_woken;
+END
+$$;

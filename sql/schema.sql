@@ -1,0 +1,338 @@
+-- The whole current pgqueue schema in one file: tables, columns, constraints, indexes, types,
+-- triggers and storage settings, as `pgqueue migrate` leaves them after the last migration.
+-- Read this instead of sql/migrations; every function is defined in sql/functions.
+--
+-- Documentation, and tested: tests/test_schema_sql.py builds one database with the migrations
+-- and another from this file, and requires the same catalog in both. The other database is
+-- built in one transaction: CREATE SCHEMA pgqueue, sql/functions/triggers.sql (the trigger on
+-- `ready` below needs its function), this file, then every file of sql/functions. A schema
+-- change is a new migration AND an edit of this file. Install and upgrade with `pgqueue migrate`,
+-- not with this file: it records no migration, so pgqueue would refuse the database.
+--
+-- Two tables carry the hot path:
+--   runs  - the durable record of every run (input, status, lease, result, error).
+--   ready - only runs waiting to be claimed. A claim DELETEs from it, so the claim index
+--           never fills with entries of runs that were already taken, however large the
+--           history in `runs` grows.
+-- Everything else (attempts, steps, events, cron, workers, limits) hangs off run ids.
+-- No foreign keys point at `runs`: cascading deletes over millions of old rows make
+-- retention and start-up slow; the code keeps the references consistent instead.
+
+CREATE SCHEMA IF NOT EXISTS pgqueue;
+
+-- Ledgers of `pgqueue migrate` ------------------------------------------------------------
+
+-- The migrations applied (this table is created by the migration runner itself).
+CREATE TABLE pgqueue.schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- The sha256 of the sql/functions files last applied; workers and clients refuse a database
+-- whose functions differ from their own files.
+CREATE TABLE pgqueue.schema_functions (
+    -- a single row
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    sha256     text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Tasks ----------------------------------------------------------------------------------
+
+-- Task defaults known to the database, so that plain-SQL enqueues land on the task's queue
+-- and compute the task's flow-control keys (the Python client computes them itself).
+CREATE TABLE pgqueue.tasks (
+    name              text PRIMARY KEY,
+    queue             text NOT NULL DEFAULT 'default',
+    priority          smallint NOT NULL DEFAULT 0,
+    schedule_to_start interval,
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    -- the input field holding the concurrency key
+    concurrency_key_field   text,
+    -- the key is computed in Python: a plain-SQL enqueue must pass it
+    concurrency_python_only boolean NOT NULL DEFAULT false,
+    -- a list of {"limit": name, "key_field": field or null, "units": n,
+    --            "units_field": field or null, "python_only": bool}
+    rate_limits       jsonb
+);
+
+-- Runs -----------------------------------------------------------------------------------
+
+CREATE TABLE pgqueue.runs (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    task              text NOT NULL,
+    queue             text NOT NULL,
+    priority          smallint NOT NULL DEFAULT 0,
+    status            text NOT NULL DEFAULT 'queued'
+        CHECK (status IN ('queued', 'running', 'sleeping', 'waiting',
+                          'succeeded', 'failed', 'cancelled', 'dead')),
+    input             jsonb NOT NULL DEFAULT '{}',
+    result            jsonb,
+    error             jsonb,
+    run_at            timestamptz NOT NULL DEFAULT now(),
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    started_at        timestamptz,
+    finished_at       timestamptz,
+    -- schedule-to-start deadline: a run not started by then fails as expired
+    expires_at        timestamptz,
+    -- attempts started so far; also the fencing token of outcome writes
+    attempt           integer NOT NULL DEFAULT 0,
+    attempt_started_at timestamptz,
+    -- attempts that failed in the task's code (exception or timeout); retries are decided
+    -- on this, so retry-after requests and crash recoveries do not use up attempts
+    failures          integer NOT NULL DEFAULT 0,
+    -- times the run was rescued from a dead worker (not counted as failures)
+    recoveries        integer NOT NULL DEFAULT 0,
+    worker_id         uuid,
+    lease_expires_at  timestamptz,
+    cancel_requested  boolean NOT NULL DEFAULT false,
+    idempotency_key   text,
+    concurrency_key   text,
+    tags              text[] NOT NULL DEFAULT '{}',
+    metadata          jsonb NOT NULL DEFAULT '{}',
+    parent_id         bigint,
+    root_id           bigint,
+    -- children spawned by this run, and how many of them have not finished yet
+    children_total    integer NOT NULL DEFAULT 0,
+    children_pending  integer NOT NULL DEFAULT 0,
+    -- a waiting workflow run wakes whenever one of its children finishes, not only the last
+    wake_on_each_child boolean NOT NULL DEFAULT false,
+    workflow_node     text,
+    trace_context     jsonb,
+    -- what the run costs in rate-limit units: [{"limit": name, "key": key, "units": n}, ...]
+    rate_cost         jsonb
+) WITH (
+    fillfactor = 90,
+    autovacuum_vacuum_scale_factor = 0.02,
+    autovacuum_analyze_scale_factor = 0.02
+);
+
+CREATE UNIQUE INDEX runs_idempotency_key ON pgqueue.runs (task, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+-- the rescuer looks for expired leases
+CREATE INDEX runs_running_lease ON pgqueue.runs (lease_expires_at) WHERE status = 'running';
+-- schedule-to-start deadlines of runs still waiting
+CREATE INDEX runs_queued_expiry ON pgqueue.runs (expires_at)
+    WHERE status = 'queued' AND expires_at IS NOT NULL;
+-- suspended runs wake up by time
+CREATE INDEX runs_suspended_until ON pgqueue.runs (run_at) WHERE status IN ('sleeping', 'waiting');
+CREATE INDEX runs_failed_finished ON pgqueue.runs (finished_at) WHERE status IN ('failed', 'dead');
+CREATE INDEX runs_task_id ON pgqueue.runs (task, id);
+CREATE INDEX runs_parent ON pgqueue.runs (parent_id) WHERE parent_id IS NOT NULL;
+-- running runs per (task, key): the count a limited claim compares with the limit
+CREATE INDEX runs_running_key ON pgqueue.runs (task, concurrency_key, id)
+    WHERE status = 'running' AND concurrency_key IS NOT NULL;
+
+-- The dashboard's run lists and charts. Each is partial or BRIN so the hot path pays little:
+-- runs that succeed (the bulk) add no entry to the status index, runs without tags or metadata
+-- add none to the GIN indexes, and only the final update of a run (finished_at set) adds one
+-- to runs_finished_at.
+-- lists of failed, cancelled and dead runs, newest first
+CREATE INDEX runs_final_status_id ON pgqueue.runs (status, id) WHERE status IN ('failed', 'cancelled', 'dead');
+-- throughput and latency of the last hour
+CREATE INDEX runs_finished_at ON pgqueue.runs (finished_at) WHERE finished_at IS NOT NULL;
+-- time-range filters: ids and creation times grow together, so a BRIN index (a few pages, nearly
+-- free to maintain) narrows a range to the right blocks
+CREATE INDEX runs_created_brin ON pgqueue.runs USING brin (created_at);
+CREATE INDEX runs_tags ON pgqueue.runs USING gin (tags) WHERE tags <> '{}';
+CREATE INDEX runs_metadata ON pgqueue.runs USING gin (metadata jsonb_path_ops) WHERE metadata <> '{}';
+-- runs of one concurrency key, finished or not (runs_running_key only has running ones)
+CREATE INDEX runs_concurrency_key_id ON pgqueue.runs (concurrency_key, id) WHERE concurrency_key IS NOT NULL;
+
+-- The claimable runs: a row per queued run that is due or will be (enqueue, retry, wake-up and
+-- rescue insert it; the claim deletes it).
+CREATE TABLE pgqueue.ready (
+    run_id          bigint PRIMARY KEY,
+    queue           text NOT NULL,
+    priority        smallint NOT NULL,
+    run_at          timestamptz NOT NULL,
+    task            text NOT NULL,
+    concurrency_key text,
+    -- a keyed run's place in the round-robin across keys (set by the trigger below; the claim
+    -- order is described at the top of sql/functions/claim.sql)
+    fair_seq        bigint
+) WITH (
+    fillfactor = 100,
+    -- insert-then-delete churn: vacuum early and without throttling
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 2000,
+    autovacuum_vacuum_insert_scale_factor = 0,
+    autovacuum_vacuum_insert_threshold = 10000,
+    autovacuum_vacuum_cost_delay = 0
+);
+
+-- Two claim indexes, each exactly a claim order: unkeyed runs by age (higher priority first,
+-- then earlier run_at, then older run), keyed runs in round-robin order.
+CREATE INDEX ready_claim ON pgqueue.ready (queue, priority DESC, run_at, run_id)
+    WHERE concurrency_key IS NULL;
+CREATE INDEX ready_claim_fair ON pgqueue.ready (queue, priority DESC, fair_seq, run_at, run_id)
+    WHERE concurrency_key IS NOT NULL;
+-- the last queued run of a key (its next sequence number) and the queued runs of a key
+CREATE INDEX ready_key ON pgqueue.ready (task, concurrency_key, fair_seq) WHERE concurrency_key IS NOT NULL;
+
+-- A keyed run entering `ready` gets its place in the round-robin (sql/functions/triggers.sql).
+-- Rows without a key skip the trigger: its WHEN is checked without calling the function.
+CREATE TRIGGER ready_fair_seq BEFORE INSERT ON pgqueue.ready
+    FOR EACH ROW WHEN (NEW.concurrency_key IS NOT NULL) EXECUTE FUNCTION pgqueue.ready_fair_seq();
+
+-- The candidates a claim considers (pgqueue.claim keeps them in an array of this type).
+CREATE TYPE pgqueue.claim_candidate AS (
+    run_id          bigint,
+    priority        smallint,
+    run_at          timestamptz,
+    task            text,
+    concurrency_key text,
+    fair_seq        bigint
+);
+
+-- Every try of a run: the audit trail.
+CREATE TABLE pgqueue.attempts (
+    run_id        bigint NOT NULL,
+    attempt       integer NOT NULL,
+    worker_id     uuid,
+    started_at    timestamptz NOT NULL,
+    finished_at   timestamptz,
+    outcome       text NOT NULL
+        CHECK (outcome IN ('running', 'succeeded', 'failed', 'retry', 'timeout',
+                           'crashed', 'cancelled', 'expired', 'handed_back', 'suspended')),
+    error_type    text,
+    error_message text,
+    traceback     text,
+    -- what the task logged during this attempt (bounded by the worker)
+    logs          text,
+    PRIMARY KEY (run_id, attempt)
+);
+
+-- Checkpoints of durable runs.
+CREATE TABLE pgqueue.steps (
+    run_id      bigint NOT NULL,
+    step_key    text NOT NULL,          -- name#sequence, unique within the run
+    seq         integer NOT NULL,
+    name        text NOT NULL,
+    -- sleeping: a durable sleep not over yet (output holds wake_at)
+    status      text NOT NULL CHECK (status IN ('succeeded', 'failed', 'sleeping')),
+    output      jsonb,
+    error       jsonb,
+    attempts    integer NOT NULL DEFAULT 1,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    PRIMARY KEY (run_id, step_key)
+);
+
+-- Events ---------------------------------------------------------------------------------
+
+CREATE TABLE pgqueue.events (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name       text NOT NULL,
+    key        text NOT NULL DEFAULT '',
+    payload    jsonb NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX events_name_key ON pgqueue.events (name, key, created_at);
+
+-- Runs waiting for an event (a step of theirs is answered by it).
+CREATE TABLE pgqueue.event_waits (
+    run_id     bigint NOT NULL,
+    step_key   text NOT NULL,
+    seq        integer NOT NULL,
+    event_name text NOT NULL,
+    event_key  text NOT NULL DEFAULT '',
+    since      timestamptz NOT NULL DEFAULT now(),
+    timeout_at timestamptz,
+    PRIMARY KEY (run_id, step_key)
+);
+CREATE INDEX event_waits_event ON pgqueue.event_waits (event_name, event_key);
+
+-- Tasks started by an event: each event NAME enqueues a run of TASK with the payload as input.
+CREATE TABLE pgqueue.event_subscriptions (
+    event_name text NOT NULL,
+    task       text NOT NULL,
+    PRIMARY KEY (event_name, task)
+);
+
+-- Cron -----------------------------------------------------------------------------------
+
+CREATE TABLE pgqueue.cron_schedules (
+    name           text PRIMARY KEY,
+    expression     text NOT NULL,
+    timezone       text NOT NULL DEFAULT 'UTC',
+    task           text NOT NULL,
+    input          jsonb NOT NULL DEFAULT '{}',
+    queue          text,
+    priority       smallint,
+    enabled        boolean NOT NULL DEFAULT true,
+    misfire_policy text NOT NULL DEFAULT 'run_once'
+        CHECK (misfire_policy IN ('skip', 'run_once', 'catch_up')),
+    catch_up_limit integer,
+    next_fire_at   timestamptz,
+    last_fire_at   timestamptz,
+    source         text NOT NULL DEFAULT 'code' CHECK (source IN ('code', 'runtime')),
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX cron_schedules_due ON pgqueue.cron_schedules (next_fire_at) WHERE enabled;
+
+-- One row per fired tick: its primary key makes each tick fire once, whatever the number of
+-- workers and restarts.
+CREATE TABLE pgqueue.cron_ticks (
+    schedule text NOT NULL,
+    tick_at  timestamptz NOT NULL,
+    run_id   bigint,
+    PRIMARY KEY (schedule, tick_at)
+);
+
+-- Workers and queues ---------------------------------------------------------------------
+
+CREATE TABLE pgqueue.workers (
+    id           uuid PRIMARY KEY,
+    name         text NOT NULL,
+    host         text NOT NULL,
+    pid          integer NOT NULL,
+    queues       text[] NOT NULL,
+    concurrency  integer NOT NULL,
+    lease_s      double precision NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    stopped_at   timestamptz
+);
+
+CREATE TABLE pgqueue.queues (
+    name       text PRIMARY KEY,
+    paused     boolean NOT NULL DEFAULT false,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Flow control ---------------------------------------------------------------------------
+
+-- Limits per task (or workflow) and key: key '*' is the default for every key of that task,
+-- a row with a concrete key (a tenant on a bigger plan) overrides it.
+CREATE TABLE pgqueue.concurrency_limits (
+    name        text NOT NULL,
+    key         text NOT NULL DEFAULT '*',
+    max_running integer NOT NULL CHECK (max_running > 0),
+    strategy    text NOT NULL DEFAULT 'queue'
+        CHECK (strategy IN ('queue', 'cancel_newest', 'cancel_oldest')),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    -- rows written from code are refreshed by workers at start; rows set at runtime (a tenant
+    -- on a bigger plan) are marked 'runtime' and never overwritten by code
+    source      text NOT NULL DEFAULT 'code' CHECK (source IN ('code', 'runtime')),
+    PRIMARY KEY (name, key)
+);
+
+-- Token buckets. Key '' is the limit's definition (and the bucket of a limit without keys);
+-- keyed buckets are created from it on first use. capacity is the burst.
+CREATE TABLE pgqueue.rate_limits (
+    name          text NOT NULL,
+    key           text NOT NULL DEFAULT '',
+    capacity      double precision NOT NULL CHECK (capacity > 0),
+    refill_per_s  double precision NOT NULL CHECK (refill_per_s > 0),
+    tokens        double precision NOT NULL,
+    refilled_at   timestamptz NOT NULL DEFAULT now(),
+    -- a fleet-wide hold (a provider answered 429 with Retry-After): no run needing it starts before
+    held_until    timestamptz,
+    -- as in concurrency_limits
+    source        text NOT NULL DEFAULT 'code' CHECK (source IN ('code', 'runtime')),
+    -- runs a claim moved to later because this bucket was short or on hold (for metrics)
+    deferred_total bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (name, key)
+);
