@@ -91,66 +91,59 @@ def _step(durable: Durable, name: str, fn: Callable[..., Any], retry: Retry | No
 async def run_step(db: Database, durable: Durable, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
                    retry: Retry | None, timeout: float | None = None,
                    connection: psycopg.AsyncConnection[Any] | None = None) -> Any:
-    async def perform(effect: Effect) -> Any:
-        if effect is CALL:
-            value = fn(*args)
-            return await asyncio.wait_for(value, timeout) if inspect.isawaitable(value) else value
-        if isinstance(effect, Checkpoint):
-            # through the worker's batching writer, unless the step must commit on `connection`
-            if durable.writer is None or connection is not None:
-                return await db.execute_async(_checkpoint_op(durable, effect), connection)
-            attempts = await durable.writer.record(durable.fence, effect.plan.key, effect.plan.seq,
-                                                   effect.plan.name, effect.status, effect.output, effect.error,
-                                                   effect.duration)
-            if attempts is None:
-                raise RunTakenOver(f"run {durable.fence['run']} is no longer running here")
-            return attempts
-        return await db.execute_async(cast(Op[Any], effect), connection)
-
     steps = _step(durable, name, fn, retry)
-    effect: Effect | _Done = next(steps)
-    while not isinstance(effect, _Done):
-        try:
-            answer = await perform(effect)
-        except BaseException as exc:
-            effect = _resume(steps, exc)
-        else:
-            effect = _resume(steps, None, answer)
-    return effect.value
+    try:
+        effect = next(steps)
+        while True:
+            try:
+                if isinstance(effect, _Call):
+                    answer = fn(*args)
+                    if inspect.isawaitable(answer):
+                        answer = await asyncio.wait_for(answer, timeout)
+                elif isinstance(effect, Checkpoint):
+                    answer = await _checkpoint(db, durable, effect, connection)
+                else:
+                    answer = await db.execute_async(effect, connection)
+            except BaseException as exc:  # thrown into the step, which decides (and re-raises)
+                effect = steps.throw(exc)
+            else:
+                effect = steps.send(answer)
+    except StopIteration as done:
+        return done.value
 
 
 def run_step_sync(db: Database, durable: Durable, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
                   retry: Retry | None, connection: psycopg.Connection[Any] | None = None) -> Any:
-    def perform(effect: Effect) -> Any:
-        if effect is CALL:
-            return fn(*args)
-        if isinstance(effect, Checkpoint):
-            return db.execute(_checkpoint_op(durable, effect), connection)
-        return db.execute(cast(Op[Any], effect), connection)
-
     steps = _step(durable, name, fn, retry)
-    effect: Effect | _Done = next(steps)
-    while not isinstance(effect, _Done):
-        try:
-            answer = perform(effect)
-        except BaseException as exc:
-            effect = _resume(steps, exc)
-        else:
-            effect = _resume(steps, None, answer)
-    return effect.value
-
-
-@dataclass(frozen=True)
-class _Done:
-    value: Any
-
-
-def _resume(steps: Generator[Effect, Any, Any], exc: BaseException | None, answer: Any = None) -> Effect | _Done:
-    """Send the effect's answer (or throw its exception) into the step; _Done when it returned."""
     try:
-        return steps.throw(exc) if exc is not None else steps.send(answer)
+        effect = next(steps)
+        while True:
+            try:
+                if isinstance(effect, _Call):
+                    answer = fn(*args)
+                elif isinstance(effect, Checkpoint):
+                    answer = db.execute(_checkpoint_op(durable, effect), connection)
+                else:
+                    answer = db.execute(effect, connection)
+            except BaseException as exc:
+                effect = steps.throw(exc)
+            else:
+                effect = steps.send(answer)
     except StopIteration as done:
-        return _Done(done.value)
+        return done.value
+
+
+async def _checkpoint(db: Database, durable: Durable, checkpoint: Checkpoint,
+                      connection: psycopg.AsyncConnection[Any] | None) -> int:
+    """Through the worker's batching writer, unless the step must commit on `connection`."""
+    if durable.writer is None or connection is not None:
+        return await db.execute_async(_checkpoint_op(durable, checkpoint), connection)
+    attempts = await durable.writer.record(durable.fence, checkpoint.plan.key, checkpoint.plan.seq,
+                                           checkpoint.plan.name, checkpoint.status, checkpoint.output,
+                                           checkpoint.error, checkpoint.duration)
+    if attempts is None:
+        raise RunTakenOver(f"run {durable.fence['run']} is no longer running here")
+    return attempts
 
 
 def _checkpoint_op(durable: Durable, checkpoint: Checkpoint) -> Op[int]:
