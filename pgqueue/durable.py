@@ -145,7 +145,8 @@ class Durable:
         if plan.recorded is not None:  # an earlier attempt started this sleep
             wake_at = datetime.fromisoformat(plan.recorded.output["wake_at"])
             if self.db_now is not None and wake_at <= self.db_now:
-                yield statement("durable.end_sleep", {**self.fence, "key": plan.key})
+                if not (yield statement("durable.end_sleep", {**self.fence, "key": plan.key})):
+                    raise _taken_over(self.fence["run"])
                 return None
         else:
             rows = yield statement("durable.begin_sleep", {**self.fence, "key": plan.key, "seq": plan.seq,
@@ -179,6 +180,8 @@ class Durable:
         timeout_at = wait["timeout_at"] if wait is not None else None
         if wait is None:
             rows = yield statement("durable.register_wait", {**args, "timeout": timeout})
+            if not rows:
+                raise _taken_over(self.fence["run"])
             timeout_at = rows[0][0]
         yield from self.suspend_op(RunStatus.WAITING, timeout_at, f"waiting for event {name!r} key {key!r}")
         return SUSPENDED

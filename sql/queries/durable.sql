@@ -1,5 +1,17 @@
 -- Queries of durable execution: step checkpoints, durable sleep, waiting for events.
 -- Every write is fenced: it applies only while the run is running this attempt on this worker.
+--
+-- A fence that only reads the run row (INSERT ... SELECT ... FROM runs WHERE attempt = ...) must
+-- also lock it, until its transaction commits: a rescue, completion, suspension or cancellation
+-- committed after the check but before the commit would otherwise let this attempt's writes
+-- commit after another attempt was given the run (with step_in_transaction: the user's effect
+-- twice). Those writers UPDATE non-key columns of the row (a FOR NO KEY UPDATE lock) or lock it
+-- FOR UPDATE (the rescue's SKIP LOCKED, cancel_run); FOR KEY SHARE conflicts with neither, so
+-- the fences take FOR SHARE. Then either the other writer waits (the rescue skips the row) until
+-- this transaction commits, or this fence waits for it and, re-reading the row under READ
+-- COMMITTED, finds the run gone and writes nothing (RunTakenOver rolls the transaction back).
+-- Fences that UPDATE the run row (suspend, add_children, wake_on_each_child, and worker.sql's
+-- complete, heartbeat, hand_back) hold its row lock until commit and need nothing more.
 
 -- name: load_steps
 SELECT seq, step_key, status, output, error, attempts, now() AS db_now
@@ -15,6 +27,7 @@ SELECT %(run)s, %(key)s, %(seq)s, %(name)s, %(status)s,
        %(error)s::jsonb, 1, now() - make_interval(secs => %(duration)s), now()
   FROM pgqueue.runs r
  WHERE r.id = %(run)s AND r.attempt = %(attempt)s AND r.status = 'running' AND r.worker_id = %(worker)s
+   FOR SHARE OF r
 ON CONFLICT (run_id, step_key) DO UPDATE
    SET status = excluded.status, output = excluded.output, error = excluded.error,
        attempts = s.attempts + 1, started_at = excluded.started_at, finished_at = excluded.finished_at
@@ -27,12 +40,18 @@ SELECT %(run)s, %(key)s, %(seq)s, 'sleep', 'sleeping',
        jsonb_build_object('wake_at', now() + make_interval(secs => %(seconds)s))
   FROM pgqueue.runs r
  WHERE r.id = %(run)s AND r.attempt = %(attempt)s AND r.status = 'running' AND r.worker_id = %(worker)s
+   FOR SHARE OF r
 ON CONFLICT (run_id, step_key) DO UPDATE SET output = excluded.output
 RETURNING (s.output ->> 'wake_at')::timestamptz
 
 -- name: end_sleep
 UPDATE pgqueue.steps SET status = 'succeeded', finished_at = now()
  WHERE run_id = %(run)s AND step_key = %(key)s
+   AND EXISTS (SELECT FROM pgqueue.runs r
+                WHERE r.id = %(run)s AND r.attempt = %(attempt)s AND r.status = 'running'
+                  AND r.worker_id = %(worker)s
+                  FOR SHARE)
+RETURNING run_id
 
 -- name: suspend
 -- The run stops running without finishing: it sleeps until `wake_at`, or waits (for an event)
@@ -74,8 +93,10 @@ SELECT e.payload
 
 -- name: register_wait
 INSERT INTO pgqueue.event_waits (run_id, step_key, seq, event_name, event_key, timeout_at)
-VALUES (%(run)s, %(key)s, %(seq)s, %(name)s, %(event_key)s,
-        now() + make_interval(secs => %(timeout)s))
+SELECT %(run)s, %(key)s, %(seq)s, %(name)s, %(event_key)s, now() + make_interval(secs => %(timeout)s)
+  FROM pgqueue.runs r
+ WHERE r.id = %(run)s AND r.attempt = %(attempt)s AND r.status = 'running' AND r.worker_id = %(worker)s
+   FOR SHARE OF r
 ON CONFLICT (run_id, step_key) DO UPDATE SET since = pgqueue.event_waits.since
 RETURNING timeout_at
 
@@ -139,6 +160,7 @@ SELECT i.run_id, i.step_key, i.seq, i.name, i.status, i.output::jsonb, i.error::
        AS i(run_id, attempt, step_key, seq, name, status, output, error, duration)
   JOIN pgqueue.runs r ON r.id = i.run_id AND r.attempt = i.attempt AND r.status = 'running'
                      AND r.worker_id = %(worker)s
+   FOR SHARE OF r  -- see the fence at the top of this file
 ON CONFLICT (run_id, step_key) DO UPDATE
    SET status = excluded.status, output = excluded.output, error = excluded.error,
        attempts = s.attempts + 1, started_at = excluded.started_at, finished_at = excluded.finished_at
