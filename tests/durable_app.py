@@ -116,6 +116,17 @@ async def sleeper(seconds: float) -> float:
     return started
 
 
+@app.task
+async def mailbox(key: str, waits: int) -> list[Any]:
+    """Waits `waits` times on one (name, key): each wait takes the next event of this run."""
+    ctx = current_run()
+    taken = []
+    for i in range(waits):
+        taken.append(await ctx.wait_for_event("note", key=key))
+        await ctx.step("took", lambda i=i: effect(f"took {i}"))
+    return taken
+
+
 @app.task(retry=Retry(max_attempts=1))
 async def evolving() -> str:
     ctx = current_run()

@@ -20,17 +20,19 @@ SELECT seq, step_key, status, output, error, attempts, now() AS db_now
  ORDER BY seq
 
 -- name: record_step
+-- event_id: of a wait step, the event it took (the run's place in that mailbox, see find_event)
 INSERT INTO pgqueue.steps AS s (run_id, step_key, seq, name, status, output, error, attempts,
-                                started_at, finished_at)
+                                started_at, finished_at, event_id)
 SELECT %(run)s, %(key)s, %(seq)s, %(name)s, %(status)s,
        pgqueue.check_payload(%(output)s::jsonb, format('the output of step "%%s"', %(key)s::text)),
-       %(error)s::jsonb, 1, now() - make_interval(secs => %(duration)s), now()
+       %(error)s::jsonb, 1, now() - make_interval(secs => %(duration)s), now(), %(event_id)s::bigint
   FROM pgqueue.runs r
  WHERE r.id = %(run)s AND r.attempt = %(attempt)s AND r.status = 'running' AND r.worker_id = %(worker)s
    FOR SHARE OF r
 ON CONFLICT (run_id, step_key) DO UPDATE
    SET status = excluded.status, output = excluded.output, error = excluded.error,
-       attempts = s.attempts + 1, started_at = excluded.started_at, finished_at = excluded.finished_at
+       attempts = s.attempts + 1, started_at = excluded.started_at, finished_at = excluded.finished_at,
+       event_id = excluded.event_id
 RETURNING s.attempts
 
 -- name: begin_sleep
@@ -83,12 +85,20 @@ SELECT id FROM suspended
 SELECT pgqueue.event_lock(%(name)s, %(event_key)s)
 
 -- name: find_event
--- The latest matching event sent since the run was created (the lookback rule).
-SELECT e.payload
+-- The run's mailbox of (name, key): the first event sent since the run was created that none of
+-- its wait steps took yet. Its place is the last event one of its wait steps took (steps.event_id;
+-- a run takes events in order, so everything up to its place is taken). Each run has its own
+-- place: an event reaches every run waiting on its key. Replaying a run from an earlier step
+-- deletes the later steps, and so gives their events back to the replay. Ids of one (name, key)
+-- are handed out under the key's lock (pgqueue.send_event), so id order is send order.
+SELECT e.id, e.payload
   FROM pgqueue.events e
  WHERE e.name = %(name)s AND e.key = %(event_key)s
    AND e.created_at >= (SELECT created_at FROM pgqueue.runs WHERE id = %(run)s)
- ORDER BY e.id DESC
+   AND e.id > coalesce((SELECT max(s.event_id)
+                          FROM pgqueue.steps s JOIN pgqueue.events taken ON taken.id = s.event_id
+                         WHERE s.run_id = %(run)s AND taken.name = %(name)s AND taken.key = %(event_key)s), 0)
+ ORDER BY e.id
  LIMIT 1
 
 -- name: register_wait
