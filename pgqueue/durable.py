@@ -136,9 +136,11 @@ class Durable:
 
     # -- durable sleep ---------------------------------------------------------------------
 
-    def sleep_op(self, seconds: float) -> Op[object]:
-        """Returns SUSPENDED when the run was suspended: the caller raises Suspended once the
-        transaction has committed (raising inside it would roll the suspension back)."""
+    def sleep_op(self, seconds: float, until: datetime | None = None) -> Op[object]:
+        """Sleep `seconds`, or until `until` when given; the wake time is computed by the
+        database (its clock, not the worker's). Returns SUSPENDED when the run was suspended:
+        the caller raises Suspended once the transaction has committed (raising inside it
+        would roll the suspension back)."""
         plan = yield from self.plan_op("sleep")
         if plan.done:
             return None
@@ -150,7 +152,7 @@ class Durable:
                 return None
         else:
             rows = yield statement("durable.begin_sleep", {**self.fence, "key": plan.key, "seq": plan.seq,
-                                                           "seconds": seconds})
+                                                           "seconds": seconds, "until": until})
             if not rows:
                 raise _taken_over(self.fence["run"])
             wake_at = rows[0][0]

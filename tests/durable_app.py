@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -114,6 +115,13 @@ async def sleeper(seconds: float) -> float:
     await ctx.sleep(seconds)
     await ctx.step("after", lambda: effect("after"))
     return started
+
+
+@app.task
+async def alarm(when: str) -> None:
+    """Sleeps until `when` (an ISO timestamp)."""
+    await current_run().sleep_until(datetime.fromisoformat(when))
+    await current_run().step("rang", lambda: effect("rang"))
 
 
 @app.task

@@ -36,10 +36,12 @@ ON CONFLICT (run_id, step_key) DO UPDATE
 RETURNING s.attempts
 
 -- name: begin_sleep
--- Record a durable sleep's wake time (database clock) as a step that is not over yet.
+-- Record a durable sleep's wake time as a step that is not over yet: `until` (sleep_until) or
+-- `seconds` from now, on the database clock only (a worker's clock may be off), never in the past.
 INSERT INTO pgqueue.steps AS s (run_id, step_key, seq, name, status, output)
 SELECT %(run)s, %(key)s, %(seq)s, 'sleep', 'sleeping',
-       jsonb_build_object('wake_at', now() + make_interval(secs => %(seconds)s))
+       jsonb_build_object('wake_at', greatest(now(), coalesce(%(until)s::timestamptz,
+                                                              now() + make_interval(secs => %(seconds)s))))
   FROM pgqueue.runs r
  WHERE r.id = %(run)s AND r.attempt = %(attempt)s AND r.status = 'running' AND r.worker_id = %(worker)s
    FOR SHARE OF r
