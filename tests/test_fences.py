@@ -6,6 +6,7 @@ The races are driven step by step on two connections (no sleeps): a step written
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from pgqueue.durable import Durable
 from pgqueue.errors import RunTakenOver
 from pgqueue.ops import statement
 from pgqueue.steps import run_step_sync
+from pgqueue.worker.step_writer import _Pending, record_steps_op
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -128,7 +130,7 @@ def test_a_step_fenced_during_the_rescue_waits_for_it_then_rolls_back(app: PgQue
 
         thread = threading.Thread(target=step)
         thread.start()
-        _wait_until_blocked(conn, "fence_effects")  # the step wrote its effect and waits in its fence
+        _wait_until_blocked(conn, "INSERT INTO pgqueue.steps")  # effect written, waiting in the fence
         assert outcome == []
         rescuer.commit()
         thread.join(30)
@@ -136,13 +138,32 @@ def test_a_step_fenced_during_the_rescue_waits_for_it_then_rolls_back(app: PgQue
     assert effects(conn, run_id) == []
 
 
-def _wait_until_blocked(conn: Conn, table: str) -> None:
-    """Until a backend that wrote to `table` waits for a row lock (polling the server's state)."""
+def test_a_batch_of_checkpoints_waits_for_a_rescue_then_writes_nothing(app: PgQueue, dsn: str,
+                                                                         conn: Conn) -> None:
+    """The worker's step writer (durable.record_steps) is fenced the same way."""
+    run_id, attempt, worker = claimed_run(conn, expired=True)
+    loop = asyncio.new_event_loop()
+    batch = [_Pending(run_id, attempt, "llm#0", 0, "llm", "succeeded", '"summary"', None, 0.1,
+                      loop.create_future())]
+    written: list[dict[tuple[int, str], int]] = []
+    with psycopg.connect(dsn) as rescuer:
+        assert run_id in rescue(app, rescuer)
+        thread = threading.Thread(target=lambda: written.append(app.db.execute(record_steps_op(worker, batch))))
+        thread.start()
+        _wait_until_blocked(conn, "INSERT INTO pgqueue.steps")
+        rescuer.commit()
+        thread.join(30)
+    loop.close()
+    assert written == [{}]
+    assert conn.execute("SELECT count(*) FROM pgqueue.steps WHERE run_id = %s", (run_id,)).fetchone() == (0,)
+
+
+def _wait_until_blocked(conn: Conn, statement_text: str) -> None:
+    """Until a backend running `statement_text` waits for a lock (polling the server's state)."""
     for _ in range(2000):
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid"
-            " WHERE a.wait_event_type = 'Lock' AND l.relation = %s::regclass", (table,)).fetchone()
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                           " AND strpos(query, %s) > 0", (statement_text,)).fetchone()
         if row and row[0]:
             return
         conn.execute("SELECT pg_sleep(0.01)")
-    raise AssertionError("the step never waited for the run's lock")
+    raise AssertionError(f"no backend running {statement_text!r} waited for a lock")

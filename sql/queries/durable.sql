@@ -60,7 +60,8 @@ RETURNING run_id
 -- name: suspend
 -- The run stops running without finishing: it sleeps until `wake_at`, or waits (for an event)
 -- until woken or until `wake_at` (its timeout; none: only an event wakes it). It holds no
--- worker slot and no connection meanwhile.
+-- worker slot and no connection meanwhile. Fence: this UPDATE's row lock (see the top of the file),
+-- which also covers the begin_sleep / register_wait written before it in the same transaction.
 WITH suspended AS (
     UPDATE pgqueue.runs AS run
        SET status = %(status)s, run_at = coalesce(%(wake_at)s, run.run_at),
@@ -127,6 +128,8 @@ SELECT pgqueue.send_event(%(name)s, %(event_key)s, %(payload)s::jsonb)
 INSERT INTO pgqueue.event_subscriptions (event_name, task) VALUES (%s, %s) ON CONFLICT DO NOTHING
 
 -- name: add_children
+-- Fence of a spawn: this UPDATE's row lock; the children enqueued before it in the transaction
+-- roll back with it when the run was taken over.
 UPDATE pgqueue.runs
    SET children_total = children_total + %(n)s, children_pending = children_pending + %(n)s
  WHERE id = %(run)s AND attempt = %(attempt)s AND status = 'running' AND worker_id = %(worker)s
