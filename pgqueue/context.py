@@ -178,8 +178,9 @@ class RunContext:
 
     async def wait_for_event(self, name: str, key: str = "", *, timeout: float | None = None,
                              default: Any = None) -> Any:
-        """Suspend until the event (name, key) is sent; return its payload, or `default` after
-        `timeout` seconds. An event sent since the run was created counts (lookback)."""
+        """Take the next event (name, key) this run has not taken yet and return its payload,
+        suspending until one is sent; `default` after `timeout` seconds. Events sent since the
+        run was created wait in the run's mailbox, taken in send order, each once per run."""
         return await self._durably(self.durable().wait_op(name, key, timeout, default))
 
     def wait_for_event_sync(self, name: str, key: str = "", *, timeout: float | None = None,
