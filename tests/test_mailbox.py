@@ -56,3 +56,17 @@ async def test_a_run_created_after_an_event_does_not_take_it(durable_tasks: Any,
     await app.send_event_async("note", "k2", {"n": 2})
     async with running_worker(app, poll_interval=0.05):
         assert await run.result(timeout=30) == [{"n": 1}, {"n": 2}]
+
+
+async def test_a_replay_from_the_start_gets_the_runs_events_back(durable_tasks: Any, dsn: str) -> None:
+    app = durable_tasks.app
+    run = await durable_tasks.mailbox.enqueue_async("k3", 3)
+    for n in (1, 2):
+        await app.send_event_async("note", "k3", {"n": n})
+    async with running_worker(app, poll_interval=0.05):
+        await wait_for(lambda: waiting_after(dsn, [run.id], 2), what="the run to take two events and wait")
+        assert await asyncio.to_thread(app.cancel, run.id) == "cancelled"
+    await app.send_event_async("note", "k3", {"n": 3})  # nobody waits: kept in the run's mailbox
+    assert await asyncio.to_thread(app.replay, run.id, from_start=True) == "queued"
+    async with running_worker(app, poll_interval=0.05):
+        assert await run.result(timeout=30) == [{"n": 1}, {"n": 2}, {"n": 3}]
