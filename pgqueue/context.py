@@ -7,12 +7,12 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from .database import Database
 from .durable import CheckpointWriter, Durable, raise_if_suspended
-from .errors import PgQueueError, TaskCancelled
+from .errors import ConfigurationError, PgQueueError, TaskCancelled
 from .ops import Op
 from .retry import Retry
 from .steps import run_step, run_step_sync
@@ -169,17 +169,30 @@ class RunContext:
         self._durably_sync(self.durable().sleep_op(seconds))
 
     async def sleep_until(self, when: datetime) -> None:
-        await self.sleep(max(0.0, (when - datetime.now(UTC)).total_seconds()))
+        """Suspend the run until `when` (timezone-aware), as the database's clock tells it: the
+        worker's own clock plays no part, so a worker whose clock is off wakes it on time."""
+        await self._durably(self.durable().sleep_op(0.0, _aware(when)))
+
+    def sleep_until_sync(self, when: datetime) -> None:
+        self._durably_sync(self.durable().sleep_op(0.0, _aware(when)))
 
     async def wait_for_event(self, name: str, key: str = "", *, timeout: float | None = None,
                              default: Any = None) -> Any:
-        """Suspend until the event (name, key) is sent; return its payload, or `default` after
-        `timeout` seconds. An event sent since the run was created counts (lookback)."""
+        """Take the next event (name, key) this run has not taken yet and return its payload,
+        suspending until one is sent; `default` after `timeout` seconds. Events sent since the
+        run was created wait in the run's mailbox, taken in send order, each once per run."""
         return await self._durably(self.durable().wait_op(name, key, timeout, default))
 
     def wait_for_event_sync(self, name: str, key: str = "", *, timeout: float | None = None,
                             default: Any = None) -> Any:
         return self._durably_sync(self.durable().wait_op(name, key, timeout, default))
+
+
+def _aware(when: datetime) -> datetime:
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ConfigurationError(f"sleep_until needs a timezone-aware datetime, got {when.isoformat()}; "
+                                 "e.g. datetime(2030, 1, 1, 9, tzinfo=ZoneInfo('Europe/Paris'))")
+    return when
 
 
 _current: contextvars.ContextVar[RunContext] = contextvars.ContextVar("pgqueue_run")

@@ -197,6 +197,7 @@ class Due:
     misfire_policy: str
     catch_up_limit: int | None
     next_fire_at: datetime | None
+    updated_at: datetime
     now: datetime
 
 
@@ -217,11 +218,15 @@ def fire_due_op(limit: int = 20) -> Op[list[Fired]]:
     for due in rows:
         name = due.name
         try:
-            if due.next_fire_at is None:  # new, or its expression changed: start from now
-                following = next_tick(due.expression, due.timezone, due.now)
-                yield statement("cron.advance", {"name": name, "next": following, "last": None})
-                continue
-            ticks, following = due_ticks(due.expression, due.timezone, due.next_fire_at, due.now,
+            start = due.next_fire_at
+            if start is None:
+                # new, resumed, or its expression changed: its first tick is the first after it was
+                # saved (not after this pass, which would skip a tick due in between)
+                start = next_tick(due.expression, due.timezone, due.updated_at)
+                if start > due.now:
+                    yield statement("cron.advance", {"name": name, "next": start, "last": None})
+                    continue
+            ticks, following = due_ticks(due.expression, due.timezone, start, due.now,
                                          due.misfire_policy, due.catch_up_limit)
         except ConfigurationError as exc:  # a row written by SQL with a bad expression or zone
             yield statement("cron.disable_broken", {"name": name})

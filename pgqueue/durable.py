@@ -114,15 +114,15 @@ class Durable:
         return Plan(seq, key, name, recorded)
 
     def _record(self, plan: Plan, status: str, output: Any = None, error: dict[str, Any] | None = None,
-                duration: float = 0.0) -> Statement:
+                duration: float = 0.0, event_id: int | None = None) -> Statement:
         return statement("durable.record_step", {
             **self.fence, "key": plan.key, "seq": plan.seq, "name": plan.name, "status": status,
             "output": None if output is None else _json(output), "error": None if error is None else _json(error),
-            "duration": duration})
+            "duration": duration, "event_id": event_id})
 
     def record_op(self, plan: Plan, status: str, output: Any = None, error: dict[str, Any] | None = None,
-                  duration: float = 0.0) -> Op[int]:
-        rows = yield self._record(plan, status, output, error, duration)
+                  duration: float = 0.0, event_id: int | None = None) -> Op[int]:
+        rows = yield self._record(plan, status, output, error, duration, event_id)
         if not rows:
             raise _taken_over(self.fence["run"])
         return int(rows[0][0])
@@ -136,20 +136,23 @@ class Durable:
 
     # -- durable sleep ---------------------------------------------------------------------
 
-    def sleep_op(self, seconds: float) -> Op[object]:
-        """Returns SUSPENDED when the run was suspended: the caller raises Suspended once the
-        transaction has committed (raising inside it would roll the suspension back)."""
+    def sleep_op(self, seconds: float, until: datetime | None = None) -> Op[object]:
+        """Sleep `seconds`, or until `until` when given; the wake time is computed by the
+        database (its clock, not the worker's). Returns SUSPENDED when the run was suspended:
+        the caller raises Suspended once the transaction has committed (raising inside it
+        would roll the suspension back)."""
         plan = yield from self.plan_op("sleep")
         if plan.done:
             return None
         if plan.recorded is not None:  # an earlier attempt started this sleep
             wake_at = datetime.fromisoformat(plan.recorded.output["wake_at"])
             if self.db_now is not None and wake_at <= self.db_now:
-                yield statement("durable.end_sleep", {**self.fence, "key": plan.key})
+                if not (yield statement("durable.end_sleep", {**self.fence, "key": plan.key})):
+                    raise _taken_over(self.fence["run"])
                 return None
         else:
             rows = yield statement("durable.begin_sleep", {**self.fence, "key": plan.key, "seq": plan.seq,
-                                                           "seconds": seconds})
+                                                           "seconds": seconds, "until": until})
             if not rows:
                 raise _taken_over(self.fence["run"])
             wake_at = rows[0][0]
@@ -159,8 +162,11 @@ class Durable:
     # -- events ----------------------------------------------------------------------------
 
     def wait_op(self, name: str, key: str, timeout: float | None, default: Any) -> Op[Any]:
-        """Run in one transaction: the event lock makes a concurrent send either be found here
-        or find this wait registered."""
+        """Take the next event (name, key) this run has not taken yet (a mailbox per run, in
+        send order, see durable.find_event), or wait for it. Run in one transaction: the event
+        lock makes a concurrent send either be found here or find this wait registered, and the
+        step that records the event is the run's new place in its mailbox. A replay returns the
+        event the step recorded."""
         plan = yield from self.plan_op(f"event:{name}")
         if plan.done:
             return cast(Any, plan.recorded).output
@@ -173,12 +179,15 @@ class Durable:
             return default
         found = yield statement("durable.find_event", args)
         if found:
+            [(event_id, payload)] = found
             yield statement("durable.drop_wait", args)
-            yield from self.record_op(plan, RunStatus.SUCCEEDED, found[0][0])
-            return found[0][0]
+            yield from self.record_op(plan, RunStatus.SUCCEEDED, payload, event_id=event_id)
+            return payload
         timeout_at = wait["timeout_at"] if wait is not None else None
         if wait is None:
             rows = yield statement("durable.register_wait", {**args, "timeout": timeout})
+            if not rows:
+                raise _taken_over(self.fence["run"])
             timeout_at = rows[0][0]
         yield from self.suspend_op(RunStatus.WAITING, timeout_at, f"waiting for event {name!r} key {key!r}")
         return SUSPENDED

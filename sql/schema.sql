@@ -217,6 +217,8 @@ CREATE TABLE pgqueue.steps (
     attempts    integer NOT NULL DEFAULT 1,
     started_at  timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz,
+    -- of a wait step: the event it took; the run's place in its mailbox of that (name, key)
+    event_id    bigint,
     PRIMARY KEY (run_id, step_key)
 );
 
@@ -230,6 +232,8 @@ CREATE TABLE pgqueue.events (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX events_name_key ON pgqueue.events (name, key, created_at);
+-- the next event after a run's place, in send order
+CREATE INDEX events_name_key_id ON pgqueue.events (name, key, id);
 
 -- Runs waiting for an event (a step of theirs is answered by it).
 CREATE TABLE pgqueue.event_waits (

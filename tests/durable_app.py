@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -114,6 +115,24 @@ async def sleeper(seconds: float) -> float:
     await ctx.sleep(seconds)
     await ctx.step("after", lambda: effect("after"))
     return started
+
+
+@app.task
+async def alarm(when: str) -> None:
+    """Sleeps until `when` (an ISO timestamp)."""
+    await current_run().sleep_until(datetime.fromisoformat(when))
+    await current_run().step("rang", lambda: effect("rang"))
+
+
+@app.task
+async def mailbox(key: str, waits: int) -> list[Any]:
+    """Waits `waits` times on one (name, key): each wait takes the next event of this run."""
+    ctx = current_run()
+    taken = []
+    for i in range(waits):
+        taken.append(await ctx.wait_for_event("note", key=key))
+        await ctx.step("took", lambda i=i: effect(f"took {i}"))
+    return taken
 
 
 @app.task(retry=Retry(max_attempts=1))

@@ -182,3 +182,41 @@ def test_python_runtime_management(dsn: str) -> None:
     with pytest.raises(ConfigurationError, match="no schedule named 'reports'"):
         app.cron_resume("reports")
     app.close()
+
+
+def test_a_tick_between_saving_a_schedule_and_the_first_pass_fires_once(dsn: str) -> None:
+    app = PgQueue(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE pgqueue.cron_schedules SET enabled = false")  # other tests' schedules
+        conn.execute("INSERT INTO pgqueue.tasks (name) VALUES ('minutely') ON CONFLICT DO NOTHING")
+    app.cron_add(Schedule("new-minutely", "* * * * *", "minutely"))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # it was saved 10 s before the current minute began, and no worker looked since: the
+        # minute's tick came in between
+        [(tick,)] = conn.execute(
+            "UPDATE pgqueue.cron_schedules SET updated_at = date_trunc('minute', now()) - interval '10 seconds'"
+            " WHERE name = 'new-minutely' RETURNING date_trunc('minute', now())").fetchall()
+    first = app.db.execute(fire_due_op(), transaction=True)
+    again = app.db.execute(fire_due_op(), transaction=True)
+    # (a second tick only if the next minute began between the two statements)
+    ticks = [f.tick for f in first if f.schedule == "new-minutely"]
+    assert ticks[:1] == [tick] and ticks == [tick + timedelta(minutes=i) for i in range(len(ticks))] and \
+        len(ticks) <= 2, first
+    assert [f for f in again if f.schedule == "new-minutely"] == []
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pgqueue.runs WHERE task = 'minutely'").fetchone() == (len(ticks),)
+        assert conn.execute("SELECT next_fire_at = %s + interval '1 minute' FROM pgqueue.cron_schedules"
+                            " WHERE name = 'new-minutely'", (ticks[-1],)).fetchone() == (True,)
+    app.close()
+
+
+def test_a_new_schedule_whose_first_tick_is_ahead_fires_nothing_yet(dsn: str) -> None:
+    app = PgQueue(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE pgqueue.cron_schedules SET enabled = false")
+        conn.execute("INSERT INTO pgqueue.tasks (name) VALUES ('yearly') ON CONFLICT DO NOTHING")
+    app.cron_add(Schedule("new-yearly", "0 0 1 1 *", "yearly"))
+    assert app.db.execute(fire_due_op(), transaction=True) == []
+    [info] = [s for s in app.cron_list() if s.name == "new-yearly"]
+    assert info.next_fire_at is not None and info.next_fire_at.month == 1 and info.next_fire_at.day == 1
+    app.close()

@@ -1,9 +1,12 @@
 -- Events: a named, keyed payload. Runs waiting for it wake up; subscribed tasks start.
 --
--- Lookback rule: a run waiting for (name, key) also accepts the latest such event sent since
--- the run was created, so an event sent just before the run reached its wait is not lost.
+-- Mailbox rule: each wait of a run takes the next event (name, key) sent since the run was
+-- created that this run has not taken yet, in send order, exactly once (see durable.find_event
+-- in sql/queries/durable.sql): events sent before the wait are kept for it, never lost or
+-- merged, and every run keeps its own place, so an event reaches every run waiting on its key.
 -- Waits and sends on one (name, key) are serialised by a transaction-level advisory lock, so a
--- wait registered concurrently with a send is always either satisfied or woken.
+-- wait registered concurrently with a send is always either satisfied or woken, and the ids of
+-- one (name, key) are in send order.
 
 CREATE OR REPLACE FUNCTION pgqueue.event_lock(name text, key text) RETURNS void
 LANGUAGE sql AS $$
@@ -16,6 +19,7 @@ RETURNS integer
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
+    v_event    bigint;
     v_woken    integer;
     v_notified integer;
 BEGIN
@@ -26,16 +30,20 @@ BEGIN
     PERFORM pgqueue.check_payload(send_event.payload, format('the payload of event "%s"', send_event.name));
     PERFORM pgqueue.event_lock(send_event.name, coalesce(send_event.key, ''));
     INSERT INTO pgqueue.events (name, key, payload)
-    VALUES (send_event.name, coalesce(send_event.key, ''), coalesce(send_event.payload, '{}'));
+    VALUES (send_event.name, coalesce(send_event.key, ''), coalesce(send_event.payload, '{}'))
+    RETURNING id INTO v_event;
 
+    -- A run has a wait registered only if, under the key's lock, its mailbox held nothing when it
+    -- came to wait: this event is the next one for each of them. The answered step records it as
+    -- the run's new place; events sent after this one stay in the mailbox for the run's next wait.
     WITH waits AS (
         DELETE FROM pgqueue.event_waits w
          WHERE w.event_name = send_event.name AND w.event_key = coalesce(send_event.key, '')
         RETURNING w.run_id, w.step_key, w.seq
     ), answered AS (
-        INSERT INTO pgqueue.steps (run_id, step_key, seq, name, status, output, finished_at)
+        INSERT INTO pgqueue.steps (run_id, step_key, seq, name, status, output, finished_at, event_id)
         SELECT waits.run_id, waits.step_key, waits.seq, 'event:' || send_event.name, 'succeeded',
-               coalesce(send_event.payload, '{}'), now()
+               coalesce(send_event.payload, '{}'), now(), v_event
           FROM waits
         ON CONFLICT (run_id, step_key) DO NOTHING
     ), woken AS (

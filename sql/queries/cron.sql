@@ -5,7 +5,8 @@
 -- `enabled` (pause/resume) is never changed, and only a new expression or zone restarts the
 -- schedule from now. At runtime (source = 'runtime'): the row is replaced, marked as a runtime
 -- edit that code never overwrites, and restarts from now. next_fire_at NULL is filled in by
--- the next firing pass.
+-- the next firing pass, from updated_at (when the schedule was saved): a tick due between the
+-- save and that pass still fires.
 INSERT INTO pgqueue.cron_schedules AS c (name, expression, timezone, task, input, queue, priority,
                                          misfire_policy, catch_up_limit, source)
 VALUES (%(name)s, %(expression)s, %(timezone)s, %(task)s, %(input)s::jsonb, %(queue)s, %(priority)s,
@@ -49,7 +50,7 @@ SELECT name, expression, timezone, task, input, enabled, misfire_policy, next_fi
 
 -- name: due
 SELECT name, expression, timezone, task, input, queue, priority, misfire_policy, catch_up_limit,
-       next_fire_at, now() AS now
+       next_fire_at, updated_at, now() AS now
   FROM pgqueue.cron_schedules
  WHERE enabled AND (next_fire_at IS NULL OR next_fire_at <= now())
  ORDER BY next_fire_at NULLS FIRST

@@ -22,6 +22,9 @@ SELECT id, trace_context FROM pgqueue.runs WHERE id = ANY(%(ids)s::bigint[])
 -- name: complete
 -- Record a batch of outcomes. An outcome is applied only while the run is still running
 -- this attempt on this worker; the ids returned are the outcomes that were applied.
+-- Fence: the UPDATE's own row lock, held until commit; a concurrent rescue, cancel or step fence
+-- (FOR SHARE, see durable.sql) either waits for it or is waited for, and under READ COMMITTED the
+-- WHERE is re-checked on the row as that other writer left it.
 WITH outcome AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(statuses)s::text[],
                          %(attempt_outcomes)s::text[], %(results)s::text[], %(errors)s::text[],
@@ -67,6 +70,8 @@ SELECT id FROM applied, (SELECT count(*) FROM woken) w, (SELECT count(*) FROM do
 -- name: heartbeat
 -- Extend the leases of the runs this worker still holds; a run missing from the answer was
 -- taken away (rescued or cancelled) and must not be finished by this worker.
+-- Fence: the UPDATE's row lock (as for complete); the rescue's FOR UPDATE re-checks the expired
+-- lease on the row a committed beat left, and skips a row being beaten.
 WITH beat AS (
     UPDATE pgqueue.workers SET heartbeat_at = now() WHERE id = %(worker)s
 )
@@ -150,6 +155,7 @@ SELECT id FROM failed, (SELECT count(*) FROM parents) p
 
 -- name: hand_back
 -- Graceful shutdown: give unfinished runs back to the queue at once, without counting a failure.
+-- Fence: the UPDATE's row lock (as for complete).
 WITH held AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS h(id, attempt)
 ), returned AS (
