@@ -3,8 +3,9 @@
 Three kinds live here:
 - errors (`PgQueueError` and below): something is wrong, and the message says what to do;
 - requests a task raises on purpose (`RetryLater`, `RateLimited`): not failures of the attempt;
-- control flow of the worker (`Suspended`, `RunTakenOver`): `BaseException`s, so that a task's
-  own `except Exception:` can never swallow them (asyncio's `CancelledError` does the same).
+- control flow of the worker (`Suspended`, `RunTakenOver`, `StepRetry`, `TaskCancelled`):
+  `BaseException`s, so that a task's own `except Exception:` can never swallow them (asyncio's
+  `CancelledError` does the same).
 """
 
 from __future__ import annotations
@@ -79,10 +80,6 @@ class RunFailed(PgQueueError):
         super().__init__(f"run {run_id} ended {status}{detail}")
 
 
-class TaskCancelled(PgQueueError):
-    """The run was cancelled while it ran."""
-
-
 class NonDeterminismError(PgQueueError):
     """A replay reached a different step than the run's recorded history."""
 
@@ -132,3 +129,25 @@ class Suspended(BaseException):
 
 class RunTakenOver(BaseException):
     """A fenced write found the run no longer running this attempt here (rescued or cancelled)."""
+
+
+class StepRetry(BaseException):
+    """A step with its own `retry=` policy failed and asks for the run to be retried after `delay`.
+
+    Raised by `ctx.step` (never by user code): as a `BaseException`, a task's `except Exception:`
+    around the step does not swallow it, so the step's policy applies; the task's code sees the
+    step's failure (the original exception) only once the step's retries are spent.
+    """
+
+    def __init__(self, delay: float, reason: str) -> None:
+        self.delay = delay
+        self.reason = reason
+        super().__init__(f"retry in {delay:g}s: {reason}")
+
+
+class TaskCancelled(BaseException):
+    """The run was cancelled while it ran (raised by `ctx.raise_if_cancelled()`).
+
+    A `BaseException`, like `asyncio.CancelledError`: a sync task's `except Exception:` does not
+    swallow it, and the run ends cancelled. Catch it by name to clean up, then re-raise it.
+    """

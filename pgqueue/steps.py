@@ -20,7 +20,7 @@ import pydantic
 
 from . import tracing
 from .durable import Durable, Plan, Recorded
-from .errors import RetryLater, RunTakenOver
+from .errors import RunTakenOver, StepRetry
 from .ops import Op
 from .retry import Retry
 from .status import RunStatus
@@ -79,8 +79,9 @@ def _step(durable: Durable, name: str, fn: Callable[..., Any], retry: Retry | No
             attempts = yield Checkpoint(plan, RunStatus.FAILED, None, error, time.monotonic() - started)
             if retry is not None and retry.should_retry(attempts, exc):
                 # the run is requeued after the step's backoff: no worker slot held while waiting,
-                # and the task's own attempts are not used up
-                raise RetryLater(retry.delay(attempts), f"step {plan.key} failed ({type(exc).__name__}: {exc}); "
+                # and the task's own attempts are not used up. A BaseException, so that the task's
+                # `except Exception:` around the step cannot turn the first failure into its fallback
+                raise StepRetry(retry.delay(attempts), f"step {plan.key} failed ({type(exc).__name__}: {exc}); "
                                                         f"attempt {attempts} of {retry.max_attempts}") from exc
             raise
         output = _adapter(fn).dump_python(value, mode="json")

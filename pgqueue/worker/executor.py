@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import tracing
 from ..context import RunContext, _current
-from ..errors import InvalidInput, RateLimited, RetryLater, RunTakenOver, Suspended, TaskCancelled
+from ..errors import InvalidInput, RateLimited, RetryLater, RunTakenOver, StepRetry, Suspended, TaskCancelled
 from ..status import RunStatus
 from .claimer import Claimed
 
@@ -108,7 +108,7 @@ class Executor:
             await self._hold(run, request)
             return Outcome(run.id, run.attempt, RunStatus.QUEUED, "retry", error=error_info(request, False),
                            delay=request.delay)
-        except RetryLater as request:
+        except (RetryLater, StepRetry) as request:
             return Outcome(run.id, run.attempt, RunStatus.QUEUED, "retry", error=error_info(request, False),
                            delay=request.delay)
         except TimeoutError:

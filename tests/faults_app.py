@@ -1,0 +1,59 @@
+"""Tasks for tests/test_faults.py: engine signals, bounds on retries, deadlines, heartbeats,
+infrastructure failures and large gathers. Counters live in this process (the tests run the
+worker in their own event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from pgqueue import PgQueue, Retry, current_run
+
+app = PgQueue()
+
+CALLS: Counter[str] = Counter()
+STARTED = threading.Event()
+
+
+def reset() -> None:
+    CALLS.clear()
+    STARTED.clear()
+
+
+async def flaky_llm() -> str:
+    CALLS["llm"] += 1
+    raise ConnectionError("provider answered 503")
+
+
+@app.task(retry=Retry(max_attempts=1))
+async def with_fallback() -> str:
+    """The issue's example: a broad except around a step with its own retry policy."""
+    try:
+        return await current_run().step("llm", flaky_llm, retry=Retry(max_attempts=3, initial_delay=0.05, jitter=0))
+    except Exception:
+        return "fallback"
+
+
+@app.task(retry=Retry(max_attempts=1))
+def cancellable_sync() -> str:
+    """A sync task checking for cancellation inside a broad except: it must still end cancelled."""
+    ctx = current_run()
+    STARTED.set()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ctx.raise_if_cancelled()
+        except Exception:
+            CALLS["swallowed"] += 1
+        time.sleep(0.02)
+    return "ran to the end"
+
+
+def payload(n: int) -> dict[str, Any]:
+    return {"n": n}
+
+
+_ = asyncio  # used by later tasks
