@@ -46,6 +46,13 @@ class TaskSettings:
     concurrency: Concurrency | None = None
     #: units taken from rate limits before a run starts (pgqueue.flow.RateLimit)
     rate_limits: Sequence[RateLimit] = ()
+    #: RetryLater/RateLimited requests in a row after which the run fails (RetryLaterLimit)
+    max_retry_later: int = 100
+    #: seconds from the run's creation after which it fails as DeadlineExceeded, whatever
+    #: attempt it is at (no attempt starts after it; a running one is failed)
+    deadline: float | None = None
+    #: seconds without `ctx.heartbeat()` after which a running attempt is failed (and retried)
+    heartbeat_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency is not None and not isinstance(self.concurrency, Concurrency):
@@ -67,7 +74,10 @@ class TaskSettings:
             raise TaskDefinitionError(f"queue name {self.queue!r} is not valid: use letters, digits and . _ : -")
         if not -32768 <= self.priority <= 32767:
             raise TaskDefinitionError("priority must be between -32768 and 32767 (higher runs first)")
-        for label, value in (("timeout", self.timeout), ("schedule_to_start", self.schedule_to_start)):
+        if self.max_retry_later < 0:
+            raise TaskDefinitionError(f"task {self.name!r}: max_retry_later must be >= 0 (0: never retry later)")
+        for label, value in (("timeout", self.timeout), ("schedule_to_start", self.schedule_to_start),
+                             ("deadline", self.deadline), ("heartbeat_timeout", self.heartbeat_timeout)):
             if value is not None and value <= 0:
                 raise TaskDefinitionError(f"task {self.name!r}: {label} must be a positive number of seconds")
 

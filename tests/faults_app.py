@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from pgqueue import PgQueue, Retry, current_run
+from pgqueue import PgQueue, Retry, RetryLater, current_run
 
 app = PgQueue()
 
@@ -50,6 +50,12 @@ def cancellable_sync() -> str:
             CALLS["swallowed"] += 1
         time.sleep(0.02)
     return "ran to the end"
+
+
+@app.task(max_retry_later=3)
+async def always_later() -> str:
+    CALLS["later"] += 1
+    raise RetryLater(0.01, "the provider is busy")
 
 
 def payload(n: int) -> dict[str, Any]:

@@ -59,3 +59,16 @@ async def test_a_sync_task_catching_exception_around_raise_if_cancelled_still_en
         await wait_for(lambda: asyncio.to_thread(lambda: run_row(dsn, handle.id)["status"] == "cancelled"),
                        what="the run to end cancelled")
     assert faults.CALLS["swallowed"] == 0
+
+
+async def test_retry_later_for_ever_fails_once_the_tasks_cap_is_reached(faults: Any, dsn: str) -> None:
+    handle = await faults.always_later.enqueue_async()
+    async with running_worker(faults.app, poll_interval=0.05):
+        await wait_for(lambda: asyncio.to_thread(lambda: run_row(dsn, handle.id)["status"] == "failed"),
+                       what="the run to fail")
+    row = run_row(dsn, handle.id)
+    assert faults.CALLS["later"] == 4  # three requests allowed in a row, the fourth ends the run
+    assert row["error"]["type"] == "RetryLaterLimit"
+    assert "max_retry_later" in row["error"]["message"] and "4 times in a row" in row["error"]["message"]
+    assert row["failures"] == 0 and row["retry_laters"] == 4
+    assert outcomes(dsn, handle.id) == ["retry", "retry", "retry", "failed"]

@@ -39,6 +39,11 @@ class Outcome:
     delay: float = 0.0
     failed: int = 0
     logs: str | None = None
+    #: 1: the task asked to retry later (counted against `retry_later_cap` in a row)
+    retry_later: int = 0
+    retry_later_cap: int = 0
+    #: 1: the attempt was cut off by an infrastructure failure (not counted in `failed`)
+    interrupted: int = 0
 
 
 def error_info(exc: BaseException, with_traceback: bool = True) -> dict[str, Any]:
@@ -104,13 +109,14 @@ class Executor:
         except RunTakenOver as lost:
             log.warning("run %d: %s; this attempt's work is dropped", run.id, lost)
             return None
-        except RateLimited as request:
-            await self._hold(run, request)
+        except StepRetry as request:  # bounded by the step's own policy
             return Outcome(run.id, run.attempt, RunStatus.QUEUED, "retry", error=error_info(request, False),
                            delay=request.delay)
-        except (RetryLater, StepRetry) as request:
+        except RetryLater as request:
+            if isinstance(request, RateLimited):
+                await self._hold(run, request)
             return Outcome(run.id, run.attempt, RunStatus.QUEUED, "retry", error=error_info(request, False),
-                           delay=request.delay)
+                           delay=request.delay, retry_later=1, retry_later_cap=task.settings.max_retry_later)
         except TimeoutError:
             timeout = TimeoutError(f"the attempt ran longer than the task's timeout of {task.settings.timeout:g}s")
             return failure(run, task, timeout, "timeout")

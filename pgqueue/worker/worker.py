@@ -68,7 +68,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._completer = Completer(self.db, self.id, on_written=self._slot_free.set)
+        self._completer = Completer(self.db, self.id, on_written=self._slot_free.set,
+                                    max_interruptions=self.settings.max_interruptions)
         self._steps: StepWriter | None = None
         self.metrics = Metrics()
         self._task_logs = TaskLogHandler()

@@ -22,22 +22,62 @@ SELECT id, trace_context FROM pgqueue.runs WHERE id = ANY(%(ids)s::bigint[])
 -- name: complete
 -- Record a batch of outcomes. An outcome is applied only while the run is still running
 -- this attempt on this worker; the ids returned are the outcomes that were applied.
+-- A retry (status 'queued') is refused, and the run fails instead, when it would break one of
+-- the run's bounds: too many RetryLater requests in a row (the task's max_retry_later), too
+-- many interrupted attempts (max_interruptions), a next attempt after the run's deadline, or
+-- a retry-later past its schedule-to-start window.
 WITH outcome AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(statuses)s::text[],
                          %(attempt_outcomes)s::text[], %(results)s::text[], %(errors)s::text[],
-                         %(delays)s::float8[], %(failed)s::int[], %(logs)s::text[])
-           AS o(id, attempt, status, attempt_outcome, result, error, delay, failed, logs)
+                         %(delays)s::float8[], %(failed)s::int[], %(logs)s::text[],
+                         %(retry_later)s::int[], %(retry_later_caps)s::int[], %(interrupted)s::int[])
+           AS o(id, attempt, status, attempt_outcome, result, error, delay, failed, logs,
+                retry_later, retry_later_cap, interrupted)
+), checked AS (
+    -- these columns of the run change only through this fenced statement: the snapshot is current
+    SELECT o.*, CASE
+        WHEN o.status <> 'queued' THEN NULL
+        WHEN o.retry_later = 1 AND r.retry_laters + 1 > o.retry_later_cap THEN jsonb_build_object(
+            'type', 'RetryLaterLimit',
+            'message', format('the task asked to retry later %%s times in a row (RetryLater or RateLimited), '
+                              'more than its limit of %%s; raise it with @app.task(max_retry_later=N) if '
+                              'the provider needs longer, or fail the run from the task',
+                              r.retry_laters + 1, o.retry_later_cap),
+            'last_request', o.error::jsonb ->> 'message')
+        WHEN o.interrupted = 1 AND r.interruptions + 1 > %(max_interruptions)s THEN jsonb_build_object(
+            'type', 'InfrastructureFailure',
+            'message', format('%%s attempts were cut off by database failures (connection dropped or '
+                              'server restarted), more than the worker''s max_interruptions of %%s; '
+                              'last: %%s', r.interruptions + 1, %(max_interruptions)s,
+                              o.error::jsonb ->> 'message'))
+        WHEN r.deadline_at IS NOT NULL AND now() + make_interval(secs => o.delay) >= r.deadline_at
+            THEN jsonb_build_object(
+            'type', 'DeadlineExceeded',
+            'message', format('the run''s deadline (%%s, set by the task''s deadline=) passes before its '
+                              'next attempt; raise the task''s deadline to let it retry longer. Last '
+                              'attempt: %%s', r.deadline_at, o.error::jsonb ->> 'message'))
+        WHEN o.retry_later = 1 AND r.expires_at IS NOT NULL
+             AND now() + make_interval(secs => o.delay) > r.expires_at THEN jsonb_build_object(
+            'type', 'Expired',
+            'message', format('the run asked to retry later, after its schedule-to-start window ends '
+                              '(%%s); raise the task''s schedule_to_start to let it wait longer', r.expires_at))
+        END AS stop
+      FROM outcome o JOIN pgqueue.runs r ON r.id = o.id
 ), applied AS (
     UPDATE pgqueue.runs AS run
-       SET status = o.status,
+       SET status = CASE WHEN o.stop IS NULL THEN o.status ELSE 'failed' END,
            result = o.result::jsonb,
-           error = coalesce(o.error::jsonb, CASE WHEN o.status = 'succeeded' THEN NULL ELSE run.error END),
+           error = coalesce(o.stop, o.error::jsonb,
+                            CASE WHEN o.status = 'succeeded' THEN NULL ELSE run.error END),
            failures = run.failures + o.failed,
-           finished_at = CASE WHEN o.status = 'queued' THEN NULL ELSE now() END,
-           run_at = CASE WHEN o.status = 'queued' THEN now() + make_interval(secs => o.delay) ELSE run.run_at END,
+           retry_laters = CASE WHEN o.retry_later = 1 THEN run.retry_laters + 1 ELSE 0 END,
+           interruptions = run.interruptions + o.interrupted,
+           finished_at = CASE WHEN o.status = 'queued' AND o.stop IS NULL THEN NULL ELSE now() END,
+           run_at = CASE WHEN o.status = 'queued' AND o.stop IS NULL
+                         THEN now() + make_interval(secs => o.delay) ELSE run.run_at END,
            worker_id = NULL,
            lease_expires_at = NULL
-      FROM outcome o
+      FROM checked o
      WHERE run.id = o.id AND run.attempt = o.attempt AND run.status = 'running'
        AND run.worker_id = %(worker)s
     RETURNING run.id, run.status, run.queue, run.priority, run.run_at, run.task, run.concurrency_key,
@@ -49,9 +89,12 @@ WITH outcome AS (
 ), recorded AS (
     INSERT INTO pgqueue.attempts (run_id, attempt, worker_id, started_at, finished_at, outcome,
                                   error_type, error_message, traceback, logs)
-    SELECT a.id, a.attempt, %(worker)s, coalesce(a.attempt_started_at, now()), now(), o.attempt_outcome,
-           o.error::jsonb ->> 'type', o.error::jsonb ->> 'message', o.error::jsonb ->> 'traceback', o.logs
-      FROM applied a JOIN outcome o ON o.id = a.id
+    SELECT a.id, a.attempt, %(worker)s, coalesce(a.attempt_started_at, now()), now(),
+           CASE WHEN o.stop IS NULL THEN o.attempt_outcome
+                WHEN o.attempt_outcome = 'interrupted' THEN 'interrupted' ELSE 'failed' END,
+           coalesce(o.stop, o.error::jsonb) ->> 'type', coalesce(o.stop, o.error::jsonb) ->> 'message',
+           o.error::jsonb ->> 'traceback', o.logs
+      FROM applied a JOIN checked o ON o.id = a.id
     ON CONFLICT (run_id, attempt) DO NOTHING
 ), woken AS (
     SELECT pg_notify('pgqueue_ready', queue) FROM (SELECT DISTINCT queue FROM requeued WHERE run_at <= now()) q
