@@ -6,6 +6,7 @@ from .cron import Schedule
 from .errors import (
     ChildRunFailed,
     ConfigurationError,
+    DatabaseInterrupted,
     DatabaseUnavailable,
     InputTooLarge,
     InvalidInput,
@@ -36,6 +37,7 @@ __all__ = [
     "ChildRunFailed",
     "Concurrency",
     "ConfigurationError",
+    "DatabaseInterrupted",
     "DatabaseUnavailable",
     "InputTooLarge",
     "InvalidInput",

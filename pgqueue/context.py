@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import threading
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
-from .database import Database
+from .database import Database, engine_call
 from .durable import CheckpointWriter, Durable, raise_if_suspended
 from .errors import PgQueueError, TaskCancelled
 from .ops import Op
@@ -93,10 +94,14 @@ class RunContext:
     # Each durable operation runs in one transaction; the twins below only block or await it.
 
     async def _durably(self, op: Op[T]) -> T:
-        return raise_if_suspended(await self.database().execute_async(op, transaction=True))
+        with engine_call(f"run {self.run_id}'s durable operation"):
+            done = await self.database().execute_async(op, transaction=True)
+        return raise_if_suspended(done)
 
     def _durably_sync(self, op: Op[T]) -> T:
-        return raise_if_suspended(self.database().execute(op, transaction=True))
+        with engine_call(f"run {self.run_id}'s durable operation"):
+            done = self.database().execute(op, transaction=True)
+        return raise_if_suspended(done)
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -126,14 +131,23 @@ class RunContext:
         """Run `await fn(conn, *args)` in a transaction that also records the step: the
         database writes `fn` makes on `conn` and the checkpoint commit together, exactly once
         (if the run was taken over meanwhile, both roll back)."""
-        db = self.database()
-        async with (await db.async_pool()).connection() as conn, conn.transaction():
-            return cast(T, await run_step(db, self.durable(), name, fn, (conn, *args), None, None, conn))
+        db, what = self.database(), f"step {name!r} of run {self.run_id}"
+        async with contextlib.AsyncExitStack() as stack:
+            with engine_call(what):
+                conn = await stack.enter_async_context((await db.async_pool()).connection())
+            with engine_call(what, conn):  # the commit, or the connection lost under `fn`
+                async with conn.transaction():
+                    return cast(T, await run_step(db, self.durable(), name, fn, (conn, *args), None, None, conn))
+        raise AssertionError("unreachable")
 
     def step_in_transaction_sync(self, name: str, fn: Callable[..., T], *args: Any) -> T:
-        db = self.database()
-        with db.pool().connection() as conn, conn.transaction():
-            return cast(T, run_step_sync(db, self.durable(), name, fn, (conn, *args), None, conn))
+        db, what = self.database(), f"step {name!r} of run {self.run_id}"
+        with contextlib.ExitStack() as stack:
+            with engine_call(what):
+                conn = stack.enter_context(db.pool().connection())
+            with engine_call(what, conn), conn.transaction():
+                return cast(T, run_step_sync(db, self.durable(), name, fn, (conn, *args), None, conn))
+        raise AssertionError("unreachable")
 
     # -- child runs ------------------------------------------------------------------------
 

@@ -25,6 +25,16 @@ class DatabaseUnavailable(PgQueueError):
     """The PostgreSQL server cannot be reached or refused the connection."""
 
 
+class DatabaseInterrupted(PgQueueError):
+    """pgqueue's own database work for a running task (a step checkpoint, a spawn, a sleep) was
+    cut off: the connection dropped, the server restarted or could not be reached.
+
+    Not a failure of the task's code: the worker retries the run without using up the task's
+    retry attempts, counting the attempt as `interrupted` (bounded by the worker's
+    `max_interruptions`). The original psycopg error is its `__cause__`.
+    """
+
+
 class SchemaMissing(PgQueueError):
     """The pgqueue schema is not installed in this database."""
 

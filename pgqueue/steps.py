@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast, get_type_hints
 import pydantic
 
 from . import tracing
+from .database import engine_call
 from .durable import Durable, Plan, Recorded
 from .errors import RunTakenOver, StepRetry
 from .ops import Op
@@ -96,6 +97,10 @@ async def run_step(db: Database, durable: Durable, name: str, fn: Callable[..., 
         if effect is CALL:
             value = fn(*args)
             return await asyncio.wait_for(value, timeout) if inspect.isawaitable(value) else value
+        with engine_call(f"step {name!r} of run {durable.fence['run']}"):
+            return await perform_engine(effect)
+
+    async def perform_engine(effect: Effect) -> Any:
         if isinstance(effect, Checkpoint):
             # through the worker's batching writer, unless the step must commit on `connection`
             if durable.writer is None or connection is not None:
@@ -125,9 +130,10 @@ def run_step_sync(db: Database, durable: Durable, name: str, fn: Callable[..., A
     def perform(effect: Effect) -> Any:
         if effect is CALL:
             return fn(*args)
-        if isinstance(effect, Checkpoint):
-            return db.execute(_checkpoint_op(durable, effect), connection)
-        return db.execute(cast(Op[Any], effect), connection)
+        with engine_call(f"step {name!r} of run {durable.fence['run']}"):
+            if isinstance(effect, Checkpoint):
+                return db.execute(_checkpoint_op(durable, effect), connection)
+            return db.execute(cast(Op[Any], effect), connection)
 
     steps = _step(durable, name, fn, retry)
     effect: Effect | _Done = next(steps)

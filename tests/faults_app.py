@@ -16,11 +16,15 @@ app = PgQueue()
 
 CALLS: Counter[str] = Counter()
 STARTED = threading.Event()
+RESUME = threading.Event()
+BACKENDS: list[int] = []
 
 
 def reset() -> None:
     CALLS.clear()
     STARTED.clear()
+    RESUME.clear()
+    BACKENDS.clear()
 
 
 async def flaky_llm() -> str:
@@ -58,8 +62,24 @@ async def always_later() -> str:
     raise RetryLater(0.01, "the provider is busy")
 
 
+async def _write_in_step(conn: Any) -> str:
+    """Notes its backend, then (first attempt) waits until the test has terminated it."""
+    row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()
+    BACKENDS.append(row[0])
+    CALLS["write"] += 1
+    if current_run().attempt == 1:
+        STARTED.set()
+        while not RESUME.is_set():
+            await asyncio.sleep(0.02)
+    return "written"
+
+
+@app.task(retry=Retry(max_attempts=1))
+async def cut_off() -> str:
+    """No retry for the task's own failures: only an infrastructure failure may be retried."""
+    return await current_run().step_in_transaction("write", _write_in_step)
+
+
 def payload(n: int) -> dict[str, Any]:
     return {"n": n}
 
-
-_ = asyncio  # used by later tasks

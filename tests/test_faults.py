@@ -72,3 +72,24 @@ async def test_retry_later_for_ever_fails_once_the_tasks_cap_is_reached(faults: 
     assert "max_retry_later" in row["error"]["message"] and "4 times in a row" in row["error"]["message"]
     assert row["failures"] == 0 and row["retry_laters"] == 4
     assert outcomes(dsn, handle.id) == ["retry", "retry", "retry", "failed"]
+
+
+async def test_a_backend_terminated_during_a_step_does_not_use_up_the_tasks_attempts(
+        faults: Any, dsn: str) -> None:
+    handle = await faults.cut_off.enqueue_async()
+    async with running_worker(faults.app, poll_interval=0.05):
+        await wait_for(lambda: asyncio.to_thread(faults.STARTED.wait, 0.05), what="the step to start")
+        [pid] = faults.BACKENDS
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+
+            def gone() -> bool:
+                return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                                    (pid,)).fetchone() == (0,)
+            await wait_for(lambda: asyncio.to_thread(gone), what="the backend to end")
+        faults.RESUME.set()  # the step's checkpoint now meets the dead connection
+        assert await handle.result(timeout=30) == "written"
+    row = run_row(dsn, handle.id)
+    assert (row["failures"], row["interruptions"]) == (0, 1)
+    assert outcomes(dsn, handle.id) == ["interrupted", "succeeded"]
+    assert faults.CALLS["write"] == 2  # its transaction rolled back: the step ran again

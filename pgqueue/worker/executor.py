@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 from .. import tracing
 from ..context import RunContext, _current
-from ..errors import InvalidInput, RateLimited, RetryLater, RunTakenOver, StepRetry, Suspended, TaskCancelled
+from ..errors import (
+    DatabaseInterrupted,
+    InvalidInput,
+    RateLimited,
+    RetryLater,
+    RunTakenOver,
+    StepRetry,
+    Suspended,
+    TaskCancelled,
+)
 from ..status import RunStatus
 from .claimer import Claimed
 
@@ -24,6 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgqueue.worker")
 
 MAX_TRACEBACK = 16_000  # characters kept per attempt
+#: seconds before an interrupted attempt's run is retried (a restarting server is back soon)
+INTERRUPTED_DELAY = 1.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,25 @@ def failure(run: Claimed, task: Task[Any, Any] | None, exc: BaseException,
                        "retry" if attempt_outcome == "failed" else attempt_outcome,
                        error=error_info(exc), delay=task.settings.retry.delay(failures), failed=1)
     return Outcome(run.id, run.attempt, RunStatus.FAILED, attempt_outcome, error=error_info(exc), failed=1)
+
+
+def interrupted(run: Claimed, exc: BaseException) -> Outcome:
+    """An attempt cut off by pgqueue's own database work failing (connection lost, server
+    restarted): retried soon, counted in the run's `interruptions`, not in its failures."""
+    return Outcome(run.id, run.attempt, RunStatus.QUEUED, "interrupted", error=error_info(exc),
+                   delay=INTERRUPTED_DELAY, interrupted=1)
+
+
+def _interruption(exc: BaseException) -> DatabaseInterrupted | None:
+    """The DatabaseInterrupted behind `exc`, if the task's code wrapped or re-raised one."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, DatabaseInterrupted):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def final_failure(run: Claimed, kind: str, message: str, attempt_outcome: str = "failed") -> Outcome:
@@ -127,6 +157,9 @@ class Executor:
         except TaskCancelled:
             return self._cancelled(run)
         except Exception as exc:
+            cut_off = _interruption(exc)
+            if cut_off is not None:  # the task's code re-raised pgqueue's own database failure
+                return interrupted(run, exc)
             return failure(run, task, exc)
         return Outcome(run.id, run.attempt, RunStatus.SUCCEEDED, "succeeded", result=result)
 
