@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,6 +48,7 @@ class RunContext:
     _logs: list[str] = field(default_factory=list, repr=False)
     _log_bytes: int = field(default=0, repr=False)
     _logs_dropped: int = field(default=0, repr=False)
+    _last_heartbeat: float = field(default_factory=time.monotonic, repr=False)
 
     @property
     def logger(self) -> logging.Logger:
@@ -72,6 +74,16 @@ class RunContext:
     def cancel_requested(self) -> bool:
         """True once someone asked to cancel this run; sync tasks should check it and return."""
         return self._cancel.is_set()
+
+    def heartbeat(self) -> None:
+        """Say the attempt is alive. With the task's `heartbeat_timeout`, an attempt silent for
+        longer is presumed hung: the worker fails it (HeartbeatTimeout) and the retry policy
+        applies. Call it between the chunks of a long call, from async or sync code (no I/O)."""
+        self._last_heartbeat = time.monotonic()
+
+    def silent_for(self) -> float:
+        """Seconds since the attempt started or last called `heartbeat()`."""
+        return time.monotonic() - self._last_heartbeat
 
     def raise_if_cancelled(self) -> None:
         if self._cancel.is_set():

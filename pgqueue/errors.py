@@ -90,6 +90,11 @@ class RunFailed(PgQueueError):
         super().__init__(f"run {run_id} ended {status}{detail}")
 
 
+class HeartbeatTimeout(PgQueueError):
+    """A running attempt of a task with `heartbeat_timeout` went that long without calling
+    `ctx.heartbeat()`: it is presumed hung, failed, and retried per the task's policy."""
+
+
 class NonDeterminismError(PgQueueError):
     """A replay reached a different step than the run's recorded history."""
 

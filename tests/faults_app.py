@@ -80,6 +80,44 @@ async def cut_off() -> str:
     return await current_run().step_in_transaction("write", _write_in_step)
 
 
+@app.task(heartbeat_timeout=1, retry=Retry(max_attempts=2, initial_delay=0.05, jitter=0))
+async def hung_async() -> str:
+    """Heart-beats a few times, then (first attempt) awaits something that never comes."""
+    ctx = current_run()
+    CALLS["hung_async"] += 1
+    for _ in range(3):
+        await asyncio.sleep(0.3)
+        ctx.heartbeat()  # 0.9 s of work with beats: alive
+    if ctx.attempt == 1:
+        await asyncio.Event().wait()
+    return "answered"
+
+
+@app.task(heartbeat_timeout=1, retry=Retry(max_attempts=2, initial_delay=0.05, jitter=0))
+def hung_sync() -> str:
+    """A sync call stuck without heart-beating (first attempt) until asked to stop."""
+    ctx = current_run()
+    CALLS["hung_sync"] += 1
+    if ctx.attempt == 1:
+        while not ctx.cancel_requested:
+            time.sleep(0.02)
+        CALLS["hung_sync_stopped"] += 1
+    return "answered"
+
+
+@app.task(deadline=1.5, retry=Retry(max_attempts=100, initial_delay=0.2, factor=1, jitter=0))
+async def never_works() -> str:
+    CALLS["never_works"] += 1
+    raise ConnectionError("the provider is down")
+
+
+@app.task(deadline=1, timeout=60)
+async def hangs_past_deadline() -> str:
+    CALLS["hangs"] += 1
+    await asyncio.Event().wait()
+    return "never"
+
+
 def payload(n: int) -> dict[str, Any]:
     return {"n": n}
 

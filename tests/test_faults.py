@@ -93,3 +93,68 @@ async def test_a_backend_terminated_during_a_step_does_not_use_up_the_tasks_atte
     assert (row["failures"], row["interruptions"]) == (0, 1)
     assert outcomes(dsn, handle.id) == ["interrupted", "succeeded"]
     assert faults.CALLS["write"] == 2  # its transaction rolled back: the step ran again
+
+
+async def test_a_hung_async_call_fails_its_attempt_after_the_heartbeat_timeout_and_is_retried(
+        faults: Any, dsn: str) -> None:
+    handle = await faults.hung_async.enqueue_async()
+    async with running_worker(faults.app, poll_interval=0.05):
+        assert await handle.result(timeout=30) == "answered"
+    assert outcomes(dsn, handle.id) == ["heartbeat_timeout", "succeeded"]
+    assert run_row(dsn, handle.id)["failures"] == 1  # a failure of the task: the policy applies
+    with psycopg.connect(dsn) as conn:
+        message = conn.execute("SELECT error_message FROM pgqueue.attempts WHERE run_id = %s AND attempt = 1",
+                               (handle.id,)).fetchone()
+    assert message is not None and "heartbeat_timeout of 1s" in message[0]
+
+
+async def test_a_hung_sync_call_fails_its_attempt_and_is_asked_to_stop(faults: Any, dsn: str) -> None:
+    handle = await faults.hung_sync.enqueue_async()
+    async with running_worker(faults.app, poll_interval=0.05):
+        assert await handle.result(timeout=30) == "answered"
+        await wait_for(lambda: asyncio.to_thread(lambda: faults.CALLS["hung_sync_stopped"] == 1),
+                       what="the hung thread to see the stop request")
+    assert outcomes(dsn, handle.id) == ["heartbeat_timeout", "succeeded"]
+
+
+async def test_no_retry_starts_past_the_runs_deadline(faults: Any, dsn: str) -> None:
+    handle = await faults.never_works.enqueue_async()
+    async with running_worker(faults.app, poll_interval=0.05):
+        await wait_for(lambda: asyncio.to_thread(lambda: run_row(dsn, handle.id)["status"] == "failed"),
+                       what="the run to fail")
+    row = run_row(dsn, handle.id)
+    assert row["error"]["type"] == "DeadlineExceeded"
+    assert row["finished_at"] - row["created_at"] < row["deadline_at"] - row["created_at"]
+    # 1.5 s, retries every 0.2 s: a handful of attempts, then none once the next would start late
+    assert 3 <= faults.CALLS["never_works"] <= 8
+    assert row["attempt"] == faults.CALLS["never_works"]
+
+
+async def test_a_running_attempt_past_the_deadline_is_failed_and_a_late_queued_run_never_starts(
+        faults: Any, dsn: str) -> None:
+    running = await faults.hangs_past_deadline.enqueue_async()
+    async with running_worker(faults.app, poll_interval=0.05):
+        await wait_for(lambda: asyncio.to_thread(lambda: run_row(dsn, running.id)["status"] == "failed"),
+                       what="the hung run to fail for its deadline")
+    assert run_row(dsn, running.id)["error"]["type"] == "DeadlineExceeded"
+    assert outcomes(dsn, running.id) == ["timeout"]
+    assert faults.CALLS["hangs"] == 1
+    # enqueued while no worker runs; its deadline passes before any worker sees it
+    late = await faults.hangs_past_deadline.enqueue_async()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE pgqueue.runs SET deadline_at = now() WHERE id = %s", (late.id,))
+    async with running_worker(faults.app, poll_interval=0.05):
+        await wait_for(lambda: asyncio.to_thread(lambda: run_row(dsn, late.id)["status"] == "failed"),
+                       what="the late run to fail")
+    assert faults.CALLS["hangs"] == 1 and outcomes(dsn, late.id) == []
+    assert run_row(dsn, late.id)["attempt"] == 0
+
+
+async def test_the_worker_names_tasks_without_a_timeout_at_start(faults: Any,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="pgqueue.worker"):
+        async with running_worker(faults.app):
+            pass
+    [warning] = [r.getMessage() for r in caplog.records if "without a start-to-close timeout" in r.getMessage()]
+    assert "always_later" in warning and "with_fallback" in warning
+    assert "hung_async" not in warning and "hangs_past_deadline" not in warning

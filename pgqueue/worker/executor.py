@@ -7,6 +7,7 @@ import contextvars
 import json
 import logging
 import traceback
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from .. import tracing
 from ..context import RunContext, _current
 from ..errors import (
     DatabaseInterrupted,
+    HeartbeatTimeout,
     InvalidInput,
     RateLimited,
     RetryLater,
@@ -94,6 +96,26 @@ def _interruption(exc: BaseException) -> DatabaseInterrupted | None:
     return None
 
 
+async def _watched(call: Coroutine[Any, Any, Any], ctx: RunContext, limit: float) -> Any:
+    """Await `call` while the attempt heart-beats at least every `limit` seconds; once silent for
+    longer, stop it (an async task is cancelled; a sync one cannot be killed: it is asked to
+    stop through `cancel_requested`, and whatever it does later is fenced off) and raise."""
+    inner = asyncio.ensure_future(call)
+    try:
+        while ctx.silent_for() < limit:
+            done, _ = await asyncio.wait({inner}, timeout=limit - ctx.silent_for())
+            if done:
+                return inner.result()
+    except BaseException:  # the attempt's timeout, a cancellation, a shutdown: the call stops too
+        inner.cancel()
+        raise
+    ctx.request_cancel()
+    inner.cancel()
+    raise HeartbeatTimeout(f"run {ctx.run_id}: no ctx.heartbeat() for {ctx.silent_for():.1f}s, more than the "
+                           f"task's heartbeat_timeout of {limit:g}s; the attempt is presumed hung. Call "
+                           "ctx.heartbeat() more often during long calls, or raise heartbeat_timeout")
+
+
 def final_failure(run: Claimed, kind: str, message: str, attempt_outcome: str = "failed") -> Outcome:
     """A failure that no retry can fix (unknown task, bad input, expired)."""
     return Outcome(run.id, run.attempt, RunStatus.FAILED, attempt_outcome, error={"type": kind, "message": message})
@@ -132,7 +154,10 @@ class Executor:
         except InvalidInput as exc:
             return final_failure(run, "InvalidInput", str(exc))
         try:
-            value = await asyncio.wait_for(self._call(task, args, kwargs, ctx), task.settings.timeout)
+            call = self._call(task, args, kwargs, ctx)
+            if task.settings.heartbeat_timeout is not None:
+                call = _watched(call, ctx, task.settings.heartbeat_timeout)
+            value = await asyncio.wait_for(call, task.settings.timeout)
             result = json.dumps(task.codec.encode_output(value), separators=(",", ":"))
         except Suspended:
             return None
@@ -147,6 +172,8 @@ class Executor:
                 await self._hold(run, request)
             return Outcome(run.id, run.attempt, RunStatus.QUEUED, "retry", error=error_info(request, False),
                            delay=request.delay, retry_later=1, retry_later_cap=task.settings.max_retry_later)
+        except HeartbeatTimeout as silent:
+            return failure(run, task, silent, "heartbeat_timeout")
         except TimeoutError:
             timeout = TimeoutError(f"the attempt ran longer than the task's timeout of {task.settings.timeout:g}s")
             return failure(run, task, timeout, "timeout")

@@ -191,6 +191,46 @@ WITH expired AS (
 )
 SELECT id FROM failed, (SELECT count(*) FROM parents) p
 
+-- name: expire_deadlines
+-- Runs past their run-level deadline fail as DeadlineExceeded whatever they are doing: queued,
+-- sleeping or waiting (no further attempt starts), or running (the attempt is failed; its
+-- worker learns at its next heartbeat that it lost the run, and abandons the attempt).
+WITH late AS MATERIALIZED (
+    SELECT run.id, run.status, run.worker_id, run.attempt, run.attempt_started_at, run.deadline_at
+      FROM pgqueue.runs run
+     WHERE run.deadline_at < now() AND run.deadline_at IS NOT NULL
+       AND run.status IN ('queued', 'running', 'sleeping', 'waiting')
+     ORDER BY run.deadline_at
+     LIMIT 500
+       FOR UPDATE SKIP LOCKED
+), removed AS (
+    DELETE FROM pgqueue.ready r USING late WHERE r.run_id = late.id
+), failed AS (
+    UPDATE pgqueue.runs AS run
+       SET status = 'failed', finished_at = now(), worker_id = NULL, lease_expires_at = NULL,
+           error = jsonb_build_object(
+               'type', 'DeadlineExceeded',
+               'message', format('the run did not finish by its deadline (%%s, the task''s deadline= '
+                                 'counted from its creation; it was %%s); no further attempt starts. '
+                                 'Raise the task''s deadline if its runs need longer', late.deadline_at,
+                                 late.status))
+      FROM late
+     WHERE run.id = late.id
+    RETURNING run.id, run.parent_id
+), recorded AS (
+    INSERT INTO pgqueue.attempts (run_id, attempt, worker_id, started_at, finished_at, outcome,
+                                  error_type, error_message)
+    SELECT id, attempt, worker_id, coalesce(attempt_started_at, now()), now(), 'timeout', 'DeadlineExceeded',
+           'the run''s deadline passed while this attempt ran'
+      FROM late WHERE status = 'running'
+    ON CONFLICT (run_id, attempt) DO NOTHING
+), done AS (
+    SELECT pg_notify('pgqueue_done', '') WHERE EXISTS (SELECT 1 FROM failed)
+), parents AS (
+    SELECT pgqueue.finish_children(array_agg(parent_id)) FROM failed WHERE parent_id IS NOT NULL
+)
+SELECT id FROM failed, (SELECT count(*) FROM done) d, (SELECT count(*) FROM parents) p
+
 -- name: hand_back
 -- Graceful shutdown: give unfinished runs back to the queue at once, without counting a failure.
 WITH held AS (
