@@ -4,6 +4,7 @@ from .app import PgQueue
 from .context import RunContext, current_run
 from .cron import Schedule
 from .errors import (
+    ChildRunError,
     ChildRunFailed,
     ConfigurationError,
     DatabaseInterrupted,
@@ -34,6 +35,7 @@ from .workflow import Workflow
 
 __all__ = [
     "AsyncRunHandle",
+    "ChildRunError",
     "ChildRunFailed",
     "Concurrency",
     "ConfigurationError",

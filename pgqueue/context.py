@@ -176,13 +176,15 @@ class RunContext:
     def spawn_sync(self, task: Task[Any, Any], items: Iterable[Any]) -> list[int]:
         return self._durably_sync(self._spawn_op(task, items))
 
-    async def gather(self, ids: list[int]) -> list[Any]:
+    async def gather(self, ids: list[int], *, return_exceptions: bool = False) -> list[Any]:
         """The results of child runs `ids`, in order, once all children of this run have
-        finished. Waiting holds no worker slot. Raises ChildRunFailed if any did not succeed."""
-        return list(cast(list[Any], await self._durably(self.durable().gather_op(ids))))
+        finished. Waiting holds no worker slot. Raises ChildRunFailed if any did not succeed;
+        with `return_exceptions=True`, a failed child's place holds a `ChildRunError` (its id,
+        status and error) instead, as with `asyncio.gather`."""
+        return list(cast(list[Any], await self._durably(self.durable().gather_op(ids, return_exceptions))))
 
-    def gather_sync(self, ids: list[int]) -> list[Any]:
-        return list(cast(list[Any], self._durably_sync(self.durable().gather_op(ids))))
+    def gather_sync(self, ids: list[int], *, return_exceptions: bool = False) -> list[Any]:
+        return list(cast(list[Any], self._durably_sync(self.durable().gather_op(ids, return_exceptions))))
 
     # -- suspending ------------------------------------------------------------------------
 

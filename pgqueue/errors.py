@@ -103,6 +103,24 @@ class ChildRunFailed(PgQueueError):
     """Some children gathered by a run failed, were cancelled or dead."""
 
 
+class ChildRunError(ChildRunFailed):
+    """One child run that did not succeed, as `gather(ids, return_exceptions=True)` returns it
+    in the child's place (like `asyncio.gather`): its id, final status and recorded error."""
+
+    def __init__(self, run_id: int, status: str, error: dict[str, object] | None) -> None:
+        self.run_id = run_id
+        self.status = status
+        self.error = error or {}
+        super().__init__(f"run {run_id} {status}: {self.error.get('type')}: {self.error.get('message')}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ChildRunError) and (self.run_id, self.status, self.error) == (
+            other.run_id, other.status, other.error)
+
+    def __hash__(self) -> int:
+        return hash((self.run_id, self.status))
+
+
 class WorkflowFailed(PgQueueError):
     """A node of the workflow failed for good; the workflow's run fails with it."""
 

@@ -118,6 +118,29 @@ async def hangs_past_deadline() -> str:
     return "never"
 
 
-def payload(n: int) -> dict[str, Any]:
-    return {"n": n}
+@app.task(retry=Retry(max_attempts=1))
+async def child(n: int) -> int:
+    if n < 0:
+        raise ValueError(f"no square of {n} today")
+    return n * n
+
+
+@app.task(retry=Retry(max_attempts=1))
+async def fan_out(count: int) -> dict[str, int]:
+    """Spawns `count` children and gathers them all (all-or-nothing)."""
+    ctx = current_run()
+    ids = await ctx.spawn(child, [{"n": i} for i in range(count)])
+    results = await ctx.gather(ids)
+    wrong = sum(1 for i, value in enumerate(results) if value != i * i)  # in the order of ids
+    return {"gathered": len(results), "wrong": wrong}
+
+
+@app.task(retry=Retry(max_attempts=1))
+async def fan_out_outcomes(numbers: list[int]) -> list[Any]:
+    """Gathers each child's outcome: a failed child's place holds its error."""
+    ctx = current_run()
+    ids = await ctx.spawn(child, [{"n": n} for n in numbers])
+    outcomes = await ctx.gather(ids, return_exceptions=True)
+    return [o if isinstance(o, int) else {"run": o.run_id, "status": o.status, "type": o.error["type"]}
+            for o in outcomes]
 

@@ -158,3 +158,25 @@ async def test_the_worker_names_tasks_without_a_timeout_at_start(faults: Any,
     [warning] = [r.getMessage() for r in caplog.records if "without a start-to-close timeout" in r.getMessage()]
     assert "always_later" in warning and "with_fallback" in warning
     assert "hung_async" not in warning and "hangs_past_deadline" not in warning
+
+
+async def test_gather_returns_each_childs_outcome_with_return_exceptions(faults: Any, dsn: str) -> None:
+    handle = await faults.fan_out_outcomes.enqueue_async([3, -1, 4])
+    async with running_worker(faults.app, poll_interval=0.05):
+        outcomes = await handle.result(timeout=30)
+    with psycopg.connect(dsn) as conn:
+        ids = [r[0] for r in conn.execute("SELECT id FROM pgqueue.runs WHERE parent_id = %s ORDER BY id",
+                                          (handle.id,))]
+    assert outcomes == [9, {"run": ids[1], "status": "failed", "type": "ValueError"}, 16]
+
+
+@pytest.mark.slow
+async def test_gather_of_100000_children_with_small_results(faults: Any, dsn: str) -> None:
+    count = 100_000
+    handle = await faults.fan_out.enqueue_async(count)
+    async with running_worker(faults.app, poll_interval=0.05, concurrency=100, lease=30.0, heartbeat=5.0):
+        assert await handle.result(timeout=900) == {"gathered": count, "wrong": 0}
+    with psycopg.connect(dsn) as conn:
+        output = conn.execute("SELECT output FROM pgqueue.steps WHERE run_id = %s AND step_key = 'gather#0'",
+                              (handle.id,)).fetchone()
+    assert output is not None and output[0]["children"] == count  # not 100,000 results in one step
