@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from conftest import bind, running_worker, wait_for
+from pgqueue.sqlfiles import query
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -180,3 +181,48 @@ async def test_gather_of_100000_children_with_small_results(faults: Any, dsn: st
         output = conn.execute("SELECT output FROM pgqueue.steps WHERE run_id = %s AND step_key = 'gather#0'",
                               (handle.id,)).fetchone()
     assert output is not None and output[0]["children"] == count  # not 100,000 results in one step
+
+
+def _complete_one(conn: psycopg.Connection[Any], worker: str, run_id: int, attempt: int, *,
+                  interrupted: int = 0, retry_later: int = 0, cap: int = 0, delay: float = 0.0) -> list[Any]:
+    """worker.complete for one run whose attempt asks for a retry (status 'queued')."""
+    outcome = "interrupted" if interrupted else "retry"
+    return conn.execute(query("worker.complete"), {
+        "worker": worker, "ids": [run_id], "attempts": [attempt], "statuses": ["queued"],
+        "attempt_outcomes": [outcome], "results": [None],
+        "errors": ['{"type": "DatabaseInterrupted", "message": "cut off"}'], "delays": [delay], "failed": [0],
+        "logs": [None], "retry_later": [retry_later], "retry_later_caps": [cap], "interrupted": [interrupted],
+        "max_interruptions": 2}).fetchall()
+
+
+def _claim(conn: psycopg.Connection[Any], worker: str, queue: str) -> list[Any]:
+    return conn.execute(query("worker.claim"),
+                        {"queues": [queue], "limit": 1, "worker": worker, "lease_s": 30}).fetchall()
+
+
+def test_interrupted_attempts_are_bounded_by_max_interruptions(dsn: str) -> None:
+    worker = "00000000-0000-0000-0000-0000000000c1"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (run_id,) = conn.execute("SELECT pgqueue.enqueue('outage_demo', '{}', queue => 'outages')").fetchone()  # type: ignore[misc]
+        for attempt in (1, 2, 3):
+            conn.execute("UPDATE pgqueue.runs SET run_at = now() WHERE id = %s", (run_id,))
+            conn.execute("UPDATE pgqueue.ready SET run_at = now() WHERE run_id = %s", (run_id,))
+            assert [r[3] for r in _claim(conn, worker, "outages")] == [attempt]
+            assert _complete_one(conn, worker, run_id, attempt, interrupted=1) == [(run_id,)]
+        row = run_row(dsn, run_id)
+    assert (row["status"], row["failures"], row["interruptions"]) == ("failed", 0, 3)
+    assert row["error"]["type"] == "InfrastructureFailure" and "max_interruptions of 2" in row["error"]["message"]
+    assert outcomes(dsn, run_id) == ["interrupted", "interrupted", "interrupted"]
+
+
+def test_a_retry_later_past_the_schedule_to_start_window_fails_as_expired(dsn: str) -> None:
+    worker = "00000000-0000-0000-0000-0000000000c2"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (run_id,) = conn.execute(  # type: ignore[misc]
+            "SELECT pgqueue.enqueue('late_demo', '{}', queue => 'late', schedule_to_start => '10 seconds')"
+        ).fetchone()
+        assert len(_claim(conn, worker, "late")) == 1
+        assert _complete_one(conn, worker, run_id, 1, retry_later=1, cap=100, delay=60) == [(run_id,)]
+        row = run_row(dsn, run_id)
+    assert (row["status"], row["error"]["type"]) == ("failed", "Expired")
+    assert "schedule_to_start" in row["error"]["message"]
