@@ -73,6 +73,8 @@ async def test_retry_later_for_ever_fails_once_the_tasks_cap_is_reached(faults: 
     assert "max_retry_later" in row["error"]["message"] and "4 times in a row" in row["error"]["message"]
     assert row["failures"] == 0 and row["retry_laters"] == 4
     assert outcomes(dsn, handle.id) == ["retry", "retry", "retry", "failed"]
+    assert await asyncio.to_thread(faults.app.retry, handle.id) == "queued"  # a fresh budget
+    assert run_row(dsn, handle.id)["retry_laters"] == 0
 
 
 async def test_a_backend_terminated_during_a_step_does_not_use_up_the_tasks_attempts(
@@ -129,6 +131,8 @@ async def test_no_retry_starts_past_the_runs_deadline(faults: Any, dsn: str) -> 
     # 1.5 s, retries every 0.2 s: a handful of attempts, then none once the next would start late
     assert 3 <= faults.CALLS["never_works"] <= 8
     assert row["attempt"] == faults.CALLS["never_works"]
+    assert await asyncio.to_thread(faults.app.retry, handle.id) == "queued"  # with a fresh deadline
+    assert run_row(dsn, handle.id)["deadline_at"] > row["deadline_at"]
 
 
 async def test_a_running_attempt_past_the_deadline_is_failed_and_a_late_queued_run_never_starts(
