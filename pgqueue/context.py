@@ -166,7 +166,7 @@ class RunContext:
     def _spawn_op(self, task: Task[Any, Any], items: Iterable[Any]) -> Op[list[int]]:
         texts = task.encode_many(items)
         return self.durable().spawn_op(task.name, texts, task.settings.queue, task.settings.priority,
-                                       task.flow_columns(texts))
+                                       task.flow_columns(texts), task.settings.deadline)
 
     async def spawn(self, task: Task[Any, Any], items: Iterable[Any]) -> list[int]:
         """Enqueue one child run of `task` per item (a model instance or a mapping of its

@@ -188,7 +188,8 @@ class Durable:
     # -- child runs ------------------------------------------------------------------------
 
     def spawn_op(self, task: str, inputs: list[str], queue: str, priority: int,
-                 flow: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None)) -> Op[list[int]]:
+                 flow: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None),
+                 deadline: float | None = None) -> Op[list[int]]:
         """Enqueue children in the same transaction as the step that records them: a replay of
         the parent returns the same ids and never spawns twice."""
         plan = yield from self.plan_op(f"spawn:{task}")
@@ -197,7 +198,8 @@ class Durable:
         run = self.fence["run"]
         keys = [f"{run}/{plan.key}/{i}" for i in range(len(inputs))]
         found = yield from enqueue_op(task, inputs, EnqueueOptions(), default_queue=queue,
-                                      default_priority=priority, idempotency_keys=keys, parent_id=int(run), flow=flow)
+                                      default_priority=priority, idempotency_keys=keys, parent_id=int(run), flow=flow,
+                                      deadline=deadline)
         created = sum(1 for _, was_created in found if was_created)
         if not (yield statement("durable.add_children", {**self.fence, "n": created})):
             raise _taken_over(run)

@@ -94,17 +94,18 @@ class TaskCall(Generic[P, R]):
     def options(self, *, queue: str | None = None, priority: int | None = None,
                 run_at: datetime | None = None, delay: timedelta | float | None = None,
                 idempotency_key: str | None = None, tags: Sequence[str] | None = None,
-                metadata: Mapping[str, Any] | None = None,
+                metadata: Mapping[str, Any] | None = None, deadline: float | None = None,
                 connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
                 ) -> TaskCall[P, R]:
         """Enqueue options for the next call.
 
         `connection`: enqueue inside that connection's current transaction, so that the run
-        exists only if the application's transaction commits.
+        exists only if the application's transaction commits. `deadline`: seconds from now the
+        run may take over all its attempts (instead of the task's `deadline`).
         """
         changes = {key: value for key, value in {
             "queue": queue, "priority": priority, "run_at": run_at, "delay": delay,
-            "idempotency_key": idempotency_key, "tags": tags, "metadata": metadata,
+            "idempotency_key": idempotency_key, "tags": tags, "metadata": metadata, "deadline": deadline,
         }.items() if value is not None}
         return TaskCall(self.task, replace(self._options, **cast(dict[str, Any], changes)),
                         connection or self._connection)
@@ -115,7 +116,8 @@ class TaskCall(Generic[P, R]):
         s2s = timedelta(seconds=settings.schedule_to_start) if settings.schedule_to_start else None
         return enqueue_op(settings.name, inputs, self._options, default_queue=settings.queue,
                           default_priority=settings.priority, schedule_to_start=s2s,
-                          idempotency_keys=keys, progress=progress, flow=self.task.flow_columns(inputs))
+                          deadline=settings.deadline, idempotency_keys=keys, progress=progress,
+                          flow=self.task.flow_columns(inputs))
 
     def _sync_connection(self) -> psycopg.Connection[Any] | None:
         if isinstance(self._connection, psycopg.AsyncConnection):

@@ -231,3 +231,23 @@ def test_a_retry_later_past_the_schedule_to_start_window_fails_as_expired(dsn: s
         row = run_row(dsn, run_id)
     assert (row["status"], row["error"]["type"]) == ("failed", "Expired")
     assert "schedule_to_start" in row["error"]["message"]
+
+
+async def test_the_deadline_comes_from_the_task_the_enqueue_option_or_the_registration(
+        faults: Any, dsn: str) -> None:
+    def seconds(run_id: int) -> float | None:
+        row = run_row(dsn, run_id)
+        return None if row["deadline_at"] is None else (row["deadline_at"] - row["created_at"]).total_seconds()
+
+    from_task = await faults.never_works.enqueue_async()
+    from_option = await faults.never_works.options(deadline=30).enqueue_async()
+    none = await faults.child.enqueue_async(1)
+    assert (seconds(from_task.id), seconds(from_option.id), seconds(none.id)) == (1.5, 30.0, None)
+    await asyncio.to_thread(faults.app.register_tasks)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (from_sql,) = conn.execute("SELECT pgqueue.enqueue('never_works', '{}')").fetchone()  # type: ignore[misc]
+        (sql_option,) = conn.execute(  # type: ignore[misc]
+            "SELECT pgqueue.enqueue('child', '{\"n\": 2}', deadline => '5 seconds')").fetchone()
+    assert (seconds(from_sql), seconds(sql_option)) == (1.5, 5.0)
+    for run_id in (from_task.id, from_option.id, none.id, from_sql, sql_option):  # not for later tests
+        await asyncio.to_thread(faults.app.cancel, run_id)

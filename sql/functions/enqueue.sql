@@ -83,7 +83,9 @@ CREATE OR REPLACE FUNCTION pgqueue.enqueue_many(
     parent_id         bigint DEFAULT NULL,
     concurrency_keys  text[] DEFAULT NULL,
     rate_costs        jsonb[] DEFAULT NULL,
-    trace_context     jsonb DEFAULT NULL
+    trace_context     jsonb DEFAULT NULL,
+    -- the run's deadline over all its attempts, from now (NULL: the task's registered deadline)
+    deadline          interval DEFAULT NULL
 ) RETURNS TABLE (id bigint, created boolean)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -127,10 +129,13 @@ BEGIN
         PERFORM pgqueue.reject_input(enqueue_many.task, v_bad.doc, v_bad.idx, v_limit);
     END IF;
     -- keys the caller left out come from the task's registration
-    -- and so does the run-level deadline, counted from now
+    -- and so does the run-level deadline, counted from now, unless the caller gave one
     SELECT t.concurrency_key_field IS NOT NULL OR t.concurrency_python_only OR t.rate_limits IS NOT NULL,
-           now() + t.deadline
+           now() + coalesce(enqueue_many.deadline, t.deadline)
       INTO v_flow, v_deadline FROM pgqueue.tasks t WHERE t.name = enqueue_many.task;
+    IF NOT FOUND THEN
+        v_deadline := now() + enqueue_many.deadline;  -- a task nobody registered
+    END IF;
     IF v_flow AND (v_keys IS NULL OR v_costs IS NULL) THEN
         SELECT array_agg(f.concurrency_key ORDER BY u.ord), array_agg(f.rate_cost ORDER BY u.ord)
           INTO v_keys, v_costs
@@ -213,6 +218,7 @@ CREATE OR REPLACE FUNCTION pgqueue.enqueue_one(
     concurrency_key   text DEFAULT NULL,
     rate_cost         jsonb DEFAULT NULL,
     trace_context     jsonb DEFAULT NULL,
+    deadline          interval DEFAULT NULL,
     OUT id            bigint,
     OUT created       boolean
 )
@@ -249,8 +255,10 @@ BEGIN
     VALUES (enqueue_one.task, v_queue, v_priority, enqueue_one.input, v_run_at, v_run_at + v_s2s,
             enqueue_one.idempotency_key, coalesce(enqueue_one.tags, '{}'), coalesce(enqueue_one.metadata, '{}'),
             v_key, v_cost, enqueue_one.trace_context,
-            -- the task's run-level deadline, counted from now (an index lookup, only when it has one)
-            now() + (SELECT t.deadline FROM pgqueue.tasks t WHERE t.name = enqueue_one.task))
+            -- the run-level deadline, counted from now: the caller's, else the task's (coalesce
+            -- evaluates the lookup only when the caller gave none)
+            coalesce(now() + enqueue_one.deadline,
+                     now() + (SELECT t.deadline FROM pgqueue.tasks t WHERE t.name = enqueue_one.task)))
     ON CONFLICT (task, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING runs.id INTO id;
     IF id IS NULL THEN
@@ -282,12 +290,13 @@ CREATE OR REPLACE FUNCTION pgqueue.enqueue(
     schedule_to_start interval DEFAULT NULL,
     concurrency_key   text DEFAULT NULL,
     rate_cost         jsonb DEFAULT NULL,
-    trace_context     jsonb DEFAULT NULL
+    trace_context     jsonb DEFAULT NULL,
+    deadline          interval DEFAULT NULL
 ) RETURNS bigint
 LANGUAGE sql AS $$
     SELECT e.id FROM pgqueue.enqueue_one(task, coalesce(input, '{}'::jsonb), queue, priority, run_at, delay,
                                          idempotency_key, tags, metadata, schedule_to_start,
-                                         concurrency_key, rate_cost, trace_context) AS e;
+                                         concurrency_key, rate_cost, trace_context, deadline) AS e;
 $$;
 
 COMMENT ON FUNCTION pgqueue.enqueue IS

@@ -22,3 +22,11 @@ ALTER TABLE pgqueue.attempts DROP CONSTRAINT attempts_outcome_check;
 ALTER TABLE pgqueue.attempts ADD CONSTRAINT attempts_outcome_check
     CHECK (outcome IN ('running', 'succeeded', 'failed', 'retry', 'timeout', 'crashed', 'cancelled',
                        'expired', 'handed_back', 'suspended', 'interrupted', 'heartbeat_timeout'));
+
+-- the enqueue functions take a run's `deadline` (sql/functions/enqueue.sql re-creates them)
+DROP FUNCTION IF EXISTS pgqueue.enqueue_many(text, jsonb[], text, integer, timestamptz, interval, text[], text[],
+                                             jsonb, interval, bigint, text[], jsonb[], jsonb);
+DROP FUNCTION IF EXISTS pgqueue.enqueue_one(text, jsonb, text, integer, timestamptz, interval, text, text[], jsonb,
+                                            interval, text, jsonb, jsonb);
+DROP FUNCTION IF EXISTS pgqueue.enqueue(text, jsonb, text, integer, timestamptz, interval, text, text[], jsonb,
+                                        interval, text, jsonb, jsonb);
