@@ -4,8 +4,10 @@ from .app import PgQueue
 from .context import RunContext, current_run
 from .cron import Schedule
 from .errors import (
+    ChildRunError,
     ChildRunFailed,
     ConfigurationError,
+    DatabaseInterrupted,
     DatabaseUnavailable,
     InputTooLarge,
     InvalidInput,
@@ -33,9 +35,11 @@ from .workflow import Workflow
 
 __all__ = [
     "AsyncRunHandle",
+    "ChildRunError",
     "ChildRunFailed",
     "Concurrency",
     "ConfigurationError",
+    "DatabaseInterrupted",
     "DatabaseUnavailable",
     "InputTooLarge",
     "InvalidInput",

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
-from .database import Database
+from .database import Database, engine_call
 from .durable import CheckpointWriter, Durable, raise_if_suspended
 from .errors import ConfigurationError, PgQueueError, TaskCancelled
 from .ops import Op
@@ -46,6 +48,7 @@ class RunContext:
     _logs: list[str] = field(default_factory=list, repr=False)
     _log_bytes: int = field(default=0, repr=False)
     _logs_dropped: int = field(default=0, repr=False)
+    _last_heartbeat: float = field(default_factory=time.monotonic, repr=False)
 
     @property
     def logger(self) -> logging.Logger:
@@ -72,6 +75,16 @@ class RunContext:
         """True once someone asked to cancel this run; sync tasks should check it and return."""
         return self._cancel.is_set()
 
+    def heartbeat(self) -> None:
+        """Say the attempt is alive. With the task's `heartbeat_timeout`, an attempt silent for
+        longer is presumed hung: the worker fails it (HeartbeatTimeout) and the retry policy
+        applies. Call it between the chunks of a long call, from async or sync code (no I/O)."""
+        self._last_heartbeat = time.monotonic()
+
+    def silent_for(self) -> float:
+        """Seconds since the attempt started or last called `heartbeat()`."""
+        return time.monotonic() - self._last_heartbeat
+
     def raise_if_cancelled(self) -> None:
         if self._cancel.is_set():
             raise TaskCancelled(f"run {self.run_id} was cancelled")
@@ -93,10 +106,14 @@ class RunContext:
     # Each durable operation runs in one transaction; the twins below only block or await it.
 
     async def _durably(self, op: Op[T]) -> T:
-        return raise_if_suspended(await self.database().execute_async(op, transaction=True))
+        with engine_call(f"run {self.run_id}'s durable operation"):
+            done = await self.database().execute_async(op, transaction=True)
+        return raise_if_suspended(done)
 
     def _durably_sync(self, op: Op[T]) -> T:
-        return raise_if_suspended(self.database().execute(op, transaction=True))
+        with engine_call(f"run {self.run_id}'s durable operation"):
+            done = self.database().execute(op, transaction=True)
+        return raise_if_suspended(done)
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -126,21 +143,30 @@ class RunContext:
         """Run `await fn(conn, *args)` in a transaction that also records the step: the
         database writes `fn` makes on `conn` and the checkpoint commit together, exactly once
         (if the run was taken over meanwhile, both roll back)."""
-        db = self.database()
-        async with (await db.async_pool()).connection() as conn, conn.transaction():
-            return cast(T, await run_step(db, self.durable(), name, fn, (conn, *args), None, None, conn))
+        db, what = self.database(), f"step {name!r} of run {self.run_id}"
+        async with contextlib.AsyncExitStack() as stack:
+            with engine_call(what):
+                conn = await stack.enter_async_context((await db.async_pool()).connection())
+            with engine_call(what, conn):  # the commit, or the connection lost under `fn`
+                async with conn.transaction():
+                    return cast(T, await run_step(db, self.durable(), name, fn, (conn, *args), None, None, conn))
+        raise AssertionError("unreachable")
 
     def step_in_transaction_sync(self, name: str, fn: Callable[..., T], *args: Any) -> T:
-        db = self.database()
-        with db.pool().connection() as conn, conn.transaction():
-            return cast(T, run_step_sync(db, self.durable(), name, fn, (conn, *args), None, conn))
+        db, what = self.database(), f"step {name!r} of run {self.run_id}"
+        with contextlib.ExitStack() as stack:
+            with engine_call(what):
+                conn = stack.enter_context(db.pool().connection())
+            with engine_call(what, conn), conn.transaction():
+                return cast(T, run_step_sync(db, self.durable(), name, fn, (conn, *args), None, conn))
+        raise AssertionError("unreachable")
 
     # -- child runs ------------------------------------------------------------------------
 
     def _spawn_op(self, task: Task[Any, Any], items: Iterable[Any]) -> Op[list[int]]:
         texts = task.encode_many(items)
         return self.durable().spawn_op(task.name, texts, task.settings.queue, task.settings.priority,
-                                       task.flow_columns(texts))
+                                       task.flow_columns(texts), task.settings.deadline)
 
     async def spawn(self, task: Task[Any, Any], items: Iterable[Any]) -> list[int]:
         """Enqueue one child run of `task` per item (a model instance or a mapping of its
@@ -150,13 +176,15 @@ class RunContext:
     def spawn_sync(self, task: Task[Any, Any], items: Iterable[Any]) -> list[int]:
         return self._durably_sync(self._spawn_op(task, items))
 
-    async def gather(self, ids: list[int]) -> list[Any]:
+    async def gather(self, ids: list[int], *, return_exceptions: bool = False) -> list[Any]:
         """The results of child runs `ids`, in order, once all children of this run have
-        finished. Waiting holds no worker slot. Raises ChildRunFailed if any did not succeed."""
-        return list(cast(list[Any], await self._durably(self.durable().gather_op(ids))))
+        finished. Waiting holds no worker slot. Raises ChildRunFailed if any did not succeed;
+        with `return_exceptions=True`, a failed child's place holds a `ChildRunError` (its id,
+        status and error) instead, as with `asyncio.gather`."""
+        return list(cast(list[Any], await self._durably(self.durable().gather_op(ids, return_exceptions))))
 
-    def gather_sync(self, ids: list[int]) -> list[Any]:
-        return list(cast(list[Any], self._durably_sync(self.durable().gather_op(ids))))
+    def gather_sync(self, ids: list[int], *, return_exceptions: bool = False) -> list[Any]:
+        return list(cast(list[Any], self._durably_sync(self.durable().gather_op(ids, return_exceptions))))
 
     # -- suspending ------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from .config import connect, connect_async, require_dsn
-from .errors import ConfigurationError
+from .errors import ConfigurationError, DatabaseInterrupted, DatabaseUnavailable
 from .migrations import check_schema_op
 from .ops import Op, ServerEndedConnection, ended_by_server, execute_on, execute_on_async, start
 
@@ -172,6 +172,29 @@ class Database:
             await self._async_pool.close()
             self._async_pool = None
         self.close()
+
+
+#: what a lost or restarting database raises in pgqueue's own calls
+CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable, OSError)
+
+
+@contextlib.contextmanager
+def engine_call(what: str, connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None
+                ) -> Iterator[None]:
+    """pgqueue's own database work on behalf of a running task: a lost connection or a
+    restarting server becomes `DatabaseInterrupted`, so that the worker tells it apart from an
+    error of the task's code (which uses up one of the task's attempts; this does not).
+
+    With `connection` (one pgqueue lent to the task's code, as in `step_in_transaction`), only
+    errors that left that connection broken are converted: the code's own errors pass as they are.
+    """
+    try:
+        yield
+    except CONNECTION_ERRORS as exc:
+        if connection is not None and not (connection.broken or connection.closed):
+            raise
+        raise DatabaseInterrupted(f"{what} was cut off by the database ({type(exc).__name__}: {exc}); "
+                                  "the run is retried without counting a failure") from exc
 
 
 def _maybe_transaction(conn: Any, transaction: bool) -> Any:

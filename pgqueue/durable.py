@@ -12,6 +12,7 @@ attempt and worker (see sql/queries/durable.sql).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
 
 from .enqueue import EnqueueOptions, enqueue_op
-from .errors import ChildRunFailed, NonDeterminismError, RunTakenOver, Suspended
+from .errors import ChildRunError, ChildRunFailed, NonDeterminismError, RunTakenOver, Suspended
 from .ops import Op, Statement, statement
 from .status import RunStatus
 
@@ -196,42 +197,103 @@ class Durable:
     # -- child runs ------------------------------------------------------------------------
 
     def spawn_op(self, task: str, inputs: list[str], queue: str, priority: int,
-                 flow: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None)) -> Op[list[int]]:
+                 flow: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None),
+                 deadline: float | None = None) -> Op[list[int]]:
         """Enqueue children in the same transaction as the step that records them: a replay of
         the parent returns the same ids and never spawns twice."""
         plan = yield from self.plan_op(f"spawn:{task}")
         if plan.done:
-            return list(cast(Recorded, plan.recorded).output)
+            return _spawned_ids(cast(Recorded, plan.recorded).output)
         run = self.fence["run"]
         keys = [f"{run}/{plan.key}/{i}" for i in range(len(inputs))]
         found = yield from enqueue_op(task, inputs, EnqueueOptions(), default_queue=queue,
-                                      default_priority=priority, idempotency_keys=keys, parent_id=int(run), flow=flow)
+                                      default_priority=priority, idempotency_keys=keys, parent_id=int(run), flow=flow,
+                                      deadline=deadline)
         created = sum(1 for _, was_created in found if was_created)
         if not (yield statement("durable.add_children", {**self.fence, "n": created})):
             raise _taken_over(run)
         ids = [run_id for run_id, _ in found]
-        yield from self.record_op(plan, RunStatus.SUCCEEDED, ids)
+        yield from self.record_op(plan, RunStatus.SUCCEEDED, {"id_ranges": _id_ranges(ids)})
         return ids
 
-    def gather_op(self, ids: list[int]) -> Op[object]:
-        """Outcomes of children `ids`, once every child of this run has finished; until then
-        the run waits (no slot held) and the last child to finish wakes it."""
+    def gather_op(self, ids: list[int], return_exceptions: bool = False) -> Op[object]:
+        """Outcomes of children `ids`, in order, once every child of this run has finished;
+        until then the run waits (no slot held) and the last child to finish wakes it.
+
+        The step records only how many children were gathered and a digest of their ids (never
+        their results: 100,000 results would not fit in one step output); the results are read
+        from the children, a page at a time. `return_exceptions`: a failed child's place holds a
+        `ChildRunError` instead of the gather raising `ChildRunFailed`."""
         plan = yield from self.plan_op("gather")
         if plan.done:
-            return cast(Recorded, plan.recorded).output
+            recorded = cast(Recorded, plan.recorded).output
+            if isinstance(recorded, list):  # recorded by an earlier version: the results themselves
+                return recorded
+            if recorded != _gathered(ids):
+                raise NonDeterminismError(
+                    f"run {self.fence['run']}: step {plan.key} gathered other child runs than the code now "
+                    "asks for; gather the ids returned by spawn, in the same order")
+            return (yield from self._children_outcomes(ids, return_exceptions))
         pending = (yield statement("durable.pending_children", self.fence))[0][0]
         if pending > 0:
             yield from self.suspend_op(RunStatus.WAITING, None, f"waiting for {pending} child run(s)")
             return SUSPENDED
-        rows = yield statement("durable.children_outcomes", {"ids": ids})
-        failed = [(run_id, status, error) for run_id, status, _, error in rows if status != RunStatus.SUCCEEDED]
+        outcomes = yield from self._children_outcomes(ids, return_exceptions)
+        yield from self.record_op(plan, RunStatus.SUCCEEDED, _gathered(ids))
+        return outcomes
+
+    def _children_outcomes(self, ids: list[int], return_exceptions: bool) -> Op[list[Any]]:
+        """The children's results in the order of `ids`, read GATHER_PAGE at a time."""
+        outcomes: list[Any] = []
+        failed: list[ChildRunError] = []
+        for start in range(0, len(ids), GATHER_PAGE):
+            page = ids[start:start + GATHER_PAGE]
+            rows = yield statement("durable.children_outcomes", {"ids": page}, custom_plan=True)
+            if len(rows) != len(page):
+                found = {row[0] for row in rows}
+                missing = [i for i in page if i not in found]
+                raise ChildRunFailed(f"{len(missing)} child run(s) no longer exist (e.g. {missing[:5]}): "
+                                     "pruned by retention, or not children of this run")
+            for run_id, status, result, error in rows:
+                if status == RunStatus.SUCCEEDED:
+                    outcomes.append(result)
+                    continue
+                child = ChildRunError(run_id, status, error)
+                outcomes.append(child)
+                if not return_exceptions:
+                    failed.append(child)
         if failed:
-            detail = "; ".join(f"run {i} {s}: {(e or {}).get('type')}: {(e or {}).get('message')}"
-                               for i, s, e in failed[:5])
-            raise ChildRunFailed(f"{len(failed)} of {len(rows)} child runs did not succeed ({detail})")
-        results = [result for _, _, result, _ in rows]
-        yield from self.record_op(plan, RunStatus.SUCCEEDED, results)
-        return results
+            detail = "; ".join(str(child) for child in failed[:5])
+            raise ChildRunFailed(f"{len(failed)} of {len(ids)} child runs did not succeed ({detail})")
+        return outcomes
+
+
+def _id_ranges(ids: list[int]) -> list[list[int]]:
+    """`ids` as [first, count] runs of consecutive ids: one bulk insert numbers its children
+    consecutively, so 100,000 ids take a few bytes in the spawn's step, not a megabyte."""
+    ranges: list[list[int]] = []
+    for run_id in ids:
+        if ranges and ranges[-1][0] + ranges[-1][1] == run_id:
+            ranges[-1][1] += 1
+        else:
+            ranges.append([run_id, 1])
+    return ranges
+
+
+def _spawned_ids(recorded: Any) -> list[int]:
+    if isinstance(recorded, list):  # recorded by an earlier version: the ids themselves
+        return [int(run_id) for run_id in recorded]
+    return [first + i for first, count in recorded["id_ranges"] for i in range(count)]
+
+
+#: children read per statement by a gather
+GATHER_PAGE = 5000
+
+
+def _gathered(ids: list[int]) -> dict[str, Any]:
+    """What a gather's step records: how many children, and a digest of their ids."""
+    digest = hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()
+    return {"children": len(ids), "ids_sha256": digest}
 
 
 def send_event_op(name: str, key: str = "", payload: Any = None) -> Op[int]:

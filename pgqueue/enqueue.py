@@ -32,8 +32,12 @@ class EnqueueOptions:
     idempotency_key: str | None = None
     tags: Sequence[str] = ()
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: seconds from now the run may take over all its attempts (None: the task's `deadline`)
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
+        if self.deadline is not None and self.deadline <= 0:
+            raise ConfigurationError("deadline must be a positive number of seconds")
         if self.run_at is not None and self.run_at.tzinfo is None:
             raise ConfigurationError("run_at must be timezone-aware, e.g. datetime.now(timezone.utc)")
         if isinstance(self.delay, (int, float)) and self.delay < 0:
@@ -46,6 +50,7 @@ BULK_CHUNK = 5000  # inputs per statement of a bulk enqueue
 def enqueue_op(task: str, inputs: Sequence[str], options: EnqueueOptions, *,
                default_queue: str | None = None, default_priority: int | None = None,
                schedule_to_start: timedelta | None = None,
+               deadline: float | None = None,
                idempotency_keys: Sequence[str] | None = None,
                progress: Callable[[int], None] | None = None,
                parent_id: int | None = None,
@@ -75,6 +80,8 @@ def enqueue_op(task: str, inputs: Sequence[str], options: EnqueueOptions, *,
         "tags": list(options.tags) or None,
         "metadata": Jsonb(dict(options.metadata)) if options.metadata else None,
         "schedule_to_start": schedule_to_start,
+        # None: the database applies the task's registered deadline, if any
+        "deadline": _seconds(options.deadline if options.deadline is not None else deadline),
     }
     with tracing.enqueue_span(task, queue, len(inputs)) as span:
         params["trace_context"] = None if span.carrier is None else Jsonb(span.carrier)
@@ -107,6 +114,10 @@ def _insert_op(params: dict[str, Any], inputs: Sequence[str], keys: Sequence[str
         if progress:
             progress(len(found))
     return found
+
+
+def _seconds(value: float | None) -> timedelta | None:
+    return None if value is None else timedelta(seconds=value)
 
 
 def to_json_text(value: Mapping[str, Any]) -> str:

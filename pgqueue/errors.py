@@ -3,8 +3,9 @@
 Three kinds live here:
 - errors (`PgQueueError` and below): something is wrong, and the message says what to do;
 - requests a task raises on purpose (`RetryLater`, `RateLimited`): not failures of the attempt;
-- control flow of the worker (`Suspended`, `RunTakenOver`): `BaseException`s, so that a task's
-  own `except Exception:` can never swallow them (asyncio's `CancelledError` does the same).
+- control flow of the worker (`Suspended`, `RunTakenOver`, `StepRetry`, `TaskCancelled`):
+  `BaseException`s, so that a task's own `except Exception:` can never swallow them (asyncio's
+  `CancelledError` does the same).
 """
 
 from __future__ import annotations
@@ -22,6 +23,16 @@ class ConfigurationError(PgQueueError):
 
 class DatabaseUnavailable(PgQueueError):
     """The PostgreSQL server cannot be reached or refused the connection."""
+
+
+class DatabaseInterrupted(PgQueueError):
+    """pgqueue's own database work for a running task (a step checkpoint, a spawn, a sleep) was
+    cut off: the connection dropped, the server restarted or could not be reached.
+
+    Not a failure of the task's code: the worker retries the run without using up the task's
+    retry attempts, counting the attempt as `interrupted` (bounded by the worker's
+    `max_interruptions`). The original psycopg error is its `__cause__`.
+    """
 
 
 class SchemaMissing(PgQueueError):
@@ -79,8 +90,9 @@ class RunFailed(PgQueueError):
         super().__init__(f"run {run_id} ended {status}{detail}")
 
 
-class TaskCancelled(PgQueueError):
-    """The run was cancelled while it ran."""
+class HeartbeatTimeout(PgQueueError):
+    """A running attempt of a task with `heartbeat_timeout` went that long without calling
+    `ctx.heartbeat()`: it is presumed hung, failed, and retried per the task's policy."""
 
 
 class NonDeterminismError(PgQueueError):
@@ -89,6 +101,24 @@ class NonDeterminismError(PgQueueError):
 
 class ChildRunFailed(PgQueueError):
     """Some children gathered by a run failed, were cancelled or dead."""
+
+
+class ChildRunError(ChildRunFailed):
+    """One child run that did not succeed, as `gather(ids, return_exceptions=True)` returns it
+    in the child's place (like `asyncio.gather`): its id, final status and recorded error."""
+
+    def __init__(self, run_id: int, status: str, error: dict[str, object] | None) -> None:
+        self.run_id = run_id
+        self.status = status
+        self.error = error or {}
+        super().__init__(f"run {run_id} {status}: {self.error.get('type')}: {self.error.get('message')}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ChildRunError) and (self.run_id, self.status, self.error) == (
+            other.run_id, other.status, other.error)
+
+    def __hash__(self) -> int:
+        return hash((self.run_id, self.status))
 
 
 class WorkflowFailed(PgQueueError):
@@ -132,3 +162,25 @@ class Suspended(BaseException):
 
 class RunTakenOver(BaseException):
     """A fenced write found the run no longer running this attempt here (rescued or cancelled)."""
+
+
+class StepRetry(BaseException):
+    """A step with its own `retry=` policy failed and asks for the run to be retried after `delay`.
+
+    Raised by `ctx.step` (never by user code): as a `BaseException`, a task's `except Exception:`
+    around the step does not swallow it, so the step's policy applies; the task's code sees the
+    step's failure (the original exception) only once the step's retries are spent.
+    """
+
+    def __init__(self, delay: float, reason: str) -> None:
+        self.delay = delay
+        self.reason = reason
+        super().__init__(f"retry in {delay:g}s: {reason}")
+
+
+class TaskCancelled(BaseException):
+    """The run was cancelled while it ran (raised by `ctx.raise_if_cancelled()`).
+
+    A `BaseException`, like `asyncio.CancelledError`: a sync task's `except Exception:` does not
+    swallow it, and the run ends cancelled. Catch it by name to clean up, then re-raise it.
+    """

@@ -61,7 +61,8 @@ class TaskRegistry:
              retry: Retry | None = None, timeout: float | None = None,
              schedule_to_start: float | None = None, on_event: str | Sequence[str] = (),
              concurrency: Concurrency | None = None,
-             rate_limits: Sequence[RateLimit] | RateLimit = ()) -> TaskDecorator: ...
+             rate_limits: Sequence[RateLimit] | RateLimit = (), max_retry_later: int = 100,
+             deadline: float | None = None, heartbeat_timeout: float | None = None) -> TaskDecorator: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Declare a task. Use as `@app.task` or `@app.task(queue=..., retry=..., ...)`.
@@ -71,7 +72,11 @@ class TaskRegistry:
         timeout: start-to-close seconds per attempt; schedule_to_start: seconds a run may
         wait before it fails as expired; on_event: event names that start a run of this task
         with the event's payload as input; concurrency: a `Concurrency` rule (at most N running
-        runs per key); rate_limits: `RateLimit` rules (units taken before a run starts).
+        runs per key); rate_limits: `RateLimit` rules (units taken before a run starts);
+        max_retry_later: RetryLater requests in a row before the run fails (default 100);
+        deadline: seconds from creation after which the run fails as DeadlineExceeded, over
+        all attempts; heartbeat_timeout: seconds without `ctx.heartbeat()` after which the
+        attempt fails (and is retried per `retry`).
         """
         if fn is not None:
             return self.register(fn)
@@ -134,7 +139,8 @@ class TaskRegistry:
         for task in self.tasks.values():
             s = task.settings
             s2s = None if s.schedule_to_start is None else f"{s.schedule_to_start} seconds"
-            yield statement("tasks.register", (s.name, s.queue, s.priority, s2s))
+            deadline = None if s.deadline is None else f"{s.deadline} seconds"
+            yield statement("tasks.register", (s.name, s.queue, s.priority, s2s, deadline))
             yield statement("flow.register_flow", {"task": s.name, **registration(s.concurrency, s.rate_limits)})
             for event in s.on_event:
                 yield statement("durable.subscribe", (event, s.name))

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, cast, get_type_hints
 import pydantic
 
 from . import tracing
+from .database import engine_call
 from .durable import Durable, Plan, Recorded
-from .errors import RetryLater, RunTakenOver
+from .errors import RunTakenOver, StepRetry
 from .ops import Op
 from .retry import Retry
 from .status import RunStatus
@@ -79,8 +80,9 @@ def _step(durable: Durable, name: str, fn: Callable[..., Any], retry: Retry | No
             attempts = yield Checkpoint(plan, RunStatus.FAILED, None, error, time.monotonic() - started)
             if retry is not None and retry.should_retry(attempts, exc):
                 # the run is requeued after the step's backoff: no worker slot held while waiting,
-                # and the task's own attempts are not used up
-                raise RetryLater(retry.delay(attempts), f"step {plan.key} failed ({type(exc).__name__}: {exc}); "
+                # and the task's own attempts are not used up. A BaseException, so that the task's
+                # `except Exception:` around the step cannot turn the first failure into its fallback
+                raise StepRetry(retry.delay(attempts), f"step {plan.key} failed ({type(exc).__name__}: {exc}); "
                                                         f"attempt {attempts} of {retry.max_attempts}") from exc
             raise
         output = _adapter(fn).dump_python(value, mode="json")
@@ -100,10 +102,10 @@ async def run_step(db: Database, durable: Durable, name: str, fn: Callable[..., 
                     answer = fn(*args)
                     if inspect.isawaitable(answer):
                         answer = await asyncio.wait_for(answer, timeout)
-                elif isinstance(effect, Checkpoint):
-                    answer = await _checkpoint(db, durable, effect, connection)
                 else:
-                    answer = await db.execute_async(effect, connection)
+                    with engine_call(f"step {name!r} of run {durable.fence['run']}"):
+                        answer = await (_checkpoint(db, durable, effect, connection) if isinstance(effect, Checkpoint)
+                                        else db.execute_async(effect, connection))
             except BaseException as exc:  # thrown into the step, which decides (and re-raises)
                 effect = steps.throw(exc)
             else:
@@ -121,10 +123,10 @@ def run_step_sync(db: Database, durable: Durable, name: str, fn: Callable[..., A
             try:
                 if isinstance(effect, _Call):
                     answer = fn(*args)
-                elif isinstance(effect, Checkpoint):
-                    answer = db.execute(_checkpoint_op(durable, effect), connection)
                 else:
-                    answer = db.execute(effect, connection)
+                    with engine_call(f"step {name!r} of run {durable.fence['run']}"):
+                        answer = db.execute(_checkpoint_op(durable, effect) if isinstance(effect, Checkpoint)
+                                            else effect, connection)
             except BaseException as exc:
                 effect = steps.throw(exc)
             else:

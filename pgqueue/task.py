@@ -46,6 +46,13 @@ class TaskSettings:
     concurrency: Concurrency | None = None
     #: units taken from rate limits before a run starts (pgqueue.flow.RateLimit)
     rate_limits: Sequence[RateLimit] = ()
+    #: RetryLater/RateLimited requests in a row after which the run fails (RetryLaterLimit)
+    max_retry_later: int = 100
+    #: seconds from the run's creation after which it fails as DeadlineExceeded, whatever
+    #: attempt it is at (no attempt starts after it; a running one is failed)
+    deadline: float | None = None
+    #: seconds without `ctx.heartbeat()` after which a running attempt is failed (and retried)
+    heartbeat_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency is not None and not isinstance(self.concurrency, Concurrency):
@@ -67,7 +74,10 @@ class TaskSettings:
             raise TaskDefinitionError(f"queue name {self.queue!r} is not valid: use letters, digits and . _ : -")
         if not -32768 <= self.priority <= 32767:
             raise TaskDefinitionError("priority must be between -32768 and 32767 (higher runs first)")
-        for label, value in (("timeout", self.timeout), ("schedule_to_start", self.schedule_to_start)):
+        if self.max_retry_later < 0:
+            raise TaskDefinitionError(f"task {self.name!r}: max_retry_later must be >= 0 (0: never retry later)")
+        for label, value in (("timeout", self.timeout), ("schedule_to_start", self.schedule_to_start),
+                             ("deadline", self.deadline), ("heartbeat_timeout", self.heartbeat_timeout)):
             if value is not None and value <= 0:
                 raise TaskDefinitionError(f"task {self.name!r}: {label} must be a positive number of seconds")
 
@@ -84,17 +94,18 @@ class TaskCall(Generic[P, R]):
     def options(self, *, queue: str | None = None, priority: int | None = None,
                 run_at: datetime | None = None, delay: timedelta | float | None = None,
                 idempotency_key: str | None = None, tags: Sequence[str] | None = None,
-                metadata: Mapping[str, Any] | None = None,
+                metadata: Mapping[str, Any] | None = None, deadline: float | None = None,
                 connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
                 ) -> TaskCall[P, R]:
         """Enqueue options for the next call.
 
         `connection`: enqueue inside that connection's current transaction, so that the run
-        exists only if the application's transaction commits.
+        exists only if the application's transaction commits. `deadline`: seconds from now the
+        run may take over all its attempts (instead of the task's `deadline`).
         """
         changes = {key: value for key, value in {
             "queue": queue, "priority": priority, "run_at": run_at, "delay": delay,
-            "idempotency_key": idempotency_key, "tags": tags, "metadata": metadata,
+            "idempotency_key": idempotency_key, "tags": tags, "metadata": metadata, "deadline": deadline,
         }.items() if value is not None}
         return TaskCall(self.task, replace(self._options, **cast(dict[str, Any], changes)),
                         connection or self._connection)
@@ -105,7 +116,8 @@ class TaskCall(Generic[P, R]):
         s2s = timedelta(seconds=settings.schedule_to_start) if settings.schedule_to_start else None
         return enqueue_op(settings.name, inputs, self._options, default_queue=settings.queue,
                           default_priority=settings.priority, schedule_to_start=s2s,
-                          idempotency_keys=keys, progress=progress, flow=self.task.flow_columns(inputs))
+                          deadline=settings.deadline, idempotency_keys=keys, progress=progress,
+                          flow=self.task.flow_columns(inputs))
 
     def _sync_connection(self) -> psycopg.Connection[Any] | None:
         if isinstance(self._connection, psycopg.AsyncConnection):

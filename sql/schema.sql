@@ -54,7 +54,9 @@ CREATE TABLE pgqueue.tasks (
     concurrency_python_only boolean NOT NULL DEFAULT false,
     -- a list of {"limit": name, "key_field": field or null, "units": n,
     --            "units_field": field or null, "python_only": bool}
-    rate_limits       jsonb
+    rate_limits       jsonb,
+    -- run-level deadline over all attempts, counted from the run's creation
+    deadline          interval
 );
 
 -- Runs -----------------------------------------------------------------------------------
@@ -101,7 +103,14 @@ CREATE TABLE pgqueue.runs (
     workflow_node     text,
     trace_context     jsonb,
     -- what the run costs in rate-limit units: [{"limit": name, "key": key, "units": n}, ...]
-    rate_cost         jsonb
+    rate_cost         jsonb,
+    -- consecutive RetryLater requests (capped by the task's max_retry_later)
+    retry_laters      integer NOT NULL DEFAULT 0,
+    -- attempts cut off by an infrastructure failure (connection dropped, server restarted):
+    -- not failures of the task's code, bounded like recoveries
+    interruptions     integer NOT NULL DEFAULT 0,
+    -- the run fails as DeadlineExceeded after this, whatever attempt it is at
+    deadline_at       timestamptz
 ) WITH (
     fillfactor = 90,
     autovacuum_vacuum_scale_factor = 0.02,
@@ -116,6 +125,8 @@ CREATE INDEX runs_running_lease ON pgqueue.runs (lease_expires_at) WHERE status 
 CREATE INDEX runs_queued_expiry ON pgqueue.runs (expires_at)
     WHERE status = 'queued' AND expires_at IS NOT NULL;
 -- suspended runs wake up by time
+CREATE INDEX runs_deadline ON pgqueue.runs (deadline_at)
+    WHERE deadline_at IS NOT NULL AND status IN ('queued', 'running', 'sleeping', 'waiting');
 CREATE INDEX runs_suspended_until ON pgqueue.runs (run_at) WHERE status IN ('sleeping', 'waiting');
 CREATE INDEX runs_failed_finished ON pgqueue.runs (finished_at) WHERE status IN ('failed', 'dead');
 CREATE INDEX runs_task_id ON pgqueue.runs (task, id);
@@ -195,7 +206,8 @@ CREATE TABLE pgqueue.attempts (
     finished_at   timestamptz,
     outcome       text NOT NULL
         CHECK (outcome IN ('running', 'succeeded', 'failed', 'retry', 'timeout',
-                           'crashed', 'cancelled', 'expired', 'handed_back', 'suspended')),
+                           'crashed', 'cancelled', 'expired', 'handed_back', 'suspended',
+                           'interrupted', 'heartbeat_timeout')),
     error_type    text,
     error_message text,
     traceback     text,

@@ -195,7 +195,8 @@ def test_zombie_cannot_record_after_its_lease_was_taken_over(dsn: str) -> None:
             return conn.execute(query("worker.complete"), {  # type: ignore[arg-type]
                 "worker": worker, "ids": [run_id], "attempts": [attempt], "statuses": ["succeeded"],
                 "attempt_outcomes": ["succeeded"], "results": [result], "errors": [None], "delays": [0.0],
-                "failed": [0], "logs": [None]}).fetchall()
+                "failed": [0], "logs": [None], "retry_later": [0], "retry_later_caps": [0], "interrupted": [0],
+                "max_interruptions": 10}).fetchall()
 
         assert [r[0] for r in claim(a)] == [run_id]
         conn.execute("UPDATE pgqueue.runs SET lease_expires_at = now() - interval '1 second' WHERE id = %s",

@@ -43,6 +43,9 @@ def _queues(value: str) -> list[str]:
               show_envvar=True, show_default=True, help="Seconds running runs get to finish on shutdown.")
 @click.option("--max-recoveries", type=click.IntRange(min=0), default=3, envvar="PGQUEUE_MAX_RECOVERIES",
               show_envvar=True, show_default=True, help="Crash recoveries before a run is marked dead.")
+@click.option("--max-interruptions", type=click.IntRange(min=0), default=10, envvar="PGQUEUE_MAX_INTERRUPTIONS",
+              show_envvar=True, show_default=True,
+              help="Attempts cut off by database failures before a run fails (not counted as failures).")
 @click.option("--burst", is_flag=True, help="Exit when no due run is left.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, envvar="PGQUEUE_METRICS_PORT",
               show_envvar=True, help="Serve Prometheus metrics on this port (off by default).")
@@ -55,8 +58,8 @@ def _queues(value: str) -> list[str]:
 @friendly_errors
 def worker_cmd(app_path: str, dsn: str | None, queues: str, concurrency: int, batch_size: int, name: str | None,
                lease: float, heartbeat: float, poll_interval: float, grace_period: float, max_recoveries: int,
-               burst: bool, metrics_port: int | None, metrics_host: str, metrics_token: str | None,
-               log_level: str) -> None:
+               max_interruptions: int, burst: bool, metrics_port: int | None, metrics_host: str,
+               metrics_token: str | None, log_level: str) -> None:
     """Run the tasks of the PgQueue app at MODULE:ATTR (like `uvicorn module:app`).
 
     SIGTERM or SIGINT stops claiming, lets running runs finish within the grace period, hands
@@ -68,7 +71,8 @@ def worker_cmd(app_path: str, dsn: str | None, queues: str, concurrency: int, ba
         app.db.use_dsn(dsn)
     settings = WorkerSettings(queues=_queues(queues), concurrency=concurrency, batch_size=batch_size,
                               lease=lease, heartbeat=heartbeat, poll_interval=poll_interval,
-                              grace_period=grace_period, max_recoveries=max_recoveries, burst=burst,
+                              grace_period=grace_period, max_recoveries=max_recoveries,
+                              max_interruptions=max_interruptions, burst=burst,
                               metrics_port=metrics_port, metrics_host=metrics_host, metrics_token=metrics_token)
     if name:
         settings.name = name

@@ -25,9 +25,11 @@ class Completer:
     worker keeps heart-beating its run meanwhile, so nobody runs it again.
     """
 
-    def __init__(self, db: Database, worker_id: str, on_written: Callable[[], None]) -> None:
+    def __init__(self, db: Database, worker_id: str, on_written: Callable[[], None],
+                 max_interruptions: int = 10) -> None:
         self.db = db
         self.worker_id = worker_id
+        self.max_interruptions = max_interruptions
         self._on_written = on_written
         self._pending: list[Outcome] = []
         self._arrived = asyncio.Event()
@@ -57,7 +59,7 @@ class Completer:
                 # in id order: row locks taken in one order everywhere cannot deadlock
                 batch = sorted(self._pending[:MAX_BATCH], key=lambda o: o.run_id)
                 try:
-                    applied = await self.db.execute_async(complete_op(self.worker_id, batch))
+                    applied = await self.db.execute_async(complete_op(self.worker_id, batch, self.max_interruptions))
                 except DB_ERRORS as exc:  # kept, and written again: never run again
                     await backoff.sleep_after(exc)
                     continue
@@ -68,7 +70,7 @@ class Completer:
             self._idle.set()
 
 
-def complete_op(worker_id: str, batch: list[Outcome]) -> Op[set[int]]:
+def complete_op(worker_id: str, batch: list[Outcome], max_interruptions: int = 10) -> Op[set[int]]:
     """Record a batch of outcomes; the ids of those applied (the others lost their lease)."""
     rows = yield statement("worker.complete", {
         "worker": worker_id,
@@ -81,6 +83,10 @@ def complete_op(worker_id: str, batch: list[Outcome]) -> Op[set[int]]:
         "delays": [o.delay for o in batch],
         "failed": [o.failed for o in batch],
         "logs": [o.logs for o in batch],
+        "retry_later": [o.retry_later for o in batch],
+        "retry_later_caps": [o.retry_later_cap for o in batch],
+        "interrupted": [o.interrupted for o in batch],
+        "max_interruptions": max_interruptions,
     }, custom_plan=True)
     return {row[0] for row in rows}
 

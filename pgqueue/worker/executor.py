@@ -7,13 +7,24 @@ import contextvars
 import json
 import logging
 import traceback
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import tracing
 from ..context import RunContext, _current
-from ..errors import InvalidInput, RateLimited, RetryLater, RunTakenOver, Suspended, TaskCancelled
+from ..errors import (
+    DatabaseInterrupted,
+    HeartbeatTimeout,
+    InvalidInput,
+    RateLimited,
+    RetryLater,
+    RunTakenOver,
+    StepRetry,
+    Suspended,
+    TaskCancelled,
+)
 from ..status import RunStatus
 from .claimer import Claimed
 
@@ -24,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgqueue.worker")
 
 MAX_TRACEBACK = 16_000  # characters kept per attempt
+#: seconds before an interrupted attempt's run is retried (a restarting server is back soon)
+INTERRUPTED_DELAY = 1.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,11 @@ class Outcome:
     delay: float = 0.0
     failed: int = 0
     logs: str | None = None
+    #: 1: the task asked to retry later (counted against `retry_later_cap` in a row)
+    retry_later: int = 0
+    retry_later_cap: int = 0
+    #: 1: the attempt was cut off by an infrastructure failure (not counted in `failed`)
+    interrupted: int = 0
 
 
 def error_info(exc: BaseException, with_traceback: bool = True) -> dict[str, Any]:
@@ -57,6 +75,45 @@ def failure(run: Claimed, task: Task[Any, Any] | None, exc: BaseException,
                        "retry" if attempt_outcome == "failed" else attempt_outcome,
                        error=error_info(exc), delay=task.settings.retry.delay(failures), failed=1)
     return Outcome(run.id, run.attempt, RunStatus.FAILED, attempt_outcome, error=error_info(exc), failed=1)
+
+
+def interrupted(run: Claimed, exc: BaseException) -> Outcome:
+    """An attempt cut off by pgqueue's own database work failing (connection lost, server
+    restarted): retried soon, counted in the run's `interruptions`, not in its failures."""
+    return Outcome(run.id, run.attempt, RunStatus.QUEUED, "interrupted", error=error_info(exc),
+                   delay=INTERRUPTED_DELAY, interrupted=1)
+
+
+def _interruption(exc: BaseException) -> DatabaseInterrupted | None:
+    """The DatabaseInterrupted behind `exc`, if the task's code wrapped or re-raised one."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, DatabaseInterrupted):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+async def _watched(call: Coroutine[Any, Any, Any], ctx: RunContext, limit: float) -> Any:
+    """Await `call` while the attempt heart-beats at least every `limit` seconds; once silent for
+    longer, stop it (an async task is cancelled; a sync one cannot be killed: it is asked to
+    stop through `cancel_requested`, and whatever it does later is fenced off) and raise."""
+    inner = asyncio.ensure_future(call)
+    try:
+        while ctx.silent_for() < limit:
+            done, _ = await asyncio.wait({inner}, timeout=limit - ctx.silent_for())
+            if done:
+                return inner.result()
+    except BaseException:  # the attempt's timeout, a cancellation, a shutdown: the call stops too
+        inner.cancel()
+        raise
+    ctx.request_cancel()
+    inner.cancel()
+    raise HeartbeatTimeout(f"run {ctx.run_id}: no ctx.heartbeat() for {ctx.silent_for():.1f}s, more than the "
+                           f"task's heartbeat_timeout of {limit:g}s; the attempt is presumed hung. Call "
+                           "ctx.heartbeat() more often during long calls, or raise heartbeat_timeout")
 
 
 def final_failure(run: Claimed, kind: str, message: str, attempt_outcome: str = "failed") -> Outcome:
@@ -97,20 +154,26 @@ class Executor:
         except InvalidInput as exc:
             return final_failure(run, "InvalidInput", str(exc))
         try:
-            value = await asyncio.wait_for(self._call(task, args, kwargs, ctx), task.settings.timeout)
+            call = self._call(task, args, kwargs, ctx)
+            if task.settings.heartbeat_timeout is not None:
+                call = _watched(call, ctx, task.settings.heartbeat_timeout)
+            value = await asyncio.wait_for(call, task.settings.timeout)
             result = json.dumps(task.codec.encode_output(value), separators=(",", ":"))
         except Suspended:
             return None
         except RunTakenOver as lost:
             log.warning("run %d: %s; this attempt's work is dropped", run.id, lost)
             return None
-        except RateLimited as request:
-            await self._hold(run, request)
+        except StepRetry as request:  # bounded by the step's own policy
             return Outcome(run.id, run.attempt, RunStatus.QUEUED, "retry", error=error_info(request, False),
                            delay=request.delay)
         except RetryLater as request:
+            if isinstance(request, RateLimited):
+                await self._hold(run, request)
             return Outcome(run.id, run.attempt, RunStatus.QUEUED, "retry", error=error_info(request, False),
-                           delay=request.delay)
+                           delay=request.delay, retry_later=1, retry_later_cap=task.settings.max_retry_later)
+        except HeartbeatTimeout as silent:
+            return failure(run, task, silent, "heartbeat_timeout")
         except TimeoutError:
             timeout = TimeoutError(f"the attempt ran longer than the task's timeout of {task.settings.timeout:g}s")
             return failure(run, task, timeout, "timeout")
@@ -121,6 +184,9 @@ class Executor:
         except TaskCancelled:
             return self._cancelled(run)
         except Exception as exc:
+            cut_off = _interruption(exc)
+            if cut_off is not None:  # the task's code re-raised pgqueue's own database failure
+                return interrupted(run, exc)
             return failure(run, task, exc)
         return Outcome(run.id, run.attempt, RunStatus.SUCCEEDED, "succeeded", result=result)
 

@@ -1,4 +1,5 @@
-"""Failing runs that waited longer than their schedule-to-start window (as `Expired`)."""
+"""Failing runs that waited longer than their schedule-to-start window (as `Expired`), and runs
+past their run-level deadline (as `DeadlineExceeded`, whatever attempt they are at)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ def expire_op() -> Op[int]:
     return len(rows)
 
 
+def expire_deadlines_op() -> Op[int]:
+    """How many runs were failed for their deadline."""
+    rows = yield statement("worker.expire_deadlines", custom_plan=True)
+    return len(rows)
+
+
 class Expirer(PeriodicService):
     name = "expiry"
 
@@ -31,3 +38,6 @@ class Expirer(PeriodicService):
         expired = await self.db.execute_async(expire_op())
         if expired:
             log.warning("%d run(s) expired before starting (schedule-to-start)", expired)
+        late = await self.db.execute_async(expire_deadlines_op())
+        if late:
+            log.warning("%d run(s) failed: past their deadline (DeadlineExceeded)", late)

@@ -28,6 +28,9 @@ class WorkerSettings:
     grace_period: float = 30.0
     #: crash recoveries after which a run is marked dead instead of run again
     max_recoveries: int = 3
+    #: attempts cut off by database failures (connection dropped, server restarted) after which
+    #: a run fails; such attempts do not use up the task's retry attempts
+    max_interruptions: int = 10
     #: exit once no due run is left (for scripts, demos and tests)
     burst: bool = False
     #: serve Prometheus metrics on this port (None: off); any host but loopback needs a token

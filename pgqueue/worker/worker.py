@@ -68,7 +68,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._completer = Completer(self.db, self.id, on_written=self._slot_free.set)
+        self._completer = Completer(self.db, self.id, on_written=self._slot_free.set,
+                                    max_interruptions=self.settings.max_interruptions)
         self._steps: StepWriter | None = None
         self.metrics = Metrics()
         self._task_logs = TaskLogHandler()
@@ -102,6 +103,7 @@ class Worker:
             log.info("pgqueue worker %s started: database %s, queues %s, concurrency %d, tasks: %s",
                      settings.name, describe_dsn(self.db.dsn), ",".join(settings.queues),
                      settings.concurrency, ", ".join(sorted(self.app.tasks)) or "none")
+            _warn_unbounded(self.app)
             max_payload = await self.db.execute_async(_max_payload_op())
             self._steps = StepWriter(self.db, self.id, max_payload)
             await self._serve_with_services(self._steps)
@@ -279,6 +281,17 @@ class Worker:
 
 
 # -- the worker's own rows -----------------------------------------------------------------
+
+def _warn_unbounded(app: PgQueue) -> None:
+    """Name the tasks whose attempts nothing bounds: a hung call holds its slot for ever."""
+    unbounded = sorted(name for name, task in app.tasks.items()
+                       if task.settings.timeout is None and task.settings.heartbeat_timeout is None)
+    if unbounded:
+        log.warning("tasks without a start-to-close timeout: %s. A hung call (a socket read with no "
+                    "timeout, say) holds its worker slot until the worker stops: declare "
+                    "@app.task(timeout=seconds), or heartbeat_timeout= with ctx.heartbeat() for long calls",
+                    ", ".join(unbounded))
+
 
 def _register_worker_op(worker_id: str, settings: WorkerSettings) -> Op[None]:
     yield statement("worker.register_worker", {

@@ -227,6 +227,9 @@ BEGIN
            lease_expires_at = now() + make_interval(secs => claim.lease_s)
       FROM taken
      WHERE run.id = taken.run_id AND run.status IN ('queued', 'sleeping', 'waiting')
+       -- past its run-level deadline no attempt starts: the expirer fails the run (it finds it
+       -- by runs_deadline, with or without its row in `ready`)
+       AND (run.deadline_at IS NULL OR run.deadline_at > now())
     RETURNING run.id, run.task, run.input, run.attempt, run.failures,
               coalesce(run.expires_at < now(), false), run.queue;
 END

@@ -83,7 +83,9 @@ CREATE OR REPLACE FUNCTION pgqueue.enqueue_many(
     parent_id         bigint DEFAULT NULL,
     concurrency_keys  text[] DEFAULT NULL,
     rate_costs        jsonb[] DEFAULT NULL,
-    trace_context     jsonb DEFAULT NULL
+    trace_context     jsonb DEFAULT NULL,
+    -- the run's deadline over all its attempts, from now (NULL: the task's registered deadline)
+    deadline          interval DEFAULT NULL
 ) RETURNS TABLE (id bigint, created boolean)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -99,6 +101,7 @@ DECLARE
     v_keys     text[] := enqueue_many.concurrency_keys;
     v_costs    jsonb[] := enqueue_many.rate_costs;
     v_flow     boolean;
+    v_deadline timestamptz;
 BEGIN
     SELECT * INTO v_queue, v_priority, v_s2s
       FROM pgqueue.enqueue_settings(enqueue_many.task, enqueue_many.queue, enqueue_many.priority,
@@ -126,8 +129,13 @@ BEGIN
         PERFORM pgqueue.reject_input(enqueue_many.task, v_bad.doc, v_bad.idx, v_limit);
     END IF;
     -- keys the caller left out come from the task's registration
-    SELECT t.concurrency_key_field IS NOT NULL OR t.concurrency_python_only OR t.rate_limits IS NOT NULL
-      INTO v_flow FROM pgqueue.tasks t WHERE t.name = enqueue_many.task;
+    -- and so does the run-level deadline, counted from now, unless the caller gave one
+    SELECT t.concurrency_key_field IS NOT NULL OR t.concurrency_python_only OR t.rate_limits IS NOT NULL,
+           now() + coalesce(enqueue_many.deadline, t.deadline)
+      INTO v_flow, v_deadline FROM pgqueue.tasks t WHERE t.name = enqueue_many.task;
+    IF NOT FOUND THEN
+        v_deadline := now() + enqueue_many.deadline;  -- a task nobody registered
+    END IF;
     IF v_flow AND (v_keys IS NULL OR v_costs IS NULL) THEN
         SELECT array_agg(f.concurrency_key ORDER BY u.ord), array_agg(f.rate_cost ORDER BY u.ord)
           INTO v_keys, v_costs
@@ -139,10 +147,11 @@ BEGIN
         RETURN QUERY
         WITH ins AS (
             INSERT INTO pgqueue.runs (task, queue, priority, input, run_at, expires_at, tags, metadata,
-                                      parent_id, root_id, concurrency_key, rate_cost, trace_context)
+                                      parent_id, root_id, concurrency_key, rate_cost, trace_context, deadline_at)
             SELECT enqueue_many.task, v_queue, v_priority, u.doc, v_run_at, v_run_at + v_s2s,
                    coalesce(enqueue_many.tags, '{}'), coalesce(enqueue_many.metadata, '{}'),
-                   enqueue_many.parent_id, v_root, v_keys[u.ord], v_costs[u.ord], enqueue_many.trace_context
+                   enqueue_many.parent_id, v_root, v_keys[u.ord], v_costs[u.ord], enqueue_many.trace_context,
+                   v_deadline
               FROM unnest(inputs) WITH ORDINALITY AS u(doc, ord)
              ORDER BY u.ord
             RETURNING id, concurrency_key
@@ -156,10 +165,11 @@ BEGIN
         WITH ins AS (
             INSERT INTO pgqueue.runs (task, queue, priority, input, run_at, expires_at,
                                       idempotency_key, tags, metadata, parent_id, root_id,
-                                      concurrency_key, rate_cost, trace_context)
+                                      concurrency_key, rate_cost, trace_context, deadline_at)
             SELECT enqueue_many.task, v_queue, v_priority, u.doc, v_run_at, v_run_at + v_s2s,
                    u.key, coalesce(enqueue_many.tags, '{}'), coalesce(enqueue_many.metadata, '{}'),
-                   enqueue_many.parent_id, v_root, v_keys[u.ord], v_costs[u.ord], enqueue_many.trace_context
+                   enqueue_many.parent_id, v_root, v_keys[u.ord], v_costs[u.ord], enqueue_many.trace_context,
+                   v_deadline
               FROM unnest(inputs, idempotency_keys) WITH ORDINALITY AS u(doc, key, ord)
              ORDER BY u.ord
             ON CONFLICT (task, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -208,6 +218,7 @@ CREATE OR REPLACE FUNCTION pgqueue.enqueue_one(
     concurrency_key   text DEFAULT NULL,
     rate_cost         jsonb DEFAULT NULL,
     trace_context     jsonb DEFAULT NULL,
+    deadline          interval DEFAULT NULL,
     OUT id            bigint,
     OUT created       boolean
 )
@@ -240,10 +251,14 @@ BEGIN
         SELECT * INTO v_key, v_cost FROM pgqueue.flow_keys(enqueue_one.task, enqueue_one.input, v_key, v_cost);
     END IF;
     INSERT INTO pgqueue.runs (task, queue, priority, input, run_at, expires_at, idempotency_key, tags, metadata,
-                              concurrency_key, rate_cost, trace_context)
+                              concurrency_key, rate_cost, trace_context, deadline_at)
     VALUES (enqueue_one.task, v_queue, v_priority, enqueue_one.input, v_run_at, v_run_at + v_s2s,
             enqueue_one.idempotency_key, coalesce(enqueue_one.tags, '{}'), coalesce(enqueue_one.metadata, '{}'),
-            v_key, v_cost, enqueue_one.trace_context)
+            v_key, v_cost, enqueue_one.trace_context,
+            -- the run-level deadline, counted from now: the caller's, else the task's (coalesce
+            -- evaluates the lookup only when the caller gave none)
+            coalesce(now() + enqueue_one.deadline,
+                     now() + (SELECT t.deadline FROM pgqueue.tasks t WHERE t.name = enqueue_one.task)))
     ON CONFLICT (task, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING runs.id INTO id;
     IF id IS NULL THEN
@@ -275,12 +290,13 @@ CREATE OR REPLACE FUNCTION pgqueue.enqueue(
     schedule_to_start interval DEFAULT NULL,
     concurrency_key   text DEFAULT NULL,
     rate_cost         jsonb DEFAULT NULL,
-    trace_context     jsonb DEFAULT NULL
+    trace_context     jsonb DEFAULT NULL,
+    deadline          interval DEFAULT NULL
 ) RETURNS bigint
 LANGUAGE sql AS $$
     SELECT e.id FROM pgqueue.enqueue_one(task, coalesce(input, '{}'::jsonb), queue, priority, run_at, delay,
                                          idempotency_key, tags, metadata, schedule_to_start,
-                                         concurrency_key, rate_cost, trace_context) AS e;
+                                         concurrency_key, rate_cost, trace_context, deadline) AS e;
 $$;
 
 COMMENT ON FUNCTION pgqueue.enqueue IS

@@ -23,7 +23,9 @@ BEGIN
     DELETE FROM pgqueue.event_waits w WHERE w.run_id = replay_run.run_id;
     UPDATE pgqueue.runs
        SET status = 'queued', run_at = now(), finished_at = NULL, failures = 0, recoveries = 0,
-           cancel_requested = false, error = NULL, result = NULL
+           retry_laters = 0, interruptions = 0, cancel_requested = false, error = NULL, result = NULL,
+           -- a fresh deadline too (a run that failed for its deadline would fail again at once)
+           deadline_at = now() + (SELECT t.deadline FROM pgqueue.tasks t WHERE t.name = v_run.task)
      WHERE id = run_id;
     INSERT INTO pgqueue.ready (run_id, queue, priority, run_at, task, concurrency_key)
     VALUES (run_id, v_run.queue, v_run.priority, now(), v_run.task, v_run.concurrency_key);

@@ -15,7 +15,8 @@ SELECT id, created FROM pgqueue.enqueue_many(
     parent_id => %(parent_id)s::bigint,
     concurrency_keys => %(concurrency_keys)s::text[],
     rate_costs => %(rate_costs)s::text[]::jsonb[],
-    trace_context => %(trace_context)s::jsonb)
+    trace_context => %(trace_context)s::jsonb,
+    deadline => %(deadline)s::interval)
 
 -- name: enqueue_one
 SELECT id, created FROM pgqueue.enqueue_one(
@@ -31,7 +32,8 @@ SELECT id, created FROM pgqueue.enqueue_one(
     schedule_to_start => %(schedule_to_start)s,
     concurrency_key => %(concurrency_key)s,
     rate_cost => %(rate_cost)s::jsonb,
-    trace_context => %(trace_context)s::jsonb)
+    trace_context => %(trace_context)s::jsonb,
+    deadline => %(deadline)s::interval)
 
 -- name: get_run
 SELECT id, task, queue, priority, status, input, result, error, run_at, created_at,
