@@ -7,7 +7,9 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import set_json_loads
 
+from .codec import load_stored_json
 from .errors import ConfigurationError, DatabaseUnavailable
 
 DSN_VARIABLES = ("PGQUEUE_DSN", "DATABASE_URL")
@@ -64,18 +66,33 @@ def connection_error(dsn: str, exc: psycopg.OperationalError) -> DatabaseUnavail
     )
 
 
+def configure_connection(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    """Set up a connection pgqueue opened: json/jsonb columns decode with a depth bound, so a
+    value nested too deeply (written around pgqueue's functions) reads as an UndecodableJSON
+    marker instead of a RecursionError that would fail the whole fetch."""
+    set_json_loads(load_stored_json, conn)
+
+
+async def configure_connection_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    configure_connection(conn)
+
+
 def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
     """A plain connection, with a one-line error when the server cannot be reached."""
     check_dsn_syntax(dsn)
     try:
-        return psycopg.connect(dsn, **kwargs)
+        conn = psycopg.connect(dsn, **kwargs)
     except psycopg.OperationalError as exc:
         raise connection_error(dsn, exc) from None
+    configure_connection(conn)
+    return conn
 
 
 async def connect_async(dsn: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
     check_dsn_syntax(dsn)
     try:
-        return await psycopg.AsyncConnection.connect(dsn, **kwargs)
+        conn = await psycopg.AsyncConnection.connect(dsn, **kwargs)
     except psycopg.OperationalError as exc:
         raise connection_error(dsn, exc) from None
+    configure_connection(conn)
+    return conn

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
 
+from .codec import decoded
 from .enqueue import EnqueueOptions, enqueue_op
 from .errors import ChildRunFailed, NonDeterminismError, RunTakenOver, Suspended
 from .ops import Op, Statement, statement
@@ -97,6 +98,8 @@ class Durable:
                 self._history = {}  # a first attempt has no history: save the round trip
             else:
                 rows = yield statement("durable.load_steps", self.fence, row=dict, custom_plan=True)
+                for row in rows:
+                    decoded(row["output"])  # a step output written around check_payload: InvalidInput
                 self._history = {row["seq"]: Recorded(**{k: v for k, v in row.items() if k != "db_now"})
                                  for row in rows}
                 self.db_now = rows[0]["db_now"] if rows else None
@@ -173,6 +176,7 @@ class Durable:
             return default
         found = yield statement("durable.find_event", args)
         if found:
+            decoded(found[0][0])
             yield statement("durable.drop_wait", args)
             yield from self.record_op(plan, RunStatus.SUCCEEDED, found[0][0])
             return found[0][0]
@@ -220,7 +224,7 @@ class Durable:
             detail = "; ".join(f"run {i} {s}: {(e or {}).get('type')}: {(e or {}).get('message')}"
                                for i, s, e in failed[:5])
             raise ChildRunFailed(f"{len(failed)} of {len(rows)} child runs did not succeed ({detail})")
-        results = [result for _, _, result, _ in rows]
+        results = [decoded(result) for _, _, result, _ in rows]
         yield from self.record_op(plan, RunStatus.SUCCEEDED, results)
         return results
 

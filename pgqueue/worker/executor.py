@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import tracing
+from ..codec import loads_bounded
 from ..context import RunContext, _current
 from ..errors import InvalidInput, RateLimited, RetryLater, RunTakenOver, Suspended, TaskCancelled
 from ..status import RunStatus
@@ -93,7 +94,7 @@ class Executor:
                                  f"this worker has no task named {run.task!r} (it knows: {known}); "
                                  "deploy the code that defines it, then retry the run")
         try:
-            args, kwargs = task.codec.decode(run.input)
+            args, kwargs = task.codec.decode(loads_bounded(run.input, f"the input of run {run.id}"))
         except InvalidInput as exc:
             return final_failure(run, "InvalidInput", str(exc))
         try:
@@ -120,6 +121,9 @@ class Executor:
             return self._cancelled(run)
         except TaskCancelled:
             return self._cancelled(run)
+        except InvalidInput as exc:
+            # e.g. a step output or event payload stored too deeply nested: no retry can fix it
+            return final_failure(run, "InvalidInput", str(exc))
         except Exception as exc:
             return failure(run, task, exc)
         return Outcome(run.id, run.attempt, RunStatus.SUCCEEDED, "succeeded", result=result)

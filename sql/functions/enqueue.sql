@@ -103,6 +103,9 @@ BEGIN
     SELECT * INTO v_queue, v_priority, v_s2s
       FROM pgqueue.enqueue_settings(enqueue_many.task, enqueue_many.queue, enqueue_many.priority,
                                     enqueue_many.schedule_to_start);
+    PERFORM pgqueue.check_name('task', enqueue_many.task), pgqueue.check_name('queue', v_queue),
+            pgqueue.check_options(enqueue_many.metadata, enqueue_many.trace_context, enqueue_many.tags,
+                                  enqueue_many.rate_costs);
     IF idempotency_keys IS NOT NULL
        AND cardinality(idempotency_keys) <> cardinality(inputs) THEN
         RAISE EXCEPTION 'pgqueue: % idempotency keys for % inputs',
@@ -227,6 +230,9 @@ BEGIN
         SELECT * INTO v_queue, v_priority, v_s2s
           FROM pgqueue.enqueue_settings(enqueue_one.task, v_queue, v_priority, v_s2s);
     END IF;
+    PERFORM pgqueue.check_name('task', enqueue_one.task), pgqueue.check_name('queue', v_queue),
+            pgqueue.check_options(enqueue_one.metadata, enqueue_one.trace_context, enqueue_one.tags,
+                                  ARRAY[enqueue_one.rate_cost]);
     IF NOT pgqueue.input_ok(enqueue_one.input, v_limit) THEN
         PERFORM pgqueue.reject_input(enqueue_one.task, enqueue_one.input, 0, v_limit);
     END IF;

@@ -1,0 +1,134 @@
+"""Hostile input: values nested too deeply, refused at enqueue and failing alone when stored
+around the functions; limits a producer cannot lift; names checked by the database."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import psycopg
+import pytest
+
+from conftest import running_worker, wait_for
+from pgqueue import PgQueue
+from pgqueue.codec import MAX_JSON_DEPTH, UndecodableJSON, json_depth, load_stored_json, loads_bounded
+from pgqueue.errors import InputTooLarge, InvalidInput
+from pgqueue.ops import translate
+
+DEEP = '{"a":' * 5000 + "1" + "}" * 5000
+DEEP_SQL = """(repeat('{"a":', 5000) || '1' || repeat('}', 5000))::jsonb"""
+DEEP_SMALL_SQL = """(repeat('{"a":', 200) || '1' || repeat('}', 200))::jsonb"""  # under the 64 KiB limits
+
+
+def nested(depth: int) -> dict[str, Any]:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value  # type: ignore[no-any-return]
+
+
+def sql_error(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Exception:
+    with pytest.raises(psycopg.Error) as caught:
+        conn.execute(query, params)
+    return translate(caught.value)
+
+
+def test_depth_is_counted_without_recursion() -> None:
+    assert json_depth("1") == 0 and json_depth("{}") == 1 and json_depth('{"a": [1, {"b": []}]}') == 4
+    assert json_depth('{"a": "[[[[{{{{"}') == 1  # brackets inside strings do not count
+    assert json_depth('["\\"[[["]') == 1  # nor after an escaped quote
+    assert json_depth(DEEP) == 5000
+    assert loads_bounded(json.dumps(nested(MAX_JSON_DEPTH))) == nested(MAX_JSON_DEPTH)
+    with pytest.raises(InvalidInput, match=f"5000 levels deep, over the limit of {MAX_JSON_DEPTH} levels"):
+        loads_bounded(DEEP)
+    marker = load_stored_json(DEEP)
+    assert isinstance(marker, UndecodableJSON) and "limit of 64 levels" in marker
+
+
+def test_the_issue_reproduction_is_refused_at_enqueue(conn: psycopg.Connection[Any]) -> None:
+    before = conn.execute("SELECT count(*) FROM pgqueue.runs").fetchone()
+    error = sql_error(conn, f"SELECT pgqueue.enqueue('noop', {DEEP_SQL})")
+    assert isinstance(error, InvalidInput) and "deeper than the limit of 64 levels" in str(error)
+    # the limit is exactly 64: the deepest accepted value decodes in Python too
+    conn.execute("SELECT pgqueue.enqueue('noop', %s::jsonb)", (json.dumps(nested(64)),))
+    error = sql_error(conn, "SELECT pgqueue.enqueue('noop', %s::jsonb)", (json.dumps(nested(65)),))
+    assert isinstance(error, InvalidInput)
+    empty_65th = '{"a": ' + "[" * 64 + "]" * 64 + "}"
+    assert json_depth(empty_65th) == 65
+    error = sql_error(conn, "SELECT pgqueue.enqueue('noop', %s::jsonb)", (empty_65th,))
+    assert isinstance(error, InvalidInput)  # an empty array at the 65th level counts too
+    for what, query in (
+            ("metadata", f"SELECT pgqueue.enqueue('noop', metadata => {DEEP_SMALL_SQL})"),
+            ("trace_context", f"SELECT pgqueue.enqueue('noop', trace_context => {DEEP_SMALL_SQL})"),
+            ("rate_cost", f"SELECT pgqueue.enqueue('noop', rate_cost => {DEEP_SMALL_SQL})"),
+            ("the payload of event", f"SELECT pgqueue.send_event('e', 'k', {DEEP_SQL})"),
+            ("input #1", f"SELECT pgqueue.enqueue_many('noop', ARRAY['{{}}'::jsonb, {DEEP_SQL}])")):
+        error = sql_error(conn, query)
+        assert isinstance(error, InvalidInput) and what in str(error) and "64 levels" in str(error), what
+    after = conn.execute("SELECT count(*) FROM pgqueue.runs").fetchone()
+    assert after is not None and before is not None and after[0] == before[0] + 1
+
+
+def test_python_client_refuses_deep_input(app: PgQueue) -> None:
+    with pytest.raises(InvalidInput, match="64 levels"):
+        app.enqueue("noop", nested(100))
+
+
+async def test_a_stored_deep_input_fails_alone_and_the_worker_lives(worker_tasks: Any, dsn: str,
+                                                                   conn: psycopg.Connection[Any]) -> None:
+    app = worker_tasks.app
+    app.register_tasks()
+    good = [app.enqueue("record", {"n": i}) for i in range(3)]
+    # written around pgqueue.enqueue, as an old version or a plain INSERT could have
+    (bad,) = conn.execute(
+        f"""WITH r AS (INSERT INTO pgqueue.runs (task, queue, priority, input, run_at)
+                       VALUES ('record', 'default', 0, {DEEP_SQL}, now()) RETURNING id, task, queue, run_at)
+            INSERT INTO pgqueue.ready (run_id, queue, priority, run_at, task)
+            SELECT id, queue, 0, run_at, task FROM r RETURNING run_id""").fetchone()  # type: ignore[misc]
+    async with running_worker(app, concurrency=8):
+        async def finished() -> bool:
+            rows = conn.execute("SELECT count(*) FROM pgqueue.runs WHERE id = ANY(%s) AND status IN "
+                                "('succeeded', 'failed')", ([h.id for h in good] + [bad],)).fetchone()
+            return rows is not None and rows[0] == 4
+        await wait_for(finished, what="the batch to finish")
+        # the worker still takes new work (and its exit at the end raises anything it died of)
+        after = await worker_tasks.record.enqueue_async(99)
+        assert await after.result(timeout=20) == 99
+    info = app.get_run(bad).info()
+    assert info.status == "failed" and info.error["type"] == "InvalidInput"
+    assert "over the limit of 64 levels" in info.error["message"]
+    assert all(h.info().status == "succeeded" for h in good)
+    # readers show the run instead of crashing
+    assert isinstance(info.input, UndecodableJSON)
+    env = {"PGQUEUE_DSN": dsn, "PATH": "/usr/bin:/bin"}
+    for args in (("runs", "show", str(bad)), ("runs", "show", str(bad), "--json")):
+        shown = subprocess.run([sys.executable, "-m", "pgqueue_cli", *args], env=env, capture_output=True,
+                               text=True, timeout=60)
+        assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+        assert "64 levels" in shown.stdout
+
+
+def test_a_stored_deep_result_raises_invalid_input_from_the_handle(app: PgQueue,
+                                                                  conn: psycopg.Connection[Any]) -> None:
+    handle = app.enqueue("noop", {})
+    conn.execute(f"UPDATE pgqueue.runs SET status = 'succeeded', result = {DEEP_SQL}, finished_at = now() "
+                 "WHERE id = %s", (handle.id,))
+    with pytest.raises(InvalidInput, match="64 levels"):
+        handle.result(timeout=5)
+
+
+def test_a_session_set_no_longer_lifts_the_size_limit(app: PgQueue, dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as own:
+        own.execute("SET pgqueue.max_input_bytes = 100000000")
+        with pytest.raises(InputTooLarge, match="over the limit of 1048576 bytes"):
+            app.enqueue("store", {"text": "y" * 2_000_000}, connection=own)
+        for option in ("metadata", "trace_context"):
+            error = sql_error(own, f"SELECT pgqueue.enqueue('store', {option} => "
+                                   "jsonb_build_object('x', repeat('z', 70000)))")
+            assert isinstance(error, InputTooLarge) and f"{option} is" in str(error)
+            assert "over the limit of 65536 bytes" in str(error)
+        # only the schema's owner can change it; PUBLIC has no right on the table
+        privileges = own.execute("SELECT has_table_privilege('public', 'pgqueue.settings', 'UPDATE')").fetchone()
+        assert privileges == (False,)
