@@ -10,11 +10,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from conftest import running_worker, wait_for
 from pgqueue import PgQueue
 from pgqueue.codec import MAX_JSON_DEPTH, UndecodableJSON, json_depth, load_stored_json, loads_bounded
-from pgqueue.errors import InputTooLarge, InvalidInput
+from pgqueue.config import check_dsn_syntax, connect, mask_password, normalize_dsn
+from pgqueue.errors import ConfigurationError, InputTooLarge, InvalidInput
 from pgqueue.ops import translate
 
 DEEP = '{"a":' * 5000 + "1" + "}" * 5000
@@ -132,3 +134,33 @@ def test_a_session_set_no_longer_lifts_the_size_limit(app: PgQueue, dsn: str) ->
         # only the schema's owner can change it; PUBLIC has no right on the table
         privileges = own.execute("SELECT has_table_privilege('public', 'pgqueue.settings', 'UPDATE')").fetchone()
         assert privileges == (False,)
+
+
+@pytest.mark.parametrize("dsn", [
+    "postgresql+foo://user:secret@host/db",            # an unknown driver: does not parse
+    "postgresql://user:secret@host/db?sslmode",         # a query parameter without "="
+    "host=h password=secret dbname",                    # a keyword without "="
+    "host=h password='secret' port",
+])
+def test_an_unparsable_dsn_never_shows_its_password(dsn: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        check_dsn_syntax(dsn)
+    assert "secret" not in str(caught.value) and "not valid" in str(caught.value)
+    assert "secret" not in mask_password(f"x {dsn} y", dsn)
+
+
+def test_sqlalchemy_style_urls_are_accepted(dsn: str) -> None:
+    params = conninfo_to_dict(dsn)
+    for driver in ("psycopg", "psycopg2", "asyncpg"):
+        url = f"postgresql+{driver}://{params['user']}@{params['host']}:{params['port']}/{params['dbname']}"
+        with connect(url) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert normalize_dsn("postgres+asyncpg://u:p@h/db") == "postgres://u:p@h/db"
+
+
+def test_the_cli_never_prints_the_password(dsn: str) -> None:
+    for url in ("postgresql+psycopg://user:secret@127.0.0.1:1/db", "postgresql+foo://user:secret@host/db"):
+        result = subprocess.run([sys.executable, "-m", "pgqueue_cli", "runs", "list"], capture_output=True,
+                                text=True, timeout=60, env={"DATABASE_URL": url, "PATH": "/usr/bin:/bin"})
+        assert result.returncode == 1 and "secret" not in result.stdout + result.stderr, result
+        assert "Traceback" not in result.stderr
