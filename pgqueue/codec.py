@@ -16,7 +16,7 @@ from typing import Any, get_type_hints
 
 import pydantic
 
-from .errors import InvalidInput, TaskDefinitionError
+from .errors import InputTooLarge, InvalidInput, TaskDefinitionError
 
 #: Deepest nesting of objects and arrays a stored JSON value may have: `{"a": [1]}` is 2 deep.
 #: The enqueue and payload functions of sql/functions refuse deeper values (pgqueue.max_json_depth
@@ -64,6 +64,18 @@ def loads_bounded(data: str | bytes, what: str = "the stored JSON") -> Any:
     if text.count("[") + text.count("{") > MAX_JSON_DEPTH and (depth := json_depth(text)) > MAX_JSON_DEPTH:
         raise InvalidInput(too_deep_message(what, depth))
     return json.loads(text)
+
+
+def check_stored(text: str, what: str, max_bytes: int | None) -> str:
+    """TEXT (JSON about to be stored by a batched write, where one refused row would fail the whole
+    batch), or InputTooLarge / InvalidInput when over the size or nesting limit."""
+    size = len(text.encode())
+    if max_bytes is not None and size > max_bytes:
+        raise InputTooLarge(f"{what} is {size} bytes, over the limit of {max_bytes} bytes. Store large blobs "
+                            "elsewhere (a table, object storage) and pass a reference.")
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and (depth := json_depth(text)) > MAX_JSON_DEPTH:
+        raise InvalidInput(too_deep_message(what, depth))
+    return text
 
 
 class UndecodableJSON(str):

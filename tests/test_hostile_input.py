@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from conftest import running_worker, wait_for
-from pgqueue import PgQueue
+from conftest import bind, running_worker, wait_for
+from pgqueue import PgQueue, Retry, current_run
 from pgqueue.codec import MAX_JSON_DEPTH, UndecodableJSON, json_depth, load_stored_json, loads_bounded
 from pgqueue.config import check_dsn_syntax, connect, mask_password, normalize_dsn
 from pgqueue.errors import ConfigurationError, InputTooLarge, InvalidInput
@@ -164,3 +164,50 @@ def test_the_cli_never_prints_the_password(dsn: str) -> None:
                                 text=True, timeout=60, env={"DATABASE_URL": url, "PATH": "/usr/bin:/bin"})
         assert result.returncode == 1 and "secret" not in result.stdout + result.stderr, result
         assert "Traceback" not in result.stderr
+
+
+hostile_app = PgQueue()
+
+
+@hostile_app.task(retry=Retry(max_attempts=3, initial_delay=0.05, jitter=0))
+async def returns(kind: str) -> Any:
+    if kind == "big":
+        return "x" * 2_000_000
+    if kind == "deep":
+        return nested(100)
+    return kind
+
+
+@hostile_app.task(retry=Retry(max_attempts=3, initial_delay=0.05, jitter=0))
+async def with_a_step() -> Any:
+    async def load() -> int:
+        return 1
+    return await current_run().step("load", load)
+
+
+async def test_results_and_step_outputs_over_the_limits_fail_their_run_alone(dsn: str,
+                                                                           conn: psycopg.Connection[Any]) -> None:
+    bind(hostile_app, dsn)
+    try:
+        hostile_app.register_tasks()
+        big, deep, fine = (returns.enqueue(kind) for kind in ("big", "deep", "fine"))
+        stepped = with_a_step.enqueue()
+        # a step output written around check_payload, replayed by the next attempt
+        conn.execute(f"""INSERT INTO pgqueue.steps (run_id, step_key, seq, name, status, output)
+                         VALUES (%s, 'load#0', 0, 'load', 'succeeded', {DEEP_SQL})""", (stepped.id,))
+        conn.execute("UPDATE pgqueue.runs SET attempt = 1 WHERE id = %s", (stepped.id,))
+        async with running_worker(hostile_app, concurrency=8):
+            async def finished() -> bool:
+                rows = conn.execute("SELECT count(*) FROM pgqueue.runs WHERE id = ANY(%s) AND status IN "
+                                    "('succeeded', 'failed')", ([big.id, deep.id, fine.id, stepped.id],)).fetchone()
+                return rows is not None and rows[0] == 4
+            await wait_for(finished, what="the runs to finish")
+        assert fine.result(timeout=5) == "fine"
+        for handle, error_type, message in ((big, "InputTooLarge", "over the limit of 1048576 bytes"),
+                                            (deep, "InvalidInput", "over the limit of 64 levels"),
+                                            (stepped, "InvalidInput", "over the limit of 64 levels")):
+            info = handle.info()
+            assert info.status == "failed" and info.attempt == (2 if handle is stepped else 1), info
+            assert info.error["type"] == error_type and message in info.error["message"], info.error
+    finally:
+        bind(hostile_app, None)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import tracing
-from ..codec import loads_bounded
+from ..codec import check_stored, loads_bounded
 from ..context import RunContext, _current
 from ..errors import InvalidInput, RateLimited, RetryLater, RunTakenOver, Suspended, TaskCancelled
 from ..status import RunStatus
@@ -71,6 +71,9 @@ class Executor:
     def __init__(self, app: PgQueue, threads: ThreadPoolExecutor) -> None:
         self.app = app
         self.threads = threads
+        #: the database's max_input_bytes, read when the worker starts: a result over it (or nested
+        #: too deeply) fails its run here rather than the whole batch of outcomes being written
+        self.max_payload: int | None = None
 
     async def execute(self, run: Claimed, ctx: RunContext) -> Outcome | None:
         """The outcome to record; None when the run already recorded its own (suspended)."""
@@ -100,6 +103,7 @@ class Executor:
         try:
             value = await asyncio.wait_for(self._call(task, args, kwargs, ctx), task.settings.timeout)
             result = json.dumps(task.codec.encode_output(value), separators=(",", ":"))
+            check_stored(result, f"the result of run {run.id}", self.max_payload)
         except Suspended:
             return None
         except RunTakenOver as lost:
@@ -122,8 +126,9 @@ class Executor:
         except TaskCancelled:
             return self._cancelled(run)
         except InvalidInput as exc:
-            # e.g. a step output or event payload stored too deeply nested: no retry can fix it
-            return final_failure(run, "InvalidInput", str(exc))
+            # a result or step output over the limits, a stored value nested too deeply: the same
+            # input would fail the same way, so no retry
+            return final_failure(run, type(exc).__name__, str(exc))
         except Exception as exc:
             return failure(run, task, exc)
         return Outcome(run.id, run.attempt, RunStatus.SUCCEEDED, "succeeded", result=result)

@@ -104,6 +104,7 @@ class Worker:
                      settings.concurrency, ", ".join(sorted(self.app.tasks)) or "none")
             max_payload = await self.db.execute_async(_max_payload_op())
             self._steps = StepWriter(self.db, self.id, max_payload)
+            self._executor.max_payload = max_payload
             await self._serve_with_services(self._steps)
             try:
                 await self.db.execute_async(_stop_worker_op(self.id))
