@@ -58,6 +58,8 @@ class TaskSettings:
             object.__setattr__(self, "on_event", (self.on_event,))
         check_name("task", self.name, TaskDefinitionError)
         check_name("queue", self.queue, TaskDefinitionError)
+        for event in self.on_event:
+            check_name("event", event, TaskDefinitionError)
         if not -32768 <= self.priority <= 32767:
             raise TaskDefinitionError("priority must be between -32768 and 32767 (higher runs first)")
         for label, value in (("timeout", self.timeout), ("schedule_to_start", self.schedule_to_start)):

@@ -20,6 +20,7 @@ CREATE OR REPLACE FUNCTION pgqueue.set_concurrency_limit(task text, max_running 
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 BEGIN
+    PERFORM pgqueue.check_name('task', task);
     IF max_running IS NULL OR max_running < 1 THEN
         RAISE EXCEPTION 'pgqueue: a concurrency limit must be at least 1 (got %)', max_running
             USING ERRCODE = 'PQ002', HINT = 'To stop a task from running, pause its queue instead.';
