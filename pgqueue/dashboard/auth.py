@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import secrets
 import time
 from collections.abc import Mapping
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import urlsplit
 
-from ..metrics import bearer_ok, check_binding
+from ..metrics import bearer_ok, check_binding, loopback_host
 
 COOKIE = "pgqueue_dashboard"
 #: seconds a login lasts (the cookie's Max-Age, and the expiry signed into its value)
@@ -64,15 +63,7 @@ class Auth:
     def host_ok(self, headers: Mapping[str, str]) -> bool:
         """Without a token, only loopback names may be in the Host header: a page on another site
         whose name an attacker re-pointed at 127.0.0.1 (DNS rebinding) is refused."""
-        if self.token is not None:
-            return True
-        name = urlsplit("//" + headers.get("host", "")).hostname or ""
-        if name == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(name).is_loopback
-        except ValueError:
-            return False
+        return self.token is not None or loopback_host(headers.get("host"))
 
     def login(self, submitted: str) -> bool:
         return self.token is not None and hmac.compare_digest(submitted.encode(), self.token.encode())
