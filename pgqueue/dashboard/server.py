@@ -176,8 +176,17 @@ class Handler(BaseHTTPRequestHandler):
         if self.headers.get("Transfer-Encoding"):
             raise BadRequest(411, "send the form with a Content-Length, not a Transfer-Encoding")
         length = content_length(self.headers.get_all("Content-Length") or [])
-        return dict(parse_qsl(self.rfile.read(length).decode("utf-8", "replace"), keep_blank_values=True,
-                              max_num_fields=1000))
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:  # a Content-Length larger than what the client sends
+            raise BadRequest(408, f"the form's {length} bytes did not arrive within "
+                                  f"{self.server.request_timeout:g} s") from None
+        if len(body) < length:
+            raise BadRequest(400, f"the connection closed after {len(body)} of the form's {length} bytes")
+        try:
+            return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=1000))
+        except ValueError as exc:  # over max_num_fields
+            raise BadRequest(413, f"the form is too large ({exc})") from None
 
     # -- routes -----------------------------------------------------------------------------
 
