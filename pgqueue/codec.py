@@ -15,6 +15,7 @@ from itertools import accumulate
 from typing import Any, get_type_hints
 
 import pydantic
+import pydantic_core
 
 from .errors import InputTooLarge, InvalidInput, TaskDefinitionError
 
@@ -167,7 +168,15 @@ class InputCodec:
                 validated = self.model.model_validate(item)
         except pydantic.ValidationError as exc:
             raise self._invalid(exc, where) from None
-        return validated.model_dump_json()
+        except RecursionError:
+            raise InvalidInput(f"input of task {self.task_name!r}{where} nests too deeply: at most "
+                               f"{MAX_JSON_DEPTH} levels of objects and arrays") from None
+        try:
+            return validated.model_dump_json()
+        except (pydantic_core.PydanticSerializationError, RecursionError) as exc:
+            # e.g. pydantic's own depth limit, deeper than MAX_JSON_DEPTH anyway
+            raise InvalidInput(f"input of task {self.task_name!r}{where} cannot be stored as JSON: {exc}; "
+                               f"at most {MAX_JSON_DEPTH} levels of objects and arrays") from None
 
     def decode(self, data: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Call arguments from a stored input (validated again: SQL may have written it)."""

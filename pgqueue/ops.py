@@ -57,6 +57,10 @@ def statement(name: str, params: Sequence[Any] | Mapping[str, Any] | None = None
 Op = Generator[Statement, list[Row], T]
 
 
+# SQLSTATEs of values refused on their way in (None: refused by the driver itself)
+_VALUE_REFUSED = {None, "22P02", "22P05", "22021", "22003", "22025", "22032"}
+
+
 def translate(exc: psycopg.Error | UnicodeEncodeError) -> Exception:
     """The pgqueue error for a database error raised by pgqueue's SQL, else `exc` itself."""
     if isinstance(exc, UnicodeEncodeError):  # a lone surrogate in a str the driver had to send
@@ -74,9 +78,9 @@ def translate(exc: psycopg.Error | UnicodeEncodeError) -> Exception:
         return RunNotFound(message)
     if diag.sqlstate == "PQ004":
         return InvalidRunState(message)
-    if isinstance(exc, psycopg.DataError):
-        # SQLSTATE class 22 (a value PostgreSQL cannot take: a NUL character, an invalid Unicode
-        # escape, a number out of range), or the same refused by the driver before sending
+    if isinstance(exc, psycopg.DataError) and diag.sqlstate in _VALUE_REFUSED:
+        # a value PostgreSQL cannot take (a NUL character, an invalid Unicode escape, text that
+        # is not JSON, a number out of range), or a NUL the driver refused before sending
         return InvalidInput(f"a value was refused by PostgreSQL: {message}; "
                             "check the task's input and options for such values")
     if diag.sqlstate in ("42P01", "42883", "3F000") and "pgqueue" in str(diag.message_primary):

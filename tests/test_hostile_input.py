@@ -278,3 +278,20 @@ def test_catch_up_limit_below_one_is_refused(conn: psycopg.Connection[Any]) -> N
                             VALUES ('s', '* * * * *', 'UTC', 't', '{}', 'catch_up', %s, 'runtime')""", (limit,))
     with pytest.raises(ConfigurationError, match="schedule name"):
         Schedule("a\nb", "* * * * *", "t")
+
+
+@hostile_app.task
+def takes_anything(data: Any = None) -> Any:
+    return data
+
+
+def test_a_task_of_the_app_refuses_deep_input(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    # pydantic's own serialization depth limit (found by the fuzzing test) is an InvalidInput too
+    bind(hostile_app, dsn)
+    try:
+        for depth in (65, 300, 3000):
+            with pytest.raises(InvalidInput, match="64 levels"):
+                takes_anything.enqueue(nested(depth))
+        assert conn.execute("SELECT count(*) FROM pgqueue.runs WHERE task = 'takes_anything'").fetchone() == (0,)
+    finally:
+        bind(hostile_app, None)
