@@ -110,6 +110,8 @@ def test_login_next_cannot_inject_headers_or_leave_the_site(server: DashboardSer
         assert status == 303 and headers["location"] == "/", (hostile, headers)
         assert "evil" not in headers["set-cookie"]
     assert login(server, "/runs%3Fstatus%3Dfailed")[1]["location"] == "/runs?status=failed"
+    # beyond latin-1 (a header could not hold it): percent-encoded again, never a 500
+    assert login(server, "/caf%C3%A9/%E4%B8%AD")[1]["location"] == "/caf%C3%A9/%E4%B8%AD"
     for target in ("/ok", "/runs?x=1"):
         assert _local(target) == target
     for target in ("/\\evil.com", "/\t/evil.com", "/a\r\nX: y", "//x", "x", "/\x7f"):

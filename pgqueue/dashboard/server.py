@@ -10,7 +10,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import jinja2
 import psycopg
@@ -241,6 +241,9 @@ class Handler(BaseHTTPRequestHandler):
         self._redirect(back.split("?")[0] + "?" + urlencode({"done": done}))
 
 
+_ASCII_PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))
+
+
 def content_length(values: list[str]) -> int:
     """The body's length from the Content-Length header(s): 0 when absent; BadRequest for a value
     that is not one plain non-negative integer (a negative one once made the server read until
@@ -262,7 +265,10 @@ def _local(target: str) -> str:
             or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target)):
         return "/"
     parts = urlsplit(target)
-    return target if not parts.scheme and not parts.netloc else "/"
+    if parts.scheme or parts.netloc:
+        return "/"
+    # a header holds only latin-1: anything beyond ASCII goes percent-encoded (as the browser sent it)
+    return target if target.isascii() else quote(target, safe=_ASCII_PRINTABLE)
 
 
 def make_server(dash: Dashboard, host: str, port: int, timeout: float = REQUEST_TIMEOUT) -> DashboardServer:
