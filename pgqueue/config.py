@@ -3,24 +3,49 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import set_json_loads
 
+from .codec import load_stored_json
 from .errors import ConfigurationError, DatabaseUnavailable
 
 DSN_VARIABLES = ("PGQUEUE_DSN", "DATABASE_URL")
+
+# SQLAlchemy's URLs name a driver after the scheme (postgresql+psycopg://...): libpq does not
+# know them, and DATABASE_URL often holds one
+_DRIVER_SUFFIX = re.compile(r"^(postgres(?:ql)?)\+(?:psycopg2?|psycopg2cffi|asyncpg|pg8000)://", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(://[^:/@?#\s]*:)([^@/?#\s]*)@")
+_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s']+)", re.IGNORECASE)
+
+
+def normalize_dsn(dsn: str) -> str:
+    """The DSN libpq understands: a SQLAlchemy-style `postgresql+psycopg://` loses its `+driver`."""
+    return _DRIVER_SUFFIX.sub(r"\1://", dsn.strip())
+
+
+def mask_password(text: str, dsn: str | None = None) -> str:
+    """TEXT with every password (of a URL, a password= keyword, or DSN's own) replaced by ***."""
+    secrets = [m[2] for m in _URL_PASSWORD.finditer(dsn or "")] + [m[2] for m in _KEYWORD_PASSWORD.finditer(dsn or "")]
+    for secret in sorted((s for s in secrets if len(s.strip("'")) >= 1), key=len, reverse=True):
+        text = text.replace(secret, "***")
+        if secret.strip("'"):
+            text = text.replace(secret.strip("'"), "***")
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    return _KEYWORD_PASSWORD.sub(r"\1***", text)
 
 
 def resolve_dsn(explicit: str | None = None) -> str | None:
     """The DSN from the argument, else PGQUEUE_DSN, else DATABASE_URL; None when none is set."""
     if explicit:
-        return explicit
+        return normalize_dsn(explicit)
     for name in DSN_VARIABLES:
         value = os.environ.get(name)
         if value:
-            return value
+            return normalize_dsn(value)
     return None
 
 
@@ -37,10 +62,11 @@ def require_dsn(explicit: str | None = None) -> str:
 
 
 def check_dsn_syntax(dsn: str) -> dict[str, Any]:
+    """The DSN's parameters; ConfigurationError (which never shows the password) if it does not parse."""
     try:
-        return conninfo_to_dict(dsn)
+        return conninfo_to_dict(normalize_dsn(dsn))
     except psycopg.ProgrammingError as exc:
-        raise ConfigurationError(f"the DSN is not valid ({first_line(exc)}); "
+        raise ConfigurationError(f"the DSN is not valid ({mask_password(first_line(exc), dsn)}); "
                                  "use the form postgresql://user:pass@host:5432/dbname") from None
 
 
@@ -59,23 +85,38 @@ def first_line(exc: BaseException) -> str:
 
 def connection_error(dsn: str, exc: psycopg.OperationalError) -> DatabaseUnavailable:
     return DatabaseUnavailable(
-        f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {first_line(exc)}; "
+        f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {mask_password(first_line(exc), dsn)}; "
         "check that the server runs and that the DSN (PGQUEUE_DSN, DATABASE_URL or --dsn) is right"
     )
+
+
+def configure_connection(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    """Set up a connection pgqueue opened: json/jsonb columns decode with a depth bound, so a
+    value nested too deeply (written around pgqueue's functions) reads as an UndecodableJSON
+    marker instead of a RecursionError that would fail the whole fetch."""
+    set_json_loads(load_stored_json, conn)
+
+
+async def configure_connection_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    configure_connection(conn)
 
 
 def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
     """A plain connection, with a one-line error when the server cannot be reached."""
     check_dsn_syntax(dsn)
     try:
-        return psycopg.connect(dsn, **kwargs)
+        conn = psycopg.connect(normalize_dsn(dsn), **kwargs)
     except psycopg.OperationalError as exc:
         raise connection_error(dsn, exc) from None
+    configure_connection(conn)
+    return conn
 
 
 async def connect_async(dsn: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
     check_dsn_syntax(dsn)
     try:
-        return await psycopg.AsyncConnection.connect(dsn, **kwargs)
+        conn = await psycopg.AsyncConnection.connect(normalize_dsn(dsn), **kwargs)
     except psycopg.OperationalError as exc:
         raise connection_error(dsn, exc) from None
+    configure_connection(conn)
+    return conn

@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter  # type: ignore[import-untyped]
 
+from .codec import check_name
 from .enqueue import EnqueueOptions, enqueue_op
 from .errors import ConfigurationError, UnknownTask
 from .ops import Op, statement
@@ -117,6 +118,10 @@ class Schedule:
             raise ConfigurationError(f"misfire policy {self.misfire!r} is not one of {', '.join(MISFIRE_POLICIES)}")
         if not self.name:
             raise ConfigurationError("a schedule needs a name")
+        check_name("schedule", self.name, ConfigurationError)
+        if self.catch_up_limit is not None and self.catch_up_limit < 1:
+            raise ConfigurationError(f"catch_up_limit must be at least 1 (got {self.catch_up_limit}); "
+                                     f"leave it unset for the default cap of {MAX_CATCH_UP} missed ticks")
 
 
 def _row(schedule: Schedule, source: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from .config import connect, connect_async, require_dsn
+from .config import configure_connection, configure_connection_async, connect, connect_async, require_dsn
 from .errors import ConfigurationError, DatabaseInterrupted, DatabaseUnavailable
 from .migrations import check_schema_op
 from .ops import Op, ServerEndedConnection, ended_by_server, execute_on, execute_on_async, start
@@ -82,7 +82,8 @@ class Database:
                     execute_on(conn, check_schema_op())
                 self._pool = ConnectionPool(dsn, min_size=1, max_size=self.pool_size,
                                             kwargs=self._connection_kwargs, open=True, name=self.name,
-                                            timeout=self.checkout_timeout, check=check_idle_connection)
+                                            timeout=self.checkout_timeout, check=check_idle_connection,
+                                            configure=configure_connection)
             return self._pool
 
     async def async_pool(self) -> AsyncConnectionPool:
@@ -97,7 +98,8 @@ class Database:
                     pool = AsyncConnectionPool(dsn, min_size=1, max_size=self.pool_size,
                                                kwargs=self._connection_kwargs, open=False,
                                                name=f"{self.name}-async", timeout=self.checkout_timeout,
-                                               check=check_idle_connection_async)
+                                               check=check_idle_connection_async,
+                                               configure=configure_connection_async)
                     await pool.open()
                     self._async_pool = pool
         return self._async_pool

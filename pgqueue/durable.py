@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
 
+from .codec import decoded
 from .enqueue import EnqueueOptions, enqueue_op
 from .errors import ChildRunError, ChildRunFailed, NonDeterminismError, RunTakenOver, Suspended
 from .ops import Op, Statement, statement
@@ -98,6 +99,8 @@ class Durable:
                 self._history = {}  # a first attempt has no history: save the round trip
             else:
                 rows = yield statement("durable.load_steps", self.fence, row=dict, custom_plan=True)
+                for row in rows:
+                    decoded(row["output"])  # a step output written around check_payload: InvalidInput
                 self._history = {row["seq"]: Recorded(**{k: v for k, v in row.items() if k != "db_now"})
                                  for row in rows}
                 self.db_now = rows[0]["db_now"] if rows else None
@@ -181,6 +184,7 @@ class Durable:
         found = yield statement("durable.find_event", args)
         if found:
             [(event_id, payload)] = found
+            decoded(payload)
             yield statement("durable.drop_wait", args)
             yield from self.record_op(plan, RunStatus.SUCCEEDED, payload, event_id=event_id)
             return payload
@@ -256,7 +260,7 @@ class Durable:
                                      "pruned by retention, or not children of this run")
             for run_id, status, result, error in rows:
                 if status == RunStatus.SUCCEEDED:
-                    outcomes.append(result)
+                    outcomes.append(decoded(result))
                     continue
                 child = ChildRunError(run_id, status, error)
                 outcomes.append(child)

@@ -17,6 +17,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from . import tracing
+from .codec import check_name
 from .errors import ConfigurationError
 from .ops import Op, statement
 
@@ -63,6 +64,7 @@ def enqueue_op(task: str, inputs: Sequence[str], options: EnqueueOptions, *,
     from the task's registration.
     Large bulks go in chunks of BULK_CHUNK inputs (run it in a transaction to keep it atomic).
     """
+    check_name("task", task)  # the database's rule too (pgqueue.check_name), without a round trip
     keys = idempotency_keys
     if keys is not None and len(keys) != len(inputs):
         raise ConfigurationError(f"{len(keys)} idempotency keys for {len(inputs)} inputs: give one per input")
@@ -70,6 +72,8 @@ def enqueue_op(task: str, inputs: Sequence[str], options: EnqueueOptions, *,
         keys = [options.idempotency_key] * len(inputs)
     delay = options.delay
     queue = options.queue or default_queue
+    if queue is not None:
+        check_name("queue", queue)
     params = {
         "task": task,
         "queue": queue,

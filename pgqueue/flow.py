@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .codec import check_name
 from .errors import InvalidInput, TaskDefinitionError
 from .ops import Op, statement
 
@@ -64,6 +65,7 @@ class RateLimit:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise TaskDefinitionError("RateLimit needs the name of a limit declared with app.rate_limit(...)")
+        check_name("rate limit", self.name, TaskDefinitionError)
         if isinstance(self.units, (int, float)):
             if isinstance(self.units, bool) or not math.isfinite(self.units) or self.units <= 0:
                 raise TaskDefinitionError(f"RateLimit {self.name!r}: units must be a positive number")
@@ -83,6 +85,7 @@ class RateLimitDefinition:
     burst: float | None = None
 
     def __post_init__(self) -> None:
+        check_name("rate limit", self.name, TaskDefinitionError)
         for label, value in (("limit", self.limit), ("per", self.per), ("burst", self.burst)):
             if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0):
                 raise TaskDefinitionError(f"rate limit {self.name!r}: {label} must be a positive number")

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from .codec import decoded
 from .database import DONE_CHANNEL
 from .errors import RunFailed
 from .runs import RunInfo, get_run_op
@@ -64,7 +65,8 @@ class _HandleBase(Generic[R]):
     def _outcome(self, info: RunInfo) -> R:
         if info.status != RunStatus.SUCCEEDED:
             raise RunFailed(info.id, info.status, info.error)
-        return self._decode(info.result) if self._decode else info.result  # type: ignore[no-any-return]
+        result = decoded(info.result)
+        return self._decode(result) if self._decode else result  # type: ignore[no-any-return]
 
 
 class RunHandle(_HandleBase[R]):

@@ -15,6 +15,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
 from .ops import Op, statement
@@ -100,6 +101,22 @@ def check_binding(host: str, token: str | None, what: str = "metrics",
             f"refusing to serve {what} on {host} without a token: set {option}, or bind to 127.0.0.1")
 
 
+def loopback_host(host_header: str | None) -> bool:
+    """Whether a request's Host header names a loopback address (localhost, 127.0.0.0/8, ::1).
+    A server that answers without a token must check it: a page on another site whose name an
+    attacker re-pointed at 127.0.0.1 (DNS rebinding) sends its own name there."""
+    try:
+        name = urlsplit("//" + (host_header or "")).hostname or ""
+    except ValueError:  # e.g. an unbalanced "[" in the header
+        return False
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def bearer_ok(authorization: str | None, token: str) -> bool:
     """Whether an Authorization header carries the token (constant-time compare)."""
     return hmac.compare_digest((authorization or "").encode(), f"Bearer {token}".encode())
@@ -118,6 +135,8 @@ async def serve_metrics(host: str, port: int, token: str | None,
             method, path, *_ = request_line.split(" ")
             if token and not bearer_ok(headers.get("authorization"), token):
                 status, body = "401 Unauthorized", "a bearer token is required\n"
+            elif not token and not loopback_host(headers.get("host")):
+                status, body = "403 Forbidden", "without a token, metrics answer only to a loopback Host name\n"
             elif method != "GET" or path.split("?")[0] != "/metrics":
                 status, body = "404 Not Found", "see /metrics\n"
             else:
@@ -126,6 +145,11 @@ async def serve_metrics(host: str, port: int, token: str | None,
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n"
                          f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
             await writer.drain()
+        except asyncio.LimitOverrunError:
+            # headers over the reader's 64 KiB limit: a client error, not the server's
+            log.debug("metrics request dropped: headers too large")
+            writer.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
+                         b"Connection: close\r\n\r\n")
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
             log.debug("metrics request dropped: %s", exc)
         except Exception:

@@ -57,8 +57,15 @@ def statement(name: str, params: Sequence[Any] | Mapping[str, Any] | None = None
 Op = Generator[Statement, list[Row], T]
 
 
-def translate(exc: psycopg.Error) -> Exception:
+# SQLSTATEs of values refused on their way in (None: refused by the driver itself)
+_VALUE_REFUSED = {None, "22P02", "22P05", "22021", "22003", "22025", "22032"}
+
+
+def translate(exc: psycopg.Error | UnicodeEncodeError) -> Exception:
     """The pgqueue error for a database error raised by pgqueue's SQL, else `exc` itself."""
+    if isinstance(exc, UnicodeEncodeError):  # a lone surrogate in a str the driver had to send
+        return InvalidInput(f"a value cannot be sent to PostgreSQL: {exc.reason} "
+                            f"({exc.object[exc.start:exc.end]!a}); send text that is valid Unicode")
     diag = exc.diag
     message = f"{diag.message_primary or exc}".removeprefix("pgqueue: ")
     if diag.message_hint:
@@ -71,6 +78,11 @@ def translate(exc: psycopg.Error) -> Exception:
         return RunNotFound(message)
     if diag.sqlstate == "PQ004":
         return InvalidRunState(message)
+    if isinstance(exc, psycopg.DataError) and diag.sqlstate in _VALUE_REFUSED:
+        # a value PostgreSQL cannot take (a NUL character, an invalid Unicode escape, text that
+        # is not JSON, a number out of range), or a NUL the driver refused before sending
+        return InvalidInput(f"a value was refused by PostgreSQL: {message}; "
+                            "check the task's input and options for such values")
     if diag.sqlstate in ("42P01", "42883", "3F000") and "pgqueue" in str(diag.message_primary):
         return SchemaMissing("the pgqueue schema is missing or incomplete in this database; "
                              "run `pgqueue migrate`")
@@ -114,7 +126,7 @@ class _Driver:
         self._answered = True
         self._advance(lambda: self.op.send(rows))
 
-    def failed(self, exc: psycopg.Error) -> None:
+    def failed(self, exc: psycopg.Error | UnicodeEncodeError) -> None:
         if not self._answered and ended_by_server(exc):
             raise ServerEndedConnection() from exc
         mapped = translate(exc)
@@ -136,7 +148,7 @@ def execute_on(conn: psycopg.Connection[Any], op: Op[T], first: Statement = NOT_
             cur = conn.cursor(row_factory=st.row_factory())
             cur.execute(st.sql, st.params, prepare=st.prepare_on(conn))
             rows = cur.fetchall() if cur.description is not None else []
-        except psycopg.Error as exc:
+        except (psycopg.Error, UnicodeEncodeError) as exc:
             driver.failed(exc)
             continue
         driver.answered(rows)
@@ -150,7 +162,7 @@ async def execute_on_async(conn: psycopg.AsyncConnection[Any], op: Op[T], first:
             cur = conn.cursor(row_factory=st.row_factory())
             await cur.execute(st.sql, st.params, prepare=st.prepare_on(conn))
             rows = await cur.fetchall() if cur.description is not None else []
-        except psycopg.Error as exc:
+        except (psycopg.Error, UnicodeEncodeError) as exc:
             driver.failed(exc)
             continue
         driver.answered(rows)

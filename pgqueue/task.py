@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 import psycopg
 
-from .codec import InputCodec
+from .codec import InputCodec, check_name
 from .enqueue import EnqueueOptions, enqueue_op
 from .errors import ConfigurationError, TaskDefinitionError
 from .flow import Concurrency, RateLimit, flow_columns
@@ -24,9 +23,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-_NAME = re.compile(r"^[A-Za-z_][\w.:-]{0,199}$")
-
 
 @dataclass(frozen=True)
 class TaskSettings:
@@ -67,11 +63,10 @@ class TaskSettings:
         object.__setattr__(self, "rate_limits", tuple(self.rate_limits))
         if isinstance(self.on_event, str):
             object.__setattr__(self, "on_event", (self.on_event,))
-        if not _NAME.match(self.name):
-            raise TaskDefinitionError(
-                f"task name {self.name!r} is not valid: use letters, digits and . _ : - (at most 200)")
-        if not _NAME.match(self.queue):
-            raise TaskDefinitionError(f"queue name {self.queue!r} is not valid: use letters, digits and . _ : -")
+        check_name("task", self.name, TaskDefinitionError)
+        check_name("queue", self.queue, TaskDefinitionError)
+        for event in self.on_event:
+            check_name("event", event, TaskDefinitionError)
         if not -32768 <= self.priority <= 32767:
             raise TaskDefinitionError("priority must be between -32768 and 32767 (higher runs first)")
         if self.max_retry_later < 0:

@@ -42,6 +42,16 @@ CREATE TABLE pgqueue.schema_functions (
 
 -- Task defaults known to the database, so that plain-SQL enqueues land on the task's queue
 -- and compute the task's flow-control keys (the Python client computes them itself).
+-- Limits enforced by the enqueue and payload functions (sql/functions/payload.sql); writable
+-- only by the schema owner, so that a producer cannot lift them for its session.
+CREATE TABLE pgqueue.settings (
+    name  text PRIMARY KEY CHECK (name IN ('max_input_bytes', 'max_metadata_bytes')),
+    value bigint NOT NULL CHECK (value > 0)
+);
+
+COMMENT ON TABLE pgqueue.settings IS
+    'Limits enforced by the enqueue and payload functions; writable only by the schema owner.';
+
 CREATE TABLE pgqueue.tasks (
     name              text PRIMARY KEY,
     queue             text NOT NULL DEFAULT 'default',
@@ -280,7 +290,7 @@ CREATE TABLE pgqueue.cron_schedules (
     enabled        boolean NOT NULL DEFAULT true,
     misfire_policy text NOT NULL DEFAULT 'run_once'
         CHECK (misfire_policy IN ('skip', 'run_once', 'catch_up')),
-    catch_up_limit integer,
+    catch_up_limit integer CHECK (catch_up_limit >= 1),
     next_fire_at   timestamptz,
     last_fire_at   timestamptz,
     source         text NOT NULL DEFAULT 'code' CHECK (source IN ('code', 'runtime')),

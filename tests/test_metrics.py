@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import urllib.error
 import urllib.request
@@ -12,7 +13,7 @@ import pytest
 
 from conftest import running_worker
 from pgqueue import ConfigurationError
-from pgqueue.metrics import Metrics, check_binding
+from pgqueue.metrics import Metrics, check_binding, serve_metrics
 from pgqueue.worker import Worker, WorkerSettings
 
 
@@ -75,3 +76,36 @@ def test_histogram_and_label_escaping() -> None:
     assert 'pgqueue_run_seconds_bucket{task="a\\"b",le="0.01"} 0' in text
     assert 'pgqueue_run_seconds_bucket{task="a\\"b",le="0.05"} 1' in text
     assert 'pgqueue_run_seconds_count{task="a\\"b"} 1' in text and "pgqueue_claims_total 1" in text
+
+
+def _raw_request(port: int, head: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+async def test_without_a_token_only_loopback_hosts_and_no_traceback_for_huge_headers(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def render() -> str:
+        return "pgqueue_workers_alive 1\n"
+
+    server = await serve_metrics("127.0.0.1", 0, None, render)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        def ask(host: str, extra: bytes = b"") -> bytes:
+            return _raw_request(port, f"GET /metrics HTTP/1.1\r\nHost: {host}\r\n".encode() + extra + b"\r\n")
+
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "127.0.0.2"):
+            assert (await asyncio.to_thread(ask, host)).startswith(b"HTTP/1.1 200"), host
+        for host in ("evil.example", f"evil.example:{port}", "", "[oops"):  # DNS rebinding, or no name at all
+            assert (await asyncio.to_thread(ask, host)).startswith(b"HTTP/1.1 403"), host
+        with caplog.at_level(logging.DEBUG, logger="pgqueue.metrics"):
+            answer = await asyncio.to_thread(ask, "127.0.0.1", b"X-Big: " + b"a" * 70_000 + b"\r\n")
+        assert answer.startswith(b"HTTP/1.1 431")
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    finally:
+        server.close()
+        await server.wait_closed()

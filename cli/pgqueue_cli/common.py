@@ -87,7 +87,9 @@ def cell(value: Any) -> str:
         return value.strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, float):
         return f"{value:.1f}"
-    return str(value)
+    text = str(value)
+    # a newline or terminal escape in a stored name must not forge a row or restyle the screen
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def parse_when(value: str | None) -> datetime | None:

@@ -74,9 +74,10 @@ def show_cmd(run_id: int, as_json: bool, dsn: str | None) -> None:
     if info.result is not None:
         fields.append(("result", json.dumps(info.result)))
     if info.error:
-        fields.append(("error", click.style(f"{info.error.get('type')}: {info.error.get('message')}", fg="red")))
+        fields.append(("error", f"{info.error.get('type')}: {info.error.get('message')}"))
     for label, value in fields:
-        click.echo(f"  {label:<9} {cell(value)}")
+        # styled after cell(), which escapes the control characters a stored value may hold
+        click.echo(f"  {label:<9} {click.style(cell(value), fg='red') if label == 'error' else cell(value)}")
     if not attempts:
         return
     click.echo()

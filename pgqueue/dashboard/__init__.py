@@ -25,21 +25,24 @@ def require_extra() -> None:
 
 
 def create_server(dsn: str | None = None, host: str = "127.0.0.1", port: int = 8088, token: str | None = None,
-                  app: Any = None) -> DashboardServer:
+                  app: Any = None, *, secure_cookie: bool = False, timeout: float | None = None) -> DashboardServer:
     """A dashboard server bound to (host, port), not yet serving (call `serve_forever()`).
 
     `app`: your PgQueue, optional: with it, workflow graphs come from the code and show nodes that
-    have not started yet. A non-loopback host without a token is refused."""
+    have not started yet. A non-loopback host without a token is refused. `secure_cookie`: mark
+    the login cookie Secure (serve it behind TLS). `timeout`: seconds a client may take to send a
+    request (default server.REQUEST_TIMEOUT)."""
     require_extra()
     from ..app import PgQueue
     from .auth import Auth, check_dashboard_binding
     from .pages import Dashboard
-    from .server import make_server
+    from .server import REQUEST_TIMEOUT, make_server
 
     check_dashboard_binding(host, token)
     queue = PgQueue(dsn or (app.dsn if app is not None else None), pool_size=8)
     queue.db.pool()  # a wrong DSN or a missing schema ends here with a clear error, not on the first page
-    return make_server(Dashboard(queue, Auth(token), workflow_graphs(app)), host, port)
+    dash = Dashboard(queue, Auth(token, secure_cookie), workflow_graphs(app))
+    return make_server(dash, host, port, REQUEST_TIMEOUT if timeout is None else timeout)
 
 
 def workflow_graphs(app: Any) -> dict[str, dict[str, list[str]]]:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import secrets
+import time
 from collections.abc import Mapping
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import urlsplit
 
-from ..metrics import bearer_ok, check_binding
+from ..metrics import bearer_ok, check_binding, loopback_host
 
 COOKIE = "pgqueue_dashboard"
+#: seconds a login lasts (the cookie's Max-Age, and the expiry signed into its value)
+SESSION_SECONDS = 12 * 3600
 TOKEN_OPTION = "--token (or PGQUEUE_DASHBOARD_TOKEN)"
 
 
@@ -23,16 +25,32 @@ def check_dashboard_binding(host: str, token: str | None) -> None:
 
 class Auth:
     """With a token, every request must carry it: `Authorization: Bearer <token>`, or the HttpOnly
-    cookie set by the login form (it holds an HMAC of the token, never the token itself).
+    cookie set by the login form. The cookie holds its expiry and an HMAC of it keyed by the token
+    (never the token itself): it stops working after `session_seconds`, or when the token changes.
+    `secure_cookie` adds the Secure attribute, for a dashboard served behind TLS.
 
     Actions (POST) must also carry the CSRF token embedded in the pages' forms, and when the
     browser sends an Origin it must be this server's own."""
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, secure_cookie: bool = False,
+                 session_seconds: int = SESSION_SECONDS) -> None:
         self.token = token or None
         self.csrf = secrets.token_urlsafe(32)
-        self.session = (hmac.new(self.token.encode(), b"pgqueue-dashboard-session", hashlib.sha256).hexdigest()
-                        if self.token else "")
+        self.secure_cookie = secure_cookie
+        self.session_seconds = session_seconds
+
+    def _signature(self, expires: int) -> str:
+        assert self.token is not None
+        return hmac.new(self.token.encode(), f"pgqueue-dashboard-session:{expires}".encode(),
+                        hashlib.sha256).hexdigest()
+
+    def session_ok(self, value: str, now: float | None = None) -> bool:
+        if self.token is None:
+            return False
+        expires, _, signature = value.partition(".")
+        if not expires.isdigit() or len(expires) > 12 or int(expires) <= (time.time() if now is None else now):
+            return False
+        return hmac.compare_digest(signature.encode(), self._signature(int(expires)).encode())
 
     def allowed(self, headers: Mapping[str, str]) -> bool:
         """`headers`: the request's headers with lower-case names."""
@@ -40,26 +58,26 @@ class Auth:
             return True
         if bearer_ok(headers.get("authorization"), self.token):
             return True
-        return hmac.compare_digest(_cookie(headers.get("cookie")).encode(), self.session.encode())
+        return self.session_ok(_cookie(headers.get("cookie")))
 
     def host_ok(self, headers: Mapping[str, str]) -> bool:
         """Without a token, only loopback names may be in the Host header: a page on another site
         whose name an attacker re-pointed at 127.0.0.1 (DNS rebinding) is refused."""
-        if self.token is not None:
-            return True
-        name = urlsplit("//" + headers.get("host", "")).hostname or ""
-        if name == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(name).is_loopback
-        except ValueError:
-            return False
+        return self.token is not None or loopback_host(headers.get("host"))
 
     def login(self, submitted: str) -> bool:
         return self.token is not None and hmac.compare_digest(submitted.encode(), self.token.encode())
 
-    def session_cookie(self) -> str:
-        return f"{COOKIE}={self.session}; HttpOnly; SameSite=Strict; Path=/"
+    def session_cookie(self, now: float | None = None) -> str:
+        expires = int(time.time() if now is None else now) + self.session_seconds
+        return self._cookie(f"{expires}.{self._signature(expires)}", self.session_seconds)
+
+    def logout_cookie(self) -> str:
+        return self._cookie("", 0)
+
+    def _cookie(self, value: str, max_age: int) -> str:
+        secure = "; Secure" if self.secure_cookie else ""
+        return f"{COOKIE}={value}; Max-Age={max_age}; HttpOnly; SameSite=Strict; Path=/{secure}"
 
     def csrf_ok(self, submitted: str, headers: Mapping[str, str]) -> bool:
         origin = headers.get("origin")

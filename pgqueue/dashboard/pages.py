@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +44,10 @@ def parse_time(value: str, name: str, now: datetime) -> datetime:
     value = value.strip()
     relative = _RELATIVE.match(value)
     if relative:
-        return now - timedelta(**{_UNITS[relative[2]]: int(relative[1])})
+        try:
+            return now - timedelta(**{_UNITS[relative[2]]: int(relative[1])})
+        except OverflowError:
+            raise BadFilter(f"{name}: {value!r} reaches back before the year 1") from None
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
@@ -59,7 +63,8 @@ def parse_metadata(value: str) -> str:
         raise BadFilter(f"metadata: {value!r} is not key=value (e.g. tenant=acme)")
     try:
         parsed: Any = json.loads(raw)
-        if isinstance(parsed, (dict, list)):
+        # objects and arrays are matched as text; 1e999999 would decode to inf, which is no JSON
+        if isinstance(parsed, (dict, list)) or (isinstance(parsed, float) and not math.isfinite(parsed)):
             parsed = raw
     except ValueError:
         parsed = raw
@@ -72,13 +77,15 @@ def parse_filters(query: Mapping[str, str], now: datetime) -> tuple[RunFilters, 
         value = query.get(name, "").strip()
         if len(value) > 500:
             raise BadFilter(f"{name}: at most 500 characters")
+        if "\x00" in value:  # PostgreSQL text cannot hold it
+            raise BadFilter(f"{name}: a NUL character cannot be part of a filter")
         return value or None
 
     status = text("status")
     if status is not None and status not in NAMES:
         raise BadFilter(f"status: {status!r} is not one of {', '.join(NAMES)}")
     before = text("before")
-    if before is not None and not before.isdigit():
+    if before is not None and not (before.isascii() and before.isdigit() and int(before) < 2**63):
         raise BadFilter(f"before: {before!r} is not a run id")
     since, until = text("since"), text("until")
     metadata = text("metadata")

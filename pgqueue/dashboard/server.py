@@ -10,7 +10,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import jinja2
 import psycopg
@@ -25,6 +25,9 @@ log = logging.getLogger("pgqueue.dashboard")
 HERE = Path(__file__).resolve().parent
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
 MAX_FORM = 256 * 1024
+#: seconds a client may take to send a request (or stay idle between two): a slow client must
+#: not hold one of the server's threads for ever
+REQUEST_TIMEOUT = 30.0
 _RUN = re.compile(r"^/runs/(\d+)$")
 _RUN_ACTION = re.compile(r"^/runs/(\d+)/(\w+)$")
 _NAMED_ACTION = re.compile(r"^/(queues|cron)/([^/]+)/(\w+)$")
@@ -55,18 +58,33 @@ def _took(start: datetime | None, end: datetime | None) -> str:
     return "-" if start is None or end is None else f"{(end - start).total_seconds():.3f} s"
 
 
+class BadRequest(Exception):
+    """A request refused before its body is read (the connection is closed after the answer)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], dash: Dashboard) -> None:
+    def __init__(self, address: tuple[str, int], dash: Dashboard, timeout: float = REQUEST_TIMEOUT) -> None:
         super().__init__(address, Handler)
         self.dash = dash
         self.env = environment(dash)
+        self.request_timeout = timeout
 
 
 class Handler(BaseHTTPRequestHandler):
     server: DashboardServer
     server_version = "pgqueue-dashboard"
+
+    def setup(self) -> None:
+        super().setup()
+        # a read that waits longer ends the connection (handle_one_request treats the socket's
+        # timeout as a closed connection), so a slow client cannot hold this thread for ever
+        self.connection.settimeout(self.server.request_timeout)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
@@ -90,12 +108,17 @@ class Handler(BaseHTTPRequestHandler):
                 return self._static(url.path.removeprefix("/static/"))
             if url.path == "/login":
                 return self._login(query)
+            if url.path == "/logout":
+                return self._logout()
             if not self.server.dash.auth.allowed(self._headers()):
                 if self.command == "GET" and "text/html" in self.headers.get("Accept", ""):
                     return self._redirect("/login?" + urlencode({"next": self.path}))
                 return self._send(401, "a token is required: Authorization: Bearer <token>, or log in at /login\n",
                                   "text/plain; charset=utf-8")
             handler(url.path, query)
+        except BadRequest as exc:
+            self.close_connection = True  # the body, if any, was not read
+            self._send(exc.status, f"{exc}\n", "text/plain; charset=utf-8", {"Connection": "close"})
         except RunNotFound as exc:
             self._error(404, str(exc))
         except (DatabaseUnavailable, psycopg.OperationalError) as exc:
@@ -149,10 +172,21 @@ class Handler(BaseHTTPRequestHandler):
         return {name.lower(): value for name, value in self.headers.items()}
 
     def _form(self) -> dict[str, str]:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_FORM:
-            raise PgQueueError(f"form too large ({length} bytes; at most {MAX_FORM})")
-        return dict(parse_qsl(self.rfile.read(length).decode("utf-8", "replace"), keep_blank_values=True))
+        """The request's form, its length checked before anything is read."""
+        if self.headers.get("Transfer-Encoding"):
+            raise BadRequest(411, "send the form with a Content-Length, not a Transfer-Encoding")
+        length = content_length(self.headers.get_all("Content-Length") or [])
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:  # a Content-Length larger than what the client sends
+            raise BadRequest(408, f"the form's {length} bytes did not arrive within "
+                                  f"{self.server.request_timeout:g} s") from None
+        if len(body) < length:
+            raise BadRequest(400, f"the connection closed after {len(body)} of the form's {length} bytes")
+        try:
+            return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=1000))
+        except ValueError as exc:  # over max_num_fields
+            raise BadRequest(413, f"the form is too large ({exc})") from None
 
     # -- routes -----------------------------------------------------------------------------
 
@@ -164,6 +198,14 @@ class Handler(BaseHTTPRequestHandler):
                 return self._redirect(target, {"Set-Cookie": auth.session_cookie()})
             return self._render(401, "login.html", {"next": target, "failed": True})
         self._render(200, "login.html", {"next": target, "failed": False})
+
+    def _logout(self) -> None:
+        """POST /logout (with the pages' CSRF token): the browser drops the login cookie."""
+        if self.command != "POST":
+            return self._send(405, "log out with POST /logout\n", "text/plain; charset=utf-8", {"Allow": "POST"})
+        if not self.server.dash.auth.csrf_ok(self._form().get("csrf", ""), self._headers()):
+            return self._error(403, "this form is stale or came from another site: reload the page and try again")
+        self._redirect("/login", {"Set-Cookie": self.server.dash.auth.logout_cookie()})
 
     def _get(self, path: str, query: dict[str, str]) -> None:
         dash = self.server.dash
@@ -199,10 +241,35 @@ class Handler(BaseHTTPRequestHandler):
         self._redirect(back.split("?")[0] + "?" + urlencode({"done": done}))
 
 
+_ASCII_PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))
+
+
+def content_length(values: list[str]) -> int:
+    """The body's length from the Content-Length header(s): 0 when absent; BadRequest for a value
+    that is not one plain non-negative integer (a negative one once made the server read until
+    the client stopped) or that is over MAX_FORM."""
+    if not values:
+        return 0
+    if len(set(values)) != 1 or not values[0].strip().isascii() or not values[0].strip().isdigit():
+        raise BadRequest(400, f"Content-Length must be one non-negative integer, not {', '.join(values)[:40]!r}")
+    length = int(values[0].strip())
+    if length > MAX_FORM:
+        raise BadRequest(413, f"the form is too large ({length} bytes; at most {MAX_FORM})")
+    return length
+
+
 def _local(target: str) -> str:
-    """Only paths of this server (never //host or a scheme): no open redirect."""
-    return target if target.startswith("/") and not target.startswith("//") else "/"
+    """Only paths of this server: no scheme or host (//host, /\\host, a tab or newline that
+    browsers drop), no control character that could end a header. Anything else: "/"."""
+    if (not target.startswith("/") or target.startswith("//") or "\\" in target
+            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target)):
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return "/"
+    # a header holds only latin-1: anything beyond ASCII goes percent-encoded (as the browser sent it)
+    return target if target.isascii() else quote(target, safe=_ASCII_PRINTABLE)
 
 
-def make_server(dash: Dashboard, host: str, port: int) -> DashboardServer:
-    return DashboardServer((host, port), dash)
+def make_server(dash: Dashboard, host: str, port: int, timeout: float = REQUEST_TIMEOUT) -> DashboardServer:
+    return DashboardServer((host, port), dash, timeout)

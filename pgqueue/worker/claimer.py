@@ -7,7 +7,6 @@ fairness across concurrency keys, concurrency and rate limits, all decided in th
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 from ..ops import Op, statement
 
@@ -18,7 +17,8 @@ class Claimed:
 
     id: int
     task: str
-    input: dict[str, Any]
+    #: the stored input as JSON text, decoded by the executor (codec.loads_bounded)
+    input: str
     attempt: int
     failures: int
     expired: bool
@@ -37,5 +37,6 @@ def with_trace_contexts_op(claimed: list[Claimed]) -> Op[list[Claimed]]:
     """The runs with their trace context, read in one query (tracing only: the claim itself
     stays as narrow as it is when tracing is off)."""
     rows = yield statement("worker.trace_contexts", {"ids": [run.id for run in claimed]}, custom_plan=True)
-    found = dict(rows)
+    # a context that could not be decoded (UndecodableJSON) is dropped: it only links spans
+    found = {run_id: context for run_id, context in rows if isinstance(context, dict)}
     return [replace(run, trace_context=found[run.id]) if run.id in found else run for run in claimed]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import tracing
+from ..codec import check_stored, loads_bounded
 from ..context import RunContext, _current
 from ..errors import (
     DatabaseInterrupted,
@@ -127,6 +128,9 @@ class Executor:
     def __init__(self, app: PgQueue, threads: ThreadPoolExecutor) -> None:
         self.app = app
         self.threads = threads
+        #: the database's max_input_bytes, read when the worker starts: a result over it (or nested
+        #: too deeply) fails its run here rather than the whole batch of outcomes being written
+        self.max_payload: int | None = None
 
     async def execute(self, run: Claimed, ctx: RunContext) -> Outcome | None:
         """The outcome to record; None when the run already recorded its own (suspended)."""
@@ -150,7 +154,7 @@ class Executor:
                                  f"this worker has no task named {run.task!r} (it knows: {known}); "
                                  "deploy the code that defines it, then retry the run")
         try:
-            args, kwargs = task.codec.decode(run.input)
+            args, kwargs = task.codec.decode(loads_bounded(run.input, f"the input of run {run.id}"))
         except InvalidInput as exc:
             return final_failure(run, "InvalidInput", str(exc))
         try:
@@ -159,6 +163,7 @@ class Executor:
                 call = _watched(call, ctx, task.settings.heartbeat_timeout)
             value = await asyncio.wait_for(call, task.settings.timeout)
             result = json.dumps(task.codec.encode_output(value), separators=(",", ":"))
+            check_stored(result, f"the result of run {run.id}", self.max_payload)
         except Suspended:
             return None
         except RunTakenOver as lost:
@@ -183,6 +188,10 @@ class Executor:
             return self._cancelled(run)
         except TaskCancelled:
             return self._cancelled(run)
+        except InvalidInput as exc:
+            # a result or step output over the limits, a stored value nested too deeply: the same
+            # input would fail the same way, so no retry
+            return final_failure(run, type(exc).__name__, str(exc))
         except Exception as exc:
             cut_off = _interruption(exc)
             if cut_off is not None:  # the task's code re-raised pgqueue's own database failure

@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..codec import check_stored
 from ..database import Database
-from ..errors import InputTooLarge
 from ..ops import Op, statement
 
 MAX_BATCH = 500
@@ -48,10 +48,8 @@ class StepWriter:
         """Queue one checkpoint and wait until it is committed; the step's attempt count, or
         None when the run is no longer running here."""
         text = None if output is None else json.dumps(output, separators=(",", ":"), default=str)
-        if text is not None and len(text.encode()) > self.max_payload:
-            raise InputTooLarge(f'the output of step "{key}" is {len(text.encode())} bytes, over the limit of '
-                                f"{self.max_payload} bytes. Store large blobs elsewhere (a table, object "
-                                "storage) and pass a reference.")
+        if text is not None:
+            check_stored(text, f'the output of step "{key}"', self.max_payload)
         done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(int(fence["run"]), int(fence["attempt"]), key, seq, name, status, text,
                                       None if error is None else json.dumps(error), duration, done))

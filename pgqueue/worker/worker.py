@@ -106,6 +106,7 @@ class Worker:
             _warn_unbounded(self.app)
             max_payload = await self.db.execute_async(_max_payload_op())
             self._steps = StepWriter(self.db, self.id, max_payload)
+            self._executor.max_payload = max_payload
             await self._serve_with_services(self._steps)
             try:
                 await self.db.execute_async(_stop_worker_op(self.id))

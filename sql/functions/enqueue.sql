@@ -106,6 +106,11 @@ BEGIN
     SELECT * INTO v_queue, v_priority, v_s2s
       FROM pgqueue.enqueue_settings(enqueue_many.task, enqueue_many.queue, enqueue_many.priority,
                                     enqueue_many.schedule_to_start);
+    IF NOT (pgqueue.name_ok(enqueue_many.task) AND pgqueue.name_ok(v_queue)) THEN
+        PERFORM pgqueue.check_name('task', enqueue_many.task), pgqueue.check_name('queue', v_queue);
+    END IF;
+    PERFORM pgqueue.check_options(enqueue_many.metadata, enqueue_many.trace_context, enqueue_many.tags,
+                                  enqueue_many.rate_costs);
     IF idempotency_keys IS NOT NULL
        AND cardinality(idempotency_keys) <> cardinality(inputs) THEN
         RAISE EXCEPTION 'pgqueue: % idempotency keys for % inputs',
@@ -237,6 +242,16 @@ BEGIN
        OR v_priority NOT BETWEEN -32768 AND 32767 THEN
         SELECT * INTO v_queue, v_priority, v_s2s
           FROM pgqueue.enqueue_settings(enqueue_one.task, v_queue, v_priority, v_s2s);
+    END IF;
+    -- the checks cost a few microseconds when all is well: name_ok and the emptiness tests are
+    -- plain expressions; the functions that raise the errors run only when one fails
+    IF NOT (pgqueue.name_ok(enqueue_one.task) AND pgqueue.name_ok(v_queue)) THEN
+        PERFORM pgqueue.check_name('task', enqueue_one.task), pgqueue.check_name('queue', v_queue);
+    END IF;
+    IF enqueue_one.metadata <> '{}' OR enqueue_one.trace_context IS NOT NULL OR enqueue_one.rate_cost IS NOT NULL
+       OR cardinality(enqueue_one.tags) > 0 THEN
+        PERFORM pgqueue.check_options(enqueue_one.metadata, enqueue_one.trace_context, enqueue_one.tags,
+                                      ARRAY[enqueue_one.rate_cost]);
     END IF;
     IF NOT pgqueue.input_ok(enqueue_one.input, v_limit) THEN
         PERFORM pgqueue.reject_input(enqueue_one.task, enqueue_one.input, 0, v_limit);

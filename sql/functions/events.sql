@@ -27,6 +27,7 @@ BEGIN
         RAISE EXCEPTION 'pgqueue: event name is empty' USING ERRCODE = 'PQ002',
             HINT = 'e.g. SELECT pgqueue.send_event(''approval'', ''run-42'', ''{"approved": true}'')';
     END IF;
+    PERFORM pgqueue.check_name('event', send_event.name);
     PERFORM pgqueue.check_payload(send_event.payload, format('the payload of event "%s"', send_event.name));
     PERFORM pgqueue.event_lock(send_event.name, coalesce(send_event.key, ''));
     INSERT INTO pgqueue.events (name, key, payload)

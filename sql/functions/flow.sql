@@ -20,6 +20,7 @@ CREATE OR REPLACE FUNCTION pgqueue.set_concurrency_limit(task text, max_running 
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 BEGIN
+    PERFORM pgqueue.check_name('task', task);
     IF max_running IS NULL OR max_running < 1 THEN
         RAISE EXCEPTION 'pgqueue: a concurrency limit must be at least 1 (got %)', max_running
             USING ERRCODE = 'PQ002', HINT = 'To stop a task from running, pause its queue instead.';
@@ -59,6 +60,7 @@ CREATE OR REPLACE FUNCTION pgqueue.set_rate_limit(name text, "limit" double prec
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 BEGIN
+    PERFORM pgqueue.check_name('rate limit', name);
     IF "limit" IS NULL OR "limit" <= 0 OR per_s IS NULL OR per_s <= 0 OR (burst IS NOT NULL AND burst <= 0) THEN
         RAISE EXCEPTION 'pgqueue: rate limit "%" needs a positive limit, period and burst (got %, %, %)',
             name, "limit", per_s, burst USING ERRCODE = 'PQ002',

@@ -124,12 +124,12 @@ $$;
 -- Pause a queue: its runs stay queued and no worker claims them until it is resumed.
 CREATE OR REPLACE FUNCTION pgqueue.pause_queue(queue text) RETURNS void
 LANGUAGE sql AS $$
-    INSERT INTO pgqueue.queues (name, paused) VALUES (queue, true)
+    INSERT INTO pgqueue.queues (name, paused) VALUES (pgqueue.check_name('queue', queue), true)
     ON CONFLICT (name) DO UPDATE SET paused = true, updated_at = now();
 $$;
 
 CREATE OR REPLACE FUNCTION pgqueue.resume_queue(queue text) RETURNS void
 LANGUAGE sql AS $$
     UPDATE pgqueue.queues SET paused = false, updated_at = now() WHERE name = queue;
-    SELECT pg_notify('pgqueue_ready', queue);
+    SELECT pg_notify('pgqueue_ready', pgqueue.check_name('queue', queue));
 $$;

@@ -9,7 +9,8 @@
 -- save and that pass still fires.
 INSERT INTO pgqueue.cron_schedules AS c (name, expression, timezone, task, input, queue, priority,
                                          misfire_policy, catch_up_limit, source)
-VALUES (%(name)s, %(expression)s, %(timezone)s, %(task)s, %(input)s::jsonb, %(queue)s, %(priority)s,
+VALUES (pgqueue.check_name('schedule', %(name)s), %(expression)s, %(timezone)s, %(task)s,
+        pgqueue.check_payload(%(input)s::jsonb, 'the input of a schedule'), %(queue)s, %(priority)s,
         %(misfire)s, %(catch_up_limit)s, %(source)s)
 ON CONFLICT (name) DO UPDATE
    SET expression = excluded.expression, timezone = excluded.timezone, task = excluded.task,

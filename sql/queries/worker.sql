@@ -12,7 +12,9 @@ UPDATE pgqueue.workers SET stopped_at = now(), heartbeat_at = now() WHERE id = %
 -- name: claim
 -- Lease up to `limit` due runs of the served queues to this worker (pgqueue.claim, in
 -- sql/functions/claim.sql, applies priorities, fairness, concurrency and rate limits).
-SELECT id, task, input, attempt, failures, expired, queue
+-- The input comes as text: the executor decodes each run's on its own, so that one that cannot
+-- be decoded fails alone instead of failing the fetch of the whole batch.
+SELECT id, task, input::text AS input, attempt, failures, expired, queue
   FROM pgqueue.claim(%(worker)s, %(queues)s::text[], %(limit)s, %(lease_s)s)
 
 -- name: trace_contexts
