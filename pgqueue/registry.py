@@ -17,6 +17,7 @@ from .cron import Schedule, sync_op
 from .errors import TaskDefinitionError, UnknownTask
 from .flow import Concurrency, RateLimit, RateLimitDefinition, registration, sync_limits_op
 from .ops import Op, statement
+from .retention import RetentionSpec, sync_task_op, task_retention
 from .retry import Retry
 from .task import Task, TaskSettings
 
@@ -61,7 +62,8 @@ class TaskRegistry:
              retry: Retry | None = None, timeout: float | None = None,
              schedule_to_start: float | None = None, on_event: str | Sequence[str] = (),
              concurrency: Concurrency | None = None,
-             rate_limits: Sequence[RateLimit] | RateLimit = ()) -> TaskDecorator: ...
+             rate_limits: Sequence[RateLimit] | RateLimit = (),
+             retention: RetentionSpec | None = None) -> TaskDecorator: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Declare a task. Use as `@app.task` or `@app.task(queue=..., retry=..., ...)`.
@@ -71,7 +73,9 @@ class TaskRegistry:
         timeout: start-to-close seconds per attempt; schedule_to_start: seconds a run may
         wait before it fails as expired; on_event: event names that start a run of this task
         with the event's payload as input; concurrency: a `Concurrency` rule (at most N running
-        runs per key); rate_limits: `RateLimit` rules (units taken before a run starts).
+        runs per key); rate_limits: `RateLimit` rules (units taken before a run starts);
+        retention: how long its finished runs are kept — seconds or a timedelta, or a mapping
+        such as `{"succeeded": timedelta(hours=1)}` (other statuses keep the defaults).
         """
         if fn is not None:
             return self.register(fn)
@@ -138,6 +142,7 @@ class TaskRegistry:
             yield statement("flow.register_flow", {"task": s.name, **registration(s.concurrency, s.rate_limits)})
             for event in s.on_event:
                 yield statement("durable.subscribe", (event, s.name))
+            yield from sync_task_op(s.name, task_retention(s.name, s.retention))
             if s.concurrency is not None:
                 limits.append((s.name, s.concurrency))
             for rule in s.rate_limits:
