@@ -435,3 +435,14 @@ async def test_worker_pruner_prunes_alone_and_reports(durable_tasks: Any, dsn: s
     assert last.last_pruned_at is not None and last.total_runs >= 8
     gauges = await db.execute_async(gauges_op())
     assert gauges["pgqueue_pruned_runs_total"][()] == float(last.total_runs)
+
+
+def test_a_tree_larger_than_a_batch_goes_over_several_calls_root_last(conn: Conn, reset_policies: None) -> None:
+    [root] = _make_trees(conn, 1, 24, "big_tree")  # 24 children and a grandchild
+    calls = []
+    while True:
+        trees, runs = conn.execute("SELECT trees, runs FROM pgqueue.prune(10)").fetchone()  # type: ignore[misc]
+        if runs == 0:
+            break
+        calls.append((trees, runs, _exists(conn, root)))
+    assert calls == [(0, 10, True), (0, 10, True), (1, 6, False)]

@@ -102,6 +102,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
     -- no run finished after this can be due (the shortest policy): bounds the index scan
     v_cutoff     timestamptz;
+    -- the same for the default policies only (task '*')
+    v_default_cutoff timestamptz;
+    v_task       text;
+    v_keep       interval;
     v_event_keep interval;
     v_due        refcursor;
     v_root       bigint;
@@ -122,7 +126,9 @@ BEGIN
         RAISE EXCEPTION 'pgqueue: prune batch size must be at least 1 (got %)', batch_size
             USING ERRCODE = 'PQ002', HINT = 'e.g. SELECT * FROM pgqueue.prune(1000)';
     END IF;
-    SELECT now() - min(p.keep) INTO v_cutoff FROM pgqueue.retention_policies p WHERE p.status <> 'events';
+    SELECT now() - min(p.keep), now() - min(p.keep) FILTER (WHERE p.task = '*')
+      INTO v_cutoff, v_default_cutoff
+      FROM pgqueue.retention_policies p WHERE p.status <> 'events';
     SELECT p.keep INTO v_event_keep FROM pgqueue.retention_policies p WHERE p.task = '*' AND p.status = 'events';
 
     IF dry_run THEN
@@ -152,10 +158,12 @@ BEGIN
     -- batch. A cursor locks each row as it is fetched (one at a time: FETCH, not a FOR loop, which
     -- reads ahead), so a pruner locks only the roots it takes; a root another transaction holds
     -- is skipped, as is a tree with a run still unfinished or not yet due.
+    -- First every task's runs older than the shortest default policy, in finishing order (the
+    -- scan stops at that age: it never walks the recent history) ...
     OPEN v_due FOR
         SELECT r.id, (SELECT count(*) FROM pgqueue.runs d WHERE d.root_id = r.id) AS below
           FROM pgqueue.runs r
-         WHERE r.parent_id IS NULL AND r.finished_at < v_cutoff
+         WHERE r.parent_id IS NULL AND r.finished_at < v_default_cutoff
            AND pgqueue.run_expired(r.task, r.status, r.finished_at)
            AND NOT EXISTS (SELECT 1 FROM pgqueue.runs d
                             WHERE d.root_id = r.id AND NOT pgqueue.run_expired(d.task, d.status, d.finished_at))
@@ -169,6 +177,32 @@ BEGIN
         EXIT WHEN v_budget <= 0;
     END LOOP;
     CLOSE v_due;
+    -- ... then the runs of each task whose own policy is shorter, oldest first (runs_task_id).
+    FOR v_task, v_keep IN
+        SELECT p.task, min(p.keep) FROM pgqueue.retention_policies p
+         WHERE p.task <> '*' AND p.status <> 'events'
+         GROUP BY p.task HAVING now() - min(p.keep) > v_default_cutoff
+    LOOP
+        EXIT WHEN v_budget <= 0;
+        OPEN v_due FOR
+            SELECT r.id, (SELECT count(*) FROM pgqueue.runs d WHERE d.root_id = r.id) AS below
+              FROM pgqueue.runs r
+             WHERE r.task = v_task AND r.parent_id IS NULL AND r.finished_at < now() - v_keep
+               AND r.id <> ALL(v_roots)
+               AND pgqueue.run_expired(r.task, r.status, r.finished_at)
+               AND NOT EXISTS (SELECT 1 FROM pgqueue.runs d
+                                WHERE d.root_id = r.id AND NOT pgqueue.run_expired(d.task, d.status, d.finished_at))
+             ORDER BY r.task, r.id
+               FOR UPDATE OF r SKIP LOCKED;
+        LOOP
+            FETCH v_due INTO v_root, v_size;
+            EXIT WHEN NOT FOUND;
+            v_roots := v_roots || v_root;
+            v_budget := v_budget - 1 - v_size;
+            EXIT WHEN v_budget <= 0;
+        END LOOP;
+        CLOSE v_due;
+    END LOOP;
 
     -- The runs below those roots, at most a batch of them; a run held elsewhere is skipped, and
     -- keeps its root (below) until a later call. The condition is checked again on the row it
