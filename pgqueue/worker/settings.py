@@ -38,8 +38,8 @@ class WorkerSettings:
     prune_interval: float = 60.0
     #: runs (and trees, and events) removed per batch, each batch its own short transaction
     prune_batch_size: int = 1000
-    #: most batches per pass
-    prune_batches: int = 10
+    #: most batches per pass (a pass also stops after half the interval, or at a batch not full)
+    prune_batches: int = 100
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
