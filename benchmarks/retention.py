@@ -71,8 +71,9 @@ def generate(conn: Conn, runs: int, days: int) -> None:
     conn.execute("VACUUM ANALYZE pgqueue.runs, pgqueue.attempts")
 
 
-def build_partitioned(conn: Conn, days: int) -> None:
-    """bench_part.runs and bench_part.attempts: the same rows, partitioned by finished_at day."""
+def build_partitioned(conn: Conn, days: int, *, copy: bool = True) -> None:
+    """bench_part.runs and bench_part.attempts: the same rows (unless not `copy`: empty),
+    partitioned by finished_at day."""
     conn.execute("DROP SCHEMA IF EXISTS bench_part CASCADE")
     conn.execute("CREATE SCHEMA bench_part")
     for table in ("runs", "attempts"):
@@ -93,6 +94,8 @@ def build_partitioned(conn: Conn, days: int) -> None:
                                           "AND tablename = %s", (table,)).fetchall():
             conn.execute(re.sub(r"^CREATE (UNIQUE )?INDEX \S+ ON pgqueue\.(\w+)", r"CREATE INDEX ON bench_part.\2",
                                 definition))
+    if not copy:
+        return
     log("  copying into the partitioned tables")
     conn.execute("INSERT INTO bench_part.runs SELECT * FROM pgqueue.runs WHERE task = 'bench'")
     conn.execute("INSERT INTO bench_part.attempts SELECT * FROM pgqueue.attempts a "
@@ -211,11 +214,11 @@ def size_rows(label: str, found: dict[str, tuple[int, int]]) -> list[str]:
     return [label, mb(found["runs"][0]), mb(found["runs"][1]), mb(found["attempts"][0]), mb(found["attempts"][1])]
 
 
-def run(dsn: str, runs: int, days: int, batch: int, completions: int) -> None:
+def run(dsn: str, runs: int, days: int, batch: int, completions: int, *, partitioned: bool = True) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         t0 = time.perf_counter()
         generate(conn, runs, days)
-        build_partitioned(conn, days)
+        build_partitioned(conn, days, copy=partitioned)
         first_hot, _ = unfinished(conn, max(300_000, completions * 3))
         log(f"  set up in {time.perf_counter() - t0:,.0f}s")
         due = conn.execute("SELECT count(*) FROM pgqueue.runs WHERE task = 'bench' "
@@ -269,32 +272,8 @@ def run(dsn: str, runs: int, days: int, batch: int, completions: int) -> None:
         rows.append(["batched DELETE", f"{pruned:,}", f"{delete_s:,.1f}", f"{delete_s / max(pruned, 1) * 1e6:,.1f}",
                      f"{delete_wal / max(pruned, 1):,.0f}", during.latencies.summary()])
 
-        # partition drop
-        part_before = sizes(conn, "bench_part")
-        parts = [r[0] for r in conn.execute("""
-            SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-             WHERE i.inhparent = 'bench_part.runs'::regclass AND c.relname <> 'runs_unfinished'
-               AND pg_get_expr(c.relpartbound, c.oid) ~ 'TO'
-               AND (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz
-                   <= now() - interval '7 days'
-             ORDER BY 1""")]
-        dropped = conn.execute(sql.SQL("SELECT count(*) FROM ({}) u").format(sql.SQL(" UNION ALL ").join(
-            sql.SQL("SELECT 1 FROM bench_part.{}").format(sql.Identifier(p)) for p in parts))).fetchone()[0]  # type: ignore[index]
-        lsn = wal_lsn(conn)
-        with HotPath(dsn, partitioned_completer) as during_part:
-            started = time.perf_counter()
-            for name in parts:
-                for table in ("runs", "attempts"):
-                    part = sql.Identifier(name.replace("runs_", f"{table}_", 1))
-                    conn.execute(sql.SQL("ALTER TABLE bench_part.{} DETACH PARTITION bench_part.{}").format(
-                        sql.Identifier(table), part))
-                    conn.execute(sql.SQL("DROP TABLE bench_part.{}").format(part))
-            drop_s = time.perf_counter() - started
-        drop_wal = wal_since(conn, lsn)
-        part_after = sizes(conn, "bench_part")
-        rows.append([f"drop {len(parts)} day partitions", f"{dropped:,}", f"{drop_s:,.2f}",
-                     f"{drop_s / max(dropped, 1) * 1e6:,.3f}", f"{drop_wal / max(dropped, 1):,.2f}",
-                     during_part.latencies.summary()])
+        if partitioned:
+            part_before, part_after = drop_partitions(conn, dsn, partitioned_completer, rows)
 
     print()
     print(format_table(["pruning", "runs removed", "seconds", "us per run", "WAL B per run",
@@ -302,10 +281,42 @@ def run(dsn: str, runs: int, days: int, batch: int, completions: int) -> None:
     print(f"\nhot path with nothing else running: plain claim+complete {idle.latencies.summary()}; "
           f"partitioned complete {idle_part.latencies.summary()}")
     print()
-    print(format_table(["sizes", "runs table", "runs indexes", "attempts table", "attempts indexes"], [
-        size_rows("plain before", before), size_rows("plain after DELETE", after),
-        size_rows("plain after VACUUM", vacuumed), size_rows("partitioned before", part_before),
-        size_rows("partitioned after drop", part_after)]))
+    table = [size_rows("plain before", before), size_rows("plain after DELETE", after),
+             size_rows("plain after VACUUM", vacuumed)]
+    if partitioned:
+        table += [size_rows("partitioned before", part_before), size_rows("partitioned after drop", part_after)]
+    print(format_table(["sizes", "runs table", "runs indexes", "attempts table", "attempts indexes"], table))
+
+
+def drop_partitions(conn: Conn, dsn: str, completer: PartitionedCompleter,
+                    rows: list[list[str]]) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
+    """Detach and drop the due day partitions, with the completion loop on the copy meanwhile."""
+    part_before = sizes(conn, "bench_part")
+    parts = [r[0] for r in conn.execute("""
+        SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = 'bench_part.runs'::regclass AND c.relname <> 'runs_unfinished'
+           AND pg_get_expr(c.relpartbound, c.oid) ~ 'TO'
+           AND (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz
+               <= now() - interval '7 days'
+         ORDER BY 1""")]
+    dropped = conn.execute(sql.SQL("SELECT count(*) FROM ({}) u").format(sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT 1 FROM bench_part.{}").format(sql.Identifier(p)) for p in parts))).fetchone()[0]  # type: ignore[index]
+    lsn = wal_lsn(conn)
+    with HotPath(dsn, completer) as during_part:
+        started = time.perf_counter()
+        for name in parts:
+            for table in ("runs", "attempts"):
+                part = sql.Identifier(name.replace("runs_", f"{table}_", 1))
+                conn.execute(sql.SQL("ALTER TABLE bench_part.{} DETACH PARTITION bench_part.{}").format(
+                    sql.Identifier(table), part))
+                conn.execute(sql.SQL("DROP TABLE bench_part.{}").format(part))
+        drop_s = time.perf_counter() - started
+    drop_wal = wal_since(conn, lsn)
+    part_after = sizes(conn, "bench_part")
+    rows.append([f"drop {len(parts)} day partitions", f"{dropped:,}", f"{drop_s:,.2f}",
+                 f"{drop_s / max(dropped, 1) * 1e6:,.3f}", f"{drop_wal / max(dropped, 1):,.2f}",
+                 during_part.latencies.summary()])
+    return part_before, part_after
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -314,6 +325,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--days", type=int, default=10, help="days their finishing times span (default 10)")
     parser.add_argument("--batch", type=int, default=1000, help="pgqueue.prune batch size (default 1000)")
     parser.add_argument("--completions", type=int, default=10_000, help="runs completed to measure WAL")
+    parser.add_argument("--delete-only", action="store_true",
+                        help="measure the batched DELETE only (no partitioned copy: half the set-up time)")
     parser.add_argument("--dsn", default=None, help="server to use (default: a throwaway embedded one)")
     return parser.parse_args(argv)
 
@@ -323,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with bench_server(args.dsn) as server:
         print_server_header(server)
         with fresh_database(server, "bench_retention") as dsn:
-            run(dsn, args.runs, args.days, args.batch, args.completions)
+            run(dsn, args.runs, args.days, args.batch, args.completions, partitioned=not args.delete_only)
 
 
 if __name__ == "__main__":
