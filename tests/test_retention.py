@@ -446,3 +446,13 @@ def test_a_tree_larger_than_a_batch_goes_over_several_calls_root_last(conn: Conn
             break
         calls.append((trees, runs, _exists(conn, root)))
     assert calls == [(0, 10, True), (0, 10, True), (1, 6, False)]
+
+
+def test_prune_all_commits_batch_after_batch(conn: Conn, reset_policies: None) -> None:
+    roots = _make_trees(conn, 7, 2, "called")  # 28 runs
+    conn.execute("CALL pgqueue.prune_all(5)")
+    assert not any(_exists(conn, r) for r in roots)
+    assert conn.execute("SELECT count(*) FROM pgqueue.attempts a WHERE NOT EXISTS "
+                        "(SELECT 1 FROM pgqueue.runs r WHERE r.id = a.run_id)").fetchone() == (0,)
+    with pytest.raises(psycopg.errors.InvalidTransactionTermination), conn.transaction():
+        conn.execute("CALL pgqueue.prune_all(5)")  # inside a transaction block it cannot commit
