@@ -8,7 +8,7 @@ operation of a lower module; the lower modules never see it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 import psycopg
@@ -30,6 +30,7 @@ from .handles import AsyncRunHandle, RunHandle
 from .migrations import migrate
 from .queues import set_queue_paused_op
 from .registry import TaskRegistry
+from .retention import Policy, PruneCounts, policies_op, prune_op, set_op, unset_op
 from .runs import cancel_op, replay_op, reschedule_op
 from .task import Task
 from .workflow import Workflow
@@ -158,6 +159,31 @@ class PgQueue:
     async def hold_rate_limit_async(self, name: str, seconds: float, *, key: str = "") -> datetime:
         until: datetime = await self.db.execute_async(hold_op(name, seconds, key))
         return until
+
+    # -- retention (runtime changes are never overwritten by code) --------------------------
+
+    def set_retention(self, keep: timedelta | float, *, status: str | None = None, task: str | None = None) -> int:
+        """Keep finished runs for `keep` (a timedelta or seconds): of `status` (default: every final
+        status; "events" for events no run waits for), of `task` (default: every task's)."""
+        seconds = keep.total_seconds() if isinstance(keep, timedelta) else float(keep)
+        return self.db.execute(set_op(seconds, status, task))
+
+    def unset_retention(self, task: str, *, status: str | None = None) -> int:
+        """Remove a task's own policy (its runs follow the defaults again)."""
+        return self.db.execute(unset_op(task, status))
+
+    def retention_policies(self) -> list[Policy]:
+        return self.db.execute(policies_op())
+
+    def prune(self, *, batch_size: int = 1000, max_batches: int | None = None) -> PruneCounts:
+        """Delete finished run trees past their retention now, one short transaction per batch."""
+        total, batches = PruneCounts(), 0
+        while max_batches is None or batches < max_batches:
+            counts = self.db.execute(prune_op(batch_size))
+            total, batches = total + counts, batches + 1
+            if counts.runs == 0 and counts.events == 0:
+                return total
+        return total
 
     # -- runs ------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from .errors import ConfigurationError
 from .ops import Op, statement
 from .queues import status_op
+from .retention import last_prune_op
 
 log = logging.getLogger("pgqueue.metrics")
 
@@ -39,6 +40,8 @@ HELP = {
     "pgqueue_rate_limit_available_units": "Units available in a rate limit's shared bucket (from the database).",
     "pgqueue_rate_limit_held_keys": "Keys of a rate limit on hold after a 429 (from the database).",
     "pgqueue_rate_limit_deferred_runs": "Runs deferred for want of units or a hold, all time (from the database).",
+    "pgqueue_pruned_runs_total": "Runs deleted by retention, all time (from the database).",
+    "pgqueue_pruned_events_total": "Events deleted by retention, all time (from the database).",
 }
 
 
@@ -171,6 +174,9 @@ def gauges_op() -> Op[dict[str, dict[Labels, float]]]:
             gauges["pgqueue_rate_limit_available_units"][_labels(limit=name)] = float(available)
         gauges["pgqueue_rate_limit_held_keys"][_labels(limit=name)] = float(held)
         gauges["pgqueue_rate_limit_deferred_runs"][_labels(limit=name)] = float(deferred)
+    last = yield from last_prune_op()
+    gauges["pgqueue_pruned_runs_total"][()] = float(last.total_runs)
+    gauges["pgqueue_pruned_events_total"][()] = float(last.total_events)
     return gauges
 
 

@@ -17,6 +17,7 @@ from .cron import Schedule, sync_op
 from .errors import TaskDefinitionError, UnknownTask
 from .flow import Concurrency, RateLimit, RateLimitDefinition, registration, sync_limits_op
 from .ops import Op, statement
+from .retention import RetentionSpec, sync_task_op, task_retention
 from .retry import Retry
 from .task import Task, TaskSettings
 
@@ -62,7 +63,8 @@ class TaskRegistry:
              schedule_to_start: float | None = None, on_event: str | Sequence[str] = (),
              concurrency: Concurrency | None = None,
              rate_limits: Sequence[RateLimit] | RateLimit = (), max_retry_later: int = 100,
-             deadline: float | None = None, heartbeat_timeout: float | None = None) -> TaskDecorator: ...
+             deadline: float | None = None, heartbeat_timeout: float | None = None,
+             retention: RetentionSpec | None = None) -> TaskDecorator: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Declare a task. Use as `@app.task` or `@app.task(queue=..., retry=..., ...)`.
@@ -77,6 +79,8 @@ class TaskRegistry:
         deadline: seconds from creation after which the run fails as DeadlineExceeded, over
         all attempts; heartbeat_timeout: seconds without `ctx.heartbeat()` after which the
         attempt fails (and is retried per `retry`).
+        retention: how long its finished runs are kept — seconds or a timedelta, or a mapping
+        such as `{"succeeded": timedelta(hours=1)}` (other statuses keep the defaults).
         """
         if fn is not None:
             return self.register(fn)
@@ -144,6 +148,7 @@ class TaskRegistry:
             yield statement("flow.register_flow", {"task": s.name, **registration(s.concurrency, s.rate_limits)})
             for event in s.on_event:
                 yield statement("durable.subscribe", (event, s.name))
+            yield from sync_task_op(s.name, task_retention(s.name, s.retention))
             if s.concurrency is not None:
                 limits.append((s.name, s.concurrency))
             for rule in s.rate_limits:

@@ -84,6 +84,10 @@ class AttemptInfo:
 def get_run_op(run_id: int) -> Op[RunInfo]:
     rows = yield statement("runs.get_run", (run_id,), row=RunInfo)
     if not rows:
+        pruned_up_to = (yield statement("runs.pruned_up_to"))[0][0]
+        if pruned_up_to is not None and run_id <= pruned_up_to:
+            raise RunNotFound(f"no run with id {run_id}: pruned by retention (finished runs are deleted once "
+                              "older than their policy; see `pgqueue retention show`)")
         raise RunNotFound(f"no run with id {run_id} (it may have been pruned by retention)")
     run: RunInfo = rows[0]
     return run

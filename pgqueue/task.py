@@ -16,6 +16,7 @@ from .errors import ConfigurationError, TaskDefinitionError
 from .flow import Concurrency, RateLimit, flow_columns
 from .handles import AsyncRunHandle, RunHandle
 from .ops import Op
+from .retention import RetentionSpec, task_retention
 from .retry import Retry
 
 if TYPE_CHECKING:
@@ -49,8 +50,12 @@ class TaskSettings:
     deadline: float | None = None
     #: seconds without `ctx.heartbeat()` after which a running attempt is failed (and retried)
     heartbeat_timeout: float | None = None
+    #: how long finished runs are kept: seconds or a timedelta for every final status, or a
+    #: mapping of some statuses to ages (the others keep the defaults); None: the defaults
+    retention: RetentionSpec | None = None
 
     def __post_init__(self) -> None:
+        task_retention(self.name, self.retention)  # refuses a bad age or status now
         if self.concurrency is not None and not isinstance(self.concurrency, Concurrency):
             raise TaskDefinitionError(
                 f"task {self.name!r}: concurrency= takes pgqueue.Concurrency(key=..., max_running=...), "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from datetime import datetime
@@ -182,6 +183,13 @@ async def fan_out(n: int, chunk: int = 1000, child_seconds: float = 0.0) -> int:
     results = await ctx.gather(ids)
     await ctx.step("total", lambda: effect("total"))
     return sum(r for r in results if isinstance(r, int))
+
+
+@app.task
+async def chatty(n: int) -> int:
+    """Logs a line (kept with its attempt) and returns."""
+    logging.getLogger("chatty").warning("chatty says %d", n)
+    return n
 
 
 @app.task

@@ -211,3 +211,21 @@ def test_core_does_not_import_the_extra() -> None:
                             timeout=60, env={**os.environ})
     assert result.returncode == 0, result.stderr
     assert json  # (json is used by the subprocess)
+
+
+def test_overview_shows_retention_and_the_last_prune(open_server: DashboardServer, conn: Any) -> None:
+    conn.execute("INSERT INTO pgqueue.tasks (name) VALUES ('dash_pruned') ON CONFLICT DO NOTHING")
+    status, _, page = request(open_server, "GET", "/")
+    assert status == 200 and "succeeded 7d, failed 30d, cancelled 30d, dead 30d, events 7d" in page
+    run_id = conn.execute("SELECT pgqueue.enqueue('dash_pruned', '{}')").fetchone()[0]
+    conn.execute("DELETE FROM pgqueue.ready WHERE run_id = %s", (run_id,))
+    conn.execute("UPDATE pgqueue.runs SET status = 'succeeded', finished_at = now() - interval '8 days' "
+                 "WHERE id = %s", (run_id,))
+    conn.execute("SELECT pgqueue.set_retention('1 hour', 'failed', 'dash_pruned')")
+    pruned = conn.execute("SELECT runs FROM pgqueue.prune(1000)").fetchone()[0]
+    assert pruned >= 1
+    status, _, page = request(open_server, "GET", "/")
+    assert status == 200 and "Task policies: dash_pruned failed 1h." in page
+    assert "Last prune" in page and f"{pruned} run(s) in" in page
+    _, _, metrics = request(open_server, "GET", "/metrics")
+    assert "pgqueue_pruned_runs_total" in metrics

@@ -20,6 +20,7 @@ from .cron_cmd import cron_group
 from .dashboard_cmd import dashboard_cmd
 from .limits_cmd import limits_group
 from .loading import load_app
+from .retention_cmd import prune_cmd, retention_group
 from .runs_cmd import event_group, queue_group, runs_group
 from .status_cmd import status_cmd, top_cmd
 from .wait_cmd import wait_cmd
@@ -43,6 +44,8 @@ main.add_command(event_group)
 main.add_command(cron_group)
 main.add_command(queue_group)
 main.add_command(dashboard_cmd)
+main.add_command(retention_group)
+main.add_command(prune_cmd)
 
 
 @main.command("migrate")

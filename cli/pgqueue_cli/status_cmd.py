@@ -16,9 +16,11 @@ from pgqueue import PgQueue
 from pgqueue.config import describe_dsn
 from pgqueue.flow import KeyUsage, RateUsage, flow_status_op
 from pgqueue.queues import QueueStatus, WorkerStatus, status_op
+from pgqueue.retention import LastPrune, Policy, last_prune_op, policies_op
 
 from .common import dsn_option, friendly_errors, json_option, print_json, render_table
 from .limits_cmd import usage_lines
+from .retention_cmd import retention_lines
 
 interval_option = click.option("--interval", "-n", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
                                help="Seconds between refreshes of the live view.")
@@ -32,17 +34,22 @@ class Status:
     workers: list[WorkerStatus]
     keys: list[KeyUsage]
     rates: list[RateUsage]
+    policies: list[Policy]
+    last_prune: LastPrune
 
 
 def fetch_status(app: PgQueue) -> Status:
-    return Status(*app.db.execute(status_op()), *app.db.execute(flow_status_op()))
+    return Status(*app.db.execute(status_op()), *app.db.execute(flow_status_op()),
+                  app.db.execute(policies_op()), app.db.execute(last_prune_op()))
 
 
 def _snapshot(status: Status) -> dict[str, Any]:
     return {"queues": [dataclasses.asdict(q) for q in status.queues],
             "workers": [dataclasses.asdict(w) for w in status.workers],
             "concurrency_keys": [dataclasses.asdict(k) for k in status.keys],
-            "rate_limits": [dataclasses.asdict(r) for r in status.rates]}
+            "rate_limits": [dataclasses.asdict(r) for r in status.rates],
+            "retention": [dataclasses.asdict(p) for p in status.policies],
+            "last_prune": dataclasses.asdict(status.last_prune)}
 
 
 def render_status(status: Status) -> list[str]:
@@ -62,6 +69,7 @@ def render_status(status: Status) -> list[str]:
         lines.append("no worker alive")
     if status.keys or status.rates:
         lines += ["", *usage_lines(status.keys, status.rates)]
+    lines += ["", *retention_lines(status.policies, status.last_prune)]
     return lines
 
 
@@ -100,7 +108,7 @@ def watch(app: PgQueue, interval: float, iterations: int | None, as_json: bool) 
 @friendly_errors
 def status_cmd(live: bool, interval: float, iterations: int | None, as_json: bool, dsn: str | None) -> None:
     """Per queue: queued, scheduled, running, failed in the last hour, oldest wait; workers alive;
-    the busiest concurrency keys and rate-limit buckets."""
+    the busiest concurrency keys and rate-limit buckets; the retention policy and the last prune."""
     with PgQueue(dsn) as app:
         if live:
             watch(app, interval, iterations, as_json)

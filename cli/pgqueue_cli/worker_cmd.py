@@ -53,13 +53,16 @@ def _queues(value: str) -> list[str]:
               show_default=True, help="Address of the metrics endpoint; other than loopback needs a token.")
 @click.option("--metrics-token", default=None, envvar="PGQUEUE_METRICS_TOKEN", show_envvar=True,
               help="Bearer token the metrics endpoint requires.")
+@click.option("--prune-interval", type=click.FloatRange(min=0), default=60.0, envvar="PGQUEUE_PRUNE_INTERVAL",
+              show_envvar=True, show_default=True,
+              help="Seconds between pruning passes (finished runs past their retention); 0: off.")
 @click.option("--log-level", default="INFO", envvar="PGQUEUE_LOG_LEVEL", show_envvar=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @friendly_errors
 def worker_cmd(app_path: str, dsn: str | None, queues: str, concurrency: int, batch_size: int, name: str | None,
                lease: float, heartbeat: float, poll_interval: float, grace_period: float, max_recoveries: int,
                max_interruptions: int, burst: bool, metrics_port: int | None, metrics_host: str,
-               metrics_token: str | None, log_level: str) -> None:
+               metrics_token: str | None, prune_interval: float, log_level: str) -> None:
     """Run the tasks of the PgQueue app at MODULE:ATTR (like `uvicorn module:app`).
 
     SIGTERM or SIGINT stops claiming, lets running runs finish within the grace period, hands
@@ -73,7 +76,8 @@ def worker_cmd(app_path: str, dsn: str | None, queues: str, concurrency: int, ba
                               lease=lease, heartbeat=heartbeat, poll_interval=poll_interval,
                               grace_period=grace_period, max_recoveries=max_recoveries,
                               max_interruptions=max_interruptions, burst=burst,
-                              metrics_port=metrics_port, metrics_host=metrics_host, metrics_token=metrics_token)
+                              metrics_port=metrics_port, metrics_host=metrics_host, metrics_token=metrics_token,
+                              prune_interval=prune_interval)
     if name:
         settings.name = name
     asyncio.run(_serve(Worker(app, settings)))

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..ops import Op, Statement, statement
 from ..queues import QueueStatus, status_op
+from ..retention import LastPrune, Policy, last_prune_op, policies_op
 from ..runs import AttemptInfo, RunInfo, run_detail_op
 
 PAGE_SIZE = 50
@@ -77,13 +78,17 @@ class Overview:
     activity: list[dict[str, Any]]
     workers_alive: int
     now: datetime
+    retention: list[Policy]
+    last_prune: LastPrune
 
 
 def overview_op() -> Op[Overview]:
     queues, workers = yield from status_op()
     activity = yield _q("activity")
     [(now,)] = yield _q("now", row=None)
-    return Overview(queues, activity, len(workers), now)
+    policies = yield from policies_op()
+    last = yield from last_prune_op()
+    return Overview(queues, activity, len(workers), now, policies, last)
 
 
 def workers_op() -> Op[list[dict[str, Any]]]:

@@ -17,6 +17,7 @@ import psycopg
 
 from ..errors import DatabaseUnavailable, PgQueueError, RunNotFound
 from ..metrics import Metrics, gauges_op
+from ..retention import format_age
 from . import pages
 from .actions import cron_action, queue_action, run_action
 from .pages import Dashboard
@@ -38,7 +39,7 @@ def environment(dash: Dashboard) -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined)
     env.globals.update(nav=NAV, csrf=dash.auth.csrf, with_token=dash.auth.token is not None)
-    env.filters.update(when=_when, seconds=_seconds, took=_took)
+    env.filters.update(when=_when, seconds=_seconds, took=_took, age=format_age)
     # macros as a global (not an {% import %}): a live block rendered alone still sees them
     env.globals["m"] = env.get_template("_macros.html").module
     return env

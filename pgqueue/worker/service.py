@@ -2,7 +2,7 @@
 
 A service does one pass at a time (`tick`); the loop paces the passes, and when the database
 is unavailable it counts the failures, backs off with jitter and logs the first failure and
-then every so often, never once per try. Services: heartbeat, rescuer, expirer, cron firer
+then every so often, never once per try. Services: heartbeat, rescuer, expirer, cron firer, pruner
 (and the completer's and listener's retries use the same `Backoff`).
 """
 

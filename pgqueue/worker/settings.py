@@ -37,12 +37,21 @@ class WorkerSettings:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     metrics_token: str | None = None
+    #: seconds between pruning passes (finished runs past their retention); 0 turns it off
+    prune_interval: float = 60.0
+    #: runs (and trees, and events) removed per batch, each batch its own short transaction
+    prune_batch_size: int = 1000
+    #: most batches per pass (a pass also stops after half the interval, or at a batch not full)
+    prune_batches: int = 100
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
         if not self.queues:
             raise ConfigurationError("a worker needs at least one queue")
+        if self.prune_interval < 0 or self.prune_batch_size < 1 or self.prune_batches < 1:
+            raise ConfigurationError(
+                "prune_interval must be >= 0 (0: off), prune_batch_size and prune_batches at least 1")
         if self.heartbeat >= self.lease:
             raise ConfigurationError(
                 f"heartbeat ({self.heartbeat:g}s) must be shorter than the lease ({self.lease:g}s), "

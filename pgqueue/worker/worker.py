@@ -3,7 +3,7 @@
 Services, each on its own loop so one slow part never blocks another (see the modules named
 after them): the claim loop here; the listener (wake-ups); the completer (outcomes, batched and
 fenced); the step writer (checkpoints, batched); the heartbeat (leases, cancellations); and the
-maintenance services: rescuer, expirer, cron firer. No transaction is held while task code
+maintenance services: rescuer, expirer, cron firer, pruner. No transaction is held while task code
 runs: claim commits, the task runs, the outcome commits.
 
 Connections: the worker's machinery uses a small pool of its own (without prepared statements,
@@ -36,6 +36,7 @@ from .executor import Executor
 from .expirer import Expirer
 from .heartbeat import Heartbeat, Held
 from .listener import Listener
+from .pruner import Pruner
 from .rescuer import Rescuer
 from .service import DB_ERRORS, Backoff, Service
 from .settings import WorkerSettings
@@ -126,6 +127,8 @@ class Worker:
             Rescuer(self.db, settings.lease, settings.max_recoveries),
             Expirer(self.db, settings.lease),
             CronFirer(self.app.db, settings.poll_interval),
+            *([Pruner(self.db, settings.prune_interval, settings.prune_batch_size, settings.prune_batches)]
+              if settings.prune_interval > 0 else []),
             self._completer,
             steps,
         ]

@@ -68,3 +68,7 @@ SELECT pgqueue.cancel_run(%s)
 
 -- name: replay_run
 SELECT pgqueue.replay_run(%s, %s)
+
+-- name: pruned_up_to
+-- The largest run id pruned by retention so far (NULL: none).
+SELECT max(max_pruned_id) FROM pgqueue.prune_stats
