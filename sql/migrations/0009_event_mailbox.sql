@@ -1,4 +1,4 @@
--- pgqueue schema, version 10: waits take events like a mailbox.
+-- pgqueue schema, version 9: waits take events like a mailbox.
 --
 -- Each wait of a run takes the next event (name, key) this run has not taken yet, in send
 -- order, exactly once. A run's place in its mailbox of (name, key) is the last event one of its

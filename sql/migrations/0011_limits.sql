@@ -1,4 +1,4 @@
--- pgqueue schema, version 9: limits a producer cannot lift, and names checked by the database.
+-- pgqueue schema, version 11: limits a producer cannot lift, and names checked by the database.
 --
 -- The size limits were the GUC pgqueue.max_input_bytes, which any role can SET for its own
 -- session. They now live in pgqueue.settings, which only its owner (the role that runs

@@ -1,6 +1,5 @@
 -- pgqueue schema: retention. How long finished runs and unconsumed events are kept, what the
 -- pruner did last, and the indexes pruning needs. The functions are in sql/functions/retention.sql.
--- (Branch `retention`: meant as migration 0012; renumber at merge.)
 
 -- How long finished runs are kept: per final status for every task (task '*'), optionally per
 -- task. 'events' (task '*' only) is how long an event no run waits for is kept. Rows written from
