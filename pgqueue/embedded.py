@@ -82,6 +82,8 @@ class EmbeddedServer:
         user = _service_user()
         if user is not None:
             _make_reachable(self.data_dir, user)
+            # the binaries too: a checkout (and its .venv) in a folder only its owner can enter
+            _make_searchable(self.bin_dir.parent)
         if not self.is_initialised():
             self._run([str(self.bin_dir / "initdb"), "-D", str(self.pgdata), "-U", "postgres",
                        "--auth=trust", "--encoding=UTF8", "--no-instructions"])
@@ -143,13 +145,19 @@ def _service_user() -> str | None:
     return SERVICE_USER
 
 
-def _make_reachable(folder: Path, user: str) -> None:
-    """Give the service user the data folder and a path to it (search bit on parents only)."""
-    entry = pwd.getpwnam(user)
-    for parent in folder.parents:
+def _make_searchable(folder: Path) -> None:
+    """Let other users pass through the folders leading to `folder` (search bit only: they still
+    cannot list them), and into `folder` itself."""
+    for parent in [*reversed(folder.parents), folder]:
         mode = parent.stat().st_mode
         if not mode & stat.S_IXOTH:
             parent.chmod(mode | stat.S_IXOTH)
+
+
+def _make_reachable(folder: Path, user: str) -> None:
+    """Give the service user the data folder and a path to it (search bit on parents only)."""
+    entry = pwd.getpwnam(user)
+    _make_searchable(folder.parent)
     for path in [folder, *folder.rglob("*")]:
         if path.stat().st_uid != entry.pw_uid:
             os.chown(path, entry.pw_uid, entry.pw_gid)

@@ -71,3 +71,18 @@ def test_benchmark_smoke_run(script: str) -> None:
     result = run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"], env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ratio" in result.stdout and "PostgreSQL" in result.stdout
+
+
+def test_the_server_binaries_are_reachable_from_a_private_checkout(tmp_path: Path) -> None:
+    """As root the embedded server runs as another user: a checkout (with its .venv and the
+    server's binaries) in a folder only its owner can enter, as `mktemp -d` makes, must let that
+    user pass through, without letting it list anything."""
+    from pgqueue.embedded import _make_searchable
+
+    private = tmp_path / "checkout"
+    binaries = private / ".venv" / "pginstall" / "bin"
+    binaries.mkdir(parents=True)
+    private.chmod(0o700)
+    _make_searchable(binaries.parent)
+    assert private.stat().st_mode & 0o777 == 0o701
+    assert all(folder.stat().st_mode & 0o001 for folder in (binaries.parent, *binaries.parent.parents))
