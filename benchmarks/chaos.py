@@ -52,7 +52,6 @@ sys.path.insert(0, str(HERE))
 
 import chaos_app  # noqa: E402
 from chaos_proxy import PartitionProxy  # noqa: E402
-
 from pgqueue.embedded import EmbeddedServer, find_pg_bin  # noqa: E402
 from pgqueue.migrations import migrate  # noqa: E402
 
@@ -60,6 +59,8 @@ INJECTOR = "chaos-injector"  # application_name of this process's own connection
 EVENTS_PER_KEY = 3
 WAITERS_PER_KEY = 2
 CHILDREN = 5
+WAVES = 10
+WAVES_SHARE = 0.6  # the waves are enqueued during the first 60 % of the fault period
 FINAL = ("succeeded", "failed", "cancelled", "dead")
 WORKER_ARGS = ["--concurrency", "20", "--lease", "3", "--heartbeat", "1", "--poll-interval", "0.2",
                "--grace-period", "2", "--max-recoveries", "100", "--max-interruptions", "100"]
@@ -117,6 +118,7 @@ class Workload:
     expected: dict[int, tuple[str, Any]] = field(default_factory=dict)  # run id -> (task, result)
     keys: list[str] = field(default_factory=list)  # event keys
     waiters: dict[int, str] = field(default_factory=dict)  # run id -> event key
+    planned: list[tuple[str, dict[str, Any], Any]] = field(default_factory=list)  # enqueued in waves
 
 
 # -- workers ------------------------------------------------------------------------------------
@@ -192,9 +194,8 @@ async def query(dsn: str, statement: str, params: Any = None, *, attempts: int =
     raise AssertionError("unreachable")
 
 
-def enqueue_workload(dsn: str, config: Config, rng: random.Random) -> Workload:
-    app = chaos_app.app
-    app.db.use_dsn(dsn)
+def plan_workload(config: Config, rng: random.Random) -> tuple[Workload, list[tuple[str, list[dict[str, Any]]]]]:
+    """The runs to enqueue, as (task, inputs) batches in a random order; the expected results."""
     work = Workload()
     n = config.runs
     shares = {"plain": 0.35, "durable3": 0.30, "parent": 0.05, "keyed": 0.20, "doomed": 0.02}
@@ -202,25 +203,44 @@ def enqueue_workload(dsn: str, config: Config, rng: random.Random) -> Workload:
     waiter_runs = max(WAITERS_PER_KEY, n - sum(counts.values()))
     work.keys = [f"ev-{i}" for i in range(max(1, waiter_runs // WAITERS_PER_KEY))]
     keyed_keys = max(2, counts["keyed"] // 20)
-    batches: list[tuple[str, list[dict[str, Any]], list[Any]]] = [
-        ("plain", [{"n": i} for i in range(counts["plain"])], list(range(counts["plain"]))),
-        ("durable3", [{"n": i} for i in range(counts["durable3"])], [2 * i + 2 for i in range(counts["durable3"])]),
-        ("parent", [{"n": CHILDREN}] * counts["parent"], [sum(range(CHILDREN))] * counts["parent"]),
-        ("keyed", [{"key": f"k{i % keyed_keys}", "n": i} for i in range(counts["keyed"])],
-         list(range(counts["keyed"]))),
-        ("doomed", [{"n": i} for i in range(counts["doomed"])], [None] * counts["doomed"]),
-        ("waiter", [{"key": k, "count": EVENTS_PER_KEY} for k in work.keys for _ in range(WAITERS_PER_KEY)],
-         [list(range(EVENTS_PER_KEY))] * (len(work.keys) * WAITERS_PER_KEY)),
-    ]
-    rng.shuffle(batches)
-    for task, inputs, results in batches:
-        handles = app.enqueue_many(task, inputs)
-        for handle, result, item in zip(handles, results, inputs, strict=True):
-            work.expected[handle.id] = (task, result)
-            if task == "waiter":
-                work.waiters[handle.id] = item["key"]
-    app.close()
-    return work
+    items: list[tuple[str, dict[str, Any], Any]] = (
+        [("plain", {"n": i}, i) for i in range(counts["plain"])]
+        + [("durable3", {"n": i}, 2 * i + 2) for i in range(counts["durable3"])]
+        + [("parent", {"n": CHILDREN}, sum(range(CHILDREN)))] * counts["parent"]
+        + [("keyed", {"key": f"k{i % keyed_keys}", "n": i}, i) for i in range(counts["keyed"])]
+        + [("doomed", {"n": i}, None) for i in range(counts["doomed"])])
+    rng.shuffle(items)
+    work.planned = items
+    waiters = [("waiter", {"key": k, "count": EVENTS_PER_KEY}, list(range(EVENTS_PER_KEY)))
+               for k in work.keys for _ in range(WAITERS_PER_KEY)]
+    return work, waiters
+
+
+def enqueue(dsn: str, work: Workload, items: list[tuple[str, dict[str, Any], Any]], wave: int) -> None:
+    """Enqueue ITEMS (one batch per task), exactly once even when a commit's answer is lost to a
+    fault: each run has an idempotency key, so a retry finds the runs already there."""
+    app = chaos_app.app
+    app.db.use_dsn(dsn)
+    by_task: dict[str, list[tuple[int, dict[str, Any], Any]]] = {}
+    for i, (task, data, result) in enumerate(items):
+        by_task.setdefault(task, []).append((i, data, result))
+    try:
+        for task, batch in by_task.items():
+            keys = [f"chaos-{wave}-{i}" for i, _, _ in batch]
+            for attempt in range(120):
+                try:
+                    handles = app.enqueue_many(task, [data for _, data, _ in batch], idempotency_keys=keys)
+                    break
+                except Exception:  # the server is restarting, a backend was terminated: again
+                    if attempt == 119:
+                        raise
+                    time.sleep(0.5)
+            for handle, (_, data, result) in zip(handles, batch, strict=True):
+                work.expected[handle.id] = (task, result)
+                if task == "waiter":
+                    work.waiters[handle.id] = data["key"]
+    finally:
+        app.close()
 
 
 # -- the fault injector -----------------------------------------------------------------------------
@@ -285,7 +305,7 @@ class Injector:
         for seq in range(EVENTS_PER_KEY):
             await asyncio.sleep(seconds / (EVENTS_PER_KEY + 1))
             await self.send_round(keys, seq)
-            self.report.faults["event rounds sent (under faults)"] += 1
+            self.report.info["event rounds sent during the faults"] = seq + 1
 
     async def send_round(self, keys: list[str], seq: int) -> None:
         statement = """
@@ -338,7 +358,7 @@ async def check(dsn: str, work: Workload, report: Report) -> None:
     # attempt ends when it is rescued; what a zombie does afterwards is fenced off).
     spans = await query(dsn, """
         SELECT s.key, s.run_id, s.attempt, a.outcome, s.started_at,
-               least(coalesce(s.ended_at, a.finished_at), a.finished_at), a.worker_id
+               least(coalesce(s.ended_at, a.finished_at), a.finished_at), a.worker_id, a.started_at
         FROM chaos_spans s JOIN pgqueue.attempts a ON a.run_id = s.run_id AND a.attempt = s.attempt
         ORDER BY s.key, s.started_at""")
     worst = 0
@@ -352,8 +372,8 @@ async def check(dsn: str, work: Workload, report: Report) -> None:
         worst = max(worst, len(peak))
         if len(peak) > chaos_app.KEYED_LIMIT:
             v.append(f"key {key}: {len(peak)} keyed runs running at once (limit {chaos_app.KEYED_LIMIT}): "
-                     + "; ".join(f"run {s[1]} attempt {s[2]} ({s[3]}, worker {str(s[6])[:8]}) "
-                                 f"{s[4]:%H:%M:%S.%f}-{s[5]:%H:%M:%S.%f}" for s in peak))
+                     + "; ".join(f"run {s[1]} attempt {s[2]} ({s[3]}, worker {str(s[6])[:8]}, claimed "
+                                 f"{s[7]:%H:%M:%S.%f}) ran {s[4]:%H:%M:%S.%f}-{s[5]:%H:%M:%S.%f}" for s in peak))
     report.info["keyed runs at once, most on a key"] = f"{worst} (limit {chaos_app.KEYED_LIMIT})"
 
     ticks = await query(dsn, """
@@ -395,6 +415,16 @@ async def check(dsn: str, work: Workload, report: Report) -> None:
     report.attempts.update(dict(await query(dsn, "SELECT outcome, count(*) FROM pgqueue.attempts GROUP BY outcome")))
 
 
+async def enqueue_waves(dsn: str, work: Workload, seconds: float, report: Report) -> None:
+    """Enqueue the planned runs in WAVES waves spread over SECONDS, so that the work goes on
+    while the faults are injected."""
+    size = -(-len(work.planned) // WAVES)
+    for wave in range(WAVES):
+        await asyncio.to_thread(enqueue, dsn, work, work.planned[wave * size:(wave + 1) * size], wave)
+        report.info["waves enqueued during the faults"] = wave + 1
+        await asyncio.sleep(seconds / WAVES)
+
+
 # -- the whole ----------------------------------------------------------------------------------------
 
 
@@ -417,7 +447,10 @@ async def chaos(server: EmbeddedServer, dsn: str, config: Config, logs: Path) ->
     started = time.monotonic()
     async with await connect(dsn) as conn:
         await conn.execute(chaos_app.DDL)
-    work = await asyncio.to_thread(enqueue_workload, dsn, config, rng)
+    # the waiting runs first (events sent before a run exists are not its mail), the rest in
+    # waves during the faults
+    work, waiters = plan_workload(config, rng)
+    await asyncio.to_thread(enqueue, dsn, work, waiters, -1)
     params = conninfo_to_dict(dsn)
     proxy = PartitionProxy(str(params["host"]), int(params["port"]))
     await proxy.start()
@@ -425,10 +458,12 @@ async def chaos(server: EmbeddedServer, dsn: str, config: Config, logs: Path) ->
     try:
         pool.ensure_all()
         injector = Injector(server, dsn, pool, proxy, config.faults, rng, report)
+        faults_started = time.monotonic()
         tasks = [asyncio.create_task(c) for c in (injector.kill_workers(), injector.terminate_backends(),
                                                   injector.restart_postgres(), injector.partition())]
         sender = asyncio.create_task(injector.send_events(work.keys, config.fault_seconds))
-        await asyncio.sleep(config.fault_seconds)
+        await enqueue_waves(dsn, work, config.fault_seconds * WAVES_SHARE, report)
+        await asyncio.sleep(max(0.0, config.fault_seconds - (time.monotonic() - faults_started)))
         await sender  # all rounds are sent by now unless a send is still retrying
         for task in tasks:
             task.cancel()
@@ -454,7 +489,7 @@ async def chaos(server: EmbeddedServer, dsn: str, config: Config, logs: Path) ->
 
 
 @contextlib.contextmanager
-def throwaway_server(folder: Path) -> Iterator[tuple[EmbeddedServer, str]]:
+def throwaway_server(folder: Path, keep: bool = False) -> Iterator[tuple[EmbeddedServer, str]]:
     server = EmbeddedServer(folder, find_pg_bin())
     try:
         admin = server.ensure_running()
@@ -464,13 +499,16 @@ def throwaway_server(folder: Path) -> Iterator[tuple[EmbeddedServer, str]]:
         migrate(dsn)
         yield server, dsn
     finally:
-        server.destroy()
+        if keep:
+            server.stop()  # the data folder stays, to look into after a violation
+        else:
+            server.destroy()
 
 
-def run(config: Config, folder: Path) -> Report:
+def run(config: Config, folder: Path, keep: bool = False) -> Report:
     logs = folder / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    with throwaway_server(folder / "postgres") as (server, dsn):
+    with throwaway_server(folder / "postgres", keep) as (server, dsn):
         return asyncio.run(chaos(server, dsn, config, logs))
 
 
@@ -481,14 +519,14 @@ def main() -> int:
     parser.add_argument("--drain-timeout", type=float, default=600.0)
     parser.add_argument("--quick-faults", action="store_true", help="shorter periods between faults (as in CI)")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--keep", action="store_true", help="keep the worker logs")
+    parser.add_argument("--keep", action="store_true", help="keep the worker logs and the stopped server's data folder")
     args = parser.parse_args()
     config = Config(runs=args.runs, fault_seconds=args.fault_seconds, drain_timeout=args.drain_timeout,
                     faults=QUICK_FAULTS if args.quick_faults else Faults(), seed=args.seed)
     folder = Path(tempfile.mkdtemp(prefix="pgqueue-chaos-"))
     try:
         print(f"command: {' '.join([sys.executable, *sys.argv])}", flush=True)
-        report = run(config, folder)
+        report = run(config, folder, args.keep)
         print(report.text())
     finally:
         if not args.keep:
