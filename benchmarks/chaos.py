@@ -132,6 +132,7 @@ class WorkerPool:
         self.logs = logs
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * len(dsns)
         self.started = 0
+        self.pids: list[set[int]] = [set() for _ in dsns]  # every process each slot ran
 
     def start(self, slot: int) -> None:
         env = {**os.environ, "PGQUEUE_DSN": self.dsns[slot], "PYTHONPATH": str(HERE)}
@@ -140,6 +141,7 @@ class WorkerPool:
         self.procs[slot] = subprocess.Popen([sys.executable, "-m", "pgqueue_cli", "worker", "chaos_app:app",
                                              *WORKER_ARGS], env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
+        self.pids[slot].add(self.procs[slot].pid)  # type: ignore[union-attr]
 
     def kill(self, slot: int) -> None:
         proc = self.procs[slot]
@@ -259,7 +261,9 @@ class Injector:
     async def kill_workers(self) -> None:
         while True:
             await asyncio.sleep(self.pause(self.faults.kill))
-            slot = self.rng.randrange(len(self.pool.procs))
+            # slot 0, behind the proxy, is partitioned rather than killed: it must live through
+            # its cut to come back as a zombie
+            slot = self.rng.randrange(1, len(self.pool.procs))
             await asyncio.to_thread(self.pool.kill, slot)
             self.pool.start(slot)
             self.report.faults["worker SIGKILLed and replaced"] += 1
@@ -293,10 +297,23 @@ class Injector:
     async def partition(self) -> None:
         while True:
             await asyncio.sleep(self.pause(self.faults.partition_every))
+            await self.until_proxied_worker_runs()
             self.proxy.cut()
             await asyncio.sleep(self.faults.partition_seconds)
             self.proxy.heal()
             self.report.faults[f"proxied worker cut off for {self.faults.partition_seconds:g} s"] += 1
+
+    async def until_proxied_worker_runs(self) -> None:
+        """Wait (a few seconds at most) until the proxied worker holds running runs: cut off
+        then, it becomes a zombie with work in flight."""
+        for _ in range(50):
+            with contextlib.suppress(psycopg.OperationalError):
+                rows = await query(self.dsn, "SELECT count(*) FROM pgqueue.runs r JOIN pgqueue.workers w"
+                                             " ON w.id = r.worker_id WHERE r.status = 'running' AND w.pid = ANY(%s)",
+                                   (sorted(self.pool.pids[0]),), attempts=1)
+                if rows and rows[0][0] > 0:
+                    return
+            await asyncio.sleep(0.1)
 
     async def send_events(self, keys: list[str], seconds: float) -> None:
         """Round r sends event seq=r on every key, rounds spread over the fault period. Each send
@@ -478,8 +495,12 @@ async def chaos(server: EmbeddedServer, dsn: str, config: Config, logs: Path) ->
         await drain(dsn, pool, config.drain_timeout)
         pool.stop_all()
         await check(dsn, work, report)
-        rejected = sum(pool.log_text(slot).count("rejected") for slot in range(config.workers))
-        report.info["late writes rejected (worker logs, for information)"] = rejected
+        rescued = await query(dsn, "SELECT count(*) FROM pgqueue.attempts a"
+                                   " JOIN pgqueue.workers w ON w.id = a.worker_id"
+                                   " WHERE a.outcome = 'crashed' AND w.pid = ANY(%s)", (sorted(pool.pids[0]),))
+        report.info["attempts of the proxied worker rescued from it"] = rescued[0][0]
+        rejected = pool.log_text(0).count("rejected")
+        report.info["late writes of the proxied worker rejected (its logs, for information)"] = rejected
         report.info["worker logs"] = str(logs)
     finally:
         pool.stop_all()

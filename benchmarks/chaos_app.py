@@ -24,6 +24,7 @@ app = PgQueue()
 
 KEYED_LIMIT = 2
 KEYED_SECONDS = 0.2
+DURABLE_SECONDS = 0.3
 EVENT_NAME = "chaos"
 CRON_NAME = "chaos-tick"
 # The keyed task writes its spans on its own connections: a terminated backend or a restarting
@@ -40,7 +41,9 @@ CREATE TABLE IF NOT EXISTS chaos_sent (key text NOT NULL, seq integer NOT NULL, 
 """
 
 
-def first(n: int) -> int:
+async def first(n: int) -> int:
+    # long enough that a killed or cut-off worker is caught with durable runs in flight
+    await asyncio.sleep(DURABLE_SECONDS)
     return n
 
 
