@@ -132,10 +132,11 @@ class WorkerPool:
         self.logs = logs
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * len(dsns)
         self.started = 0
+        self.hung = 0  # workers that did not exit within 20 s of SIGTERM
         self.pids: list[set[int]] = [set() for _ in dsns]  # every process each slot ran
 
     def start(self, slot: int) -> None:
-        env = {**os.environ, "PGQUEUE_DSN": self.dsns[slot], "PYTHONPATH": str(HERE)}
+        env = {**os.environ, "PGQUEUE_DSN": self.dsns[slot], "PYTHONPATH": str(HERE), "PYTHONFAULTHANDLER": "1"}
         log = open(self.logs / f"worker-{slot}-{self.started}.log", "wb")  # noqa: SIM115
         self.started += 1
         self.procs[slot] = subprocess.Popen([sys.executable, "-m", "pgqueue_cli", "worker", "chaos_app:app",
@@ -168,7 +169,8 @@ class WorkerPool:
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                self.hung += 1
+                proc.send_signal(signal.SIGABRT)  # its threads' stacks go to its log (PYTHONFAULTHANDLER)
                 proc.wait()
 
     def log_text(self, slot: int) -> str:
@@ -254,6 +256,7 @@ class Injector:
         self.server, self.dsn, self.pool, self.proxy = server, dsn, pool, proxy
         self.faults, self.rng, self.report = faults, rng, report
         self.restarting = asyncio.Lock()
+        self.restart_in_flight: asyncio.Future[None] | None = None
 
     def pause(self, period: tuple[float, float]) -> float:
         return self.rng.uniform(*period)
@@ -287,8 +290,19 @@ class Injector:
             await asyncio.sleep(self.pause(self.faults.restart))
             mode = self.rng.choice(["fast", "immediate"])
             async with self.restarting:
-                await asyncio.to_thread(self._restart, mode)
+                # a thread cannot be cancelled: the end of the faults waits for it (settle())
+                self.restart_in_flight = asyncio.ensure_future(asyncio.to_thread(self._restart, mode))
+                await asyncio.shield(self.restart_in_flight)
             self.report.faults[f"postgres restarted (-m {mode})"] += 1
+
+    async def settle(self) -> None:
+        """After the fault tasks are cancelled: the server restarted, up and running."""
+        if self.restart_in_flight is not None:
+            with contextlib.suppress(Exception):
+                await self.restart_in_flight
+        if not await asyncio.to_thread(self.server.is_running):
+            await asyncio.to_thread(self.server.ensure_running)
+        self.proxy.heal()
 
     def _restart(self, mode: str) -> None:
         self.server._pg_ctl("stop", "-m", mode, "-w")
@@ -485,15 +499,16 @@ async def chaos(server: EmbeddedServer, dsn: str, config: Config, logs: Path) ->
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        proxy.heal()
-        if not await asyncio.to_thread(server.is_running):
-            await asyncio.to_thread(server.ensure_running)
+        await injector.settle()
         report.info["runs unfinished when the faults stopped"] = (await query(
             dsn, "SELECT count(*) FROM pgqueue.runs WHERE status <> ALL(%s)", (list(FINAL),)))[0][0]
         # no new cron tick from here on, so that the drain can end
         await query(dsn, "UPDATE pgqueue.cron_schedules SET enabled = false WHERE name = %s", (chaos_app.CRON_NAME,))
         await drain(dsn, pool, config.drain_timeout)
-        pool.stop_all()
+        await asyncio.to_thread(pool.stop_all)  # the proxy runs on this loop: never block it
+        if pool.hung:
+            report.violations.append(f"{pool.hung} worker(s) still running 20 s after SIGTERM (grace period 2 s): "
+                                     "their stacks are in their logs")
         await check(dsn, work, report)
         rescued = await query(dsn, "SELECT count(*) FROM pgqueue.attempts a"
                                    " JOIN pgqueue.workers w ON w.id = a.worker_id"
@@ -503,7 +518,7 @@ async def chaos(server: EmbeddedServer, dsn: str, config: Config, logs: Path) ->
         report.info["late writes of the proxied worker rejected (its logs, for information)"] = rejected
         report.info["worker logs"] = str(logs)
     finally:
-        pool.stop_all()
+        await asyncio.to_thread(pool.stop_all)
         await proxy.close()
     report.seconds = time.monotonic() - started
     return report
