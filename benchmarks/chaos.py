@@ -88,6 +88,8 @@ class Config:
     workers: int = 4
     faults: Faults = field(default_factory=Faults)
     seed: int | None = None
+    # enqueue every run before the workers start (a backlog at start), not in waves
+    upfront: bool = False
 
 
 @dataclass
@@ -450,7 +452,7 @@ async def enqueue_waves(dsn: str, work: Workload, seconds: float, report: Report
     """Enqueue the planned runs in WAVES waves spread over SECONDS, so that the work goes on
     while the faults are injected."""
     size = -(-len(work.planned) // WAVES)
-    for wave in range(WAVES):
+    for wave in range(WAVES if work.planned else 0):
         await asyncio.to_thread(enqueue, dsn, work, work.planned[wave * size:(wave + 1) * size], wave)
         report.info["waves enqueued during the faults"] = wave + 1
         await asyncio.sleep(seconds / WAVES)
@@ -482,6 +484,9 @@ async def chaos(server: EmbeddedServer, dsn: str, config: Config, logs: Path) ->
     # waves during the faults
     work, waiters = plan_workload(config, rng)
     await asyncio.to_thread(enqueue, dsn, work, waiters, -1)
+    if config.upfront:
+        await asyncio.to_thread(enqueue, dsn, work, work.planned, 0)
+        work.planned = []
     params = conninfo_to_dict(dsn)
     proxy = PartitionProxy(str(params["host"]), int(params["port"]))
     await proxy.start()
@@ -555,10 +560,12 @@ def main() -> int:
     parser.add_argument("--drain-timeout", type=float, default=600.0)
     parser.add_argument("--quick-faults", action="store_true", help="shorter periods between faults (as in CI)")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--upfront", action="store_true", help="enqueue every run before the workers start")
     parser.add_argument("--keep", action="store_true", help="keep the worker logs and the stopped server's data folder")
     args = parser.parse_args()
     config = Config(runs=args.runs, fault_seconds=args.fault_seconds, drain_timeout=args.drain_timeout,
-                    faults=QUICK_FAULTS if args.quick_faults else Faults(), seed=args.seed)
+                    faults=QUICK_FAULTS if args.quick_faults else Faults(), seed=args.seed,
+                    upfront=args.upfront)
     folder = Path(tempfile.mkdtemp(prefix="pgqueue-chaos-"))
     try:
         print(f"command: {' '.join([sys.executable, *sys.argv])}", flush=True)
