@@ -272,6 +272,12 @@ class Injector:
             await asyncio.to_thread(self.pool.kill, slot)
             self.pool.start(slot)
             self.report.faults["worker SIGKILLed and replaced"] += 1
+            # as a process manager would: a worker that exited by itself (it could not start while
+            # the server restarted) is started again
+            exited = self.pool.ensure_all()
+            if exited:
+                self.report.info["workers that exited by themselves, restarted"] = (
+                    self.report.info.get("workers that exited by themselves, restarted", 0) + exited)
 
     async def terminate_backends(self) -> None:
         while True:
