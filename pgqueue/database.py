@@ -119,11 +119,13 @@ class Database:
             except ServerEndedConnection as exc:
                 raise _cause(exc) from None
         for tries_left in reversed(range(self.pool_size + 1)):
+            began = False
             try:
                 with self.pool().connection() as conn, _maybe_transaction(conn, transaction):
+                    began = True
                     return execute_on(conn, op, first)
             except (ServerEndedConnection, psycopg.OperationalError) as exc:
-                _retry_or_raise(exc, tries_left)
+                _retry_or_raise(exc, tries_left, began)
         raise AssertionError("unreachable")
 
     async def execute_async(self, op: Op[T], connection: psycopg.AsyncConnection[Any] | None = None,
@@ -139,11 +141,13 @@ class Database:
                 raise _cause(exc) from None
         pool = await self.async_pool()
         for tries_left in reversed(range(self.pool_size + 1)):
+            began = False
             try:
                 async with pool.connection() as conn, _maybe_transaction(conn, transaction):
+                    began = True
                     return await execute_on_async(conn, op, first)
             except (ServerEndedConnection, psycopg.OperationalError) as exc:
-                _retry_or_raise(exc, tries_left)
+                _retry_or_raise(exc, tries_left, began)
         raise AssertionError("unreachable")
 
     # -- notifications ---------------------------------------------------------------------
@@ -204,10 +208,13 @@ def _maybe_transaction(conn: Any, transaction: bool) -> Any:
     return conn.transaction() if transaction else contextlib.nullcontext()
 
 
-def _retry_or_raise(exc: BaseException, tries_left: int) -> None:
+def _retry_or_raise(exc: BaseException, tries_left: int, began: bool) -> None:
     """Go on with the next pooled connection only if the operation never ran: its first
-    statement (or the BEGIN before it) met a connection the server had ended."""
-    never_ran = isinstance(exc, ServerEndedConnection) or ended_by_server(exc)
+    statement (ServerEndedConnection), or the BEGIN before it (not `began`), met a connection
+    the server had ended. The same error on a later statement or the COMMIT is raised: the
+    operation's generator has gone past its first statement (or is finished), so a retry would
+    run that statement alone and report the whole as done."""
+    never_ran = isinstance(exc, ServerEndedConnection) or (not began and ended_by_server(exc))
     if not tries_left or not never_ran:
         raise _cause(exc) from None
 
