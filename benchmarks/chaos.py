@@ -326,9 +326,9 @@ class Injector:
             self.report.faults[f"proxied worker cut off for {self.faults.partition_seconds:g} s"] += 1
 
     async def until_proxied_worker_runs(self) -> None:
-        """Wait (a few seconds at most) until the proxied worker holds running runs: cut off
-        then, it becomes a zombie with work in flight."""
-        for _ in range(50):
+        """Wait (up to 30 s: a loaded machine starts runs slowly) until the proxied worker holds
+        running runs: cut off then, it becomes a zombie with work in flight."""
+        for _ in range(300):
             with contextlib.suppress(psycopg.OperationalError):
                 rows = await query(self.dsn, "SELECT count(*) FROM pgqueue.runs r JOIN pgqueue.workers w"
                                              " ON w.id = r.worker_id WHERE r.status = 'running' AND w.pid = ANY(%s)",

@@ -101,11 +101,22 @@ async def configure_connection_async(conn: psycopg.AsyncConnection[Any]) -> None
     configure_connection(conn)
 
 
+#: seconds to wait for a connection when the DSN does not say (libpq waits for ever): a server
+#: that accepts and never answers must not hang a worker's start, reconnects or shutdown
+CONNECT_TIMEOUT = 10
+
+
+def connection_kwargs(dsn: str, **kwargs: Any) -> dict[str, Any]:
+    """`kwargs`, with a connect timeout unless the DSN sets one."""
+    if "connect_timeout" not in check_dsn_syntax(dsn):
+        kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    return kwargs
+
+
 def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
     """A plain connection, with a one-line error when the server cannot be reached."""
-    check_dsn_syntax(dsn)
     try:
-        conn = psycopg.connect(normalize_dsn(dsn), **kwargs)
+        conn = psycopg.connect(normalize_dsn(dsn), **connection_kwargs(dsn, **kwargs))
     except psycopg.OperationalError as exc:
         raise connection_error(dsn, exc) from None
     configure_connection(conn)
@@ -113,9 +124,8 @@ def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
 
 
 async def connect_async(dsn: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
-    check_dsn_syntax(dsn)
     try:
-        conn = await psycopg.AsyncConnection.connect(normalize_dsn(dsn), **kwargs)
+        conn = await psycopg.AsyncConnection.connect(normalize_dsn(dsn), **connection_kwargs(dsn, **kwargs))
     except psycopg.OperationalError as exc:
         raise connection_error(dsn, exc) from None
     configure_connection(conn)

@@ -20,7 +20,14 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from .config import configure_connection, configure_connection_async, connect, connect_async, require_dsn
+from .config import (
+    configure_connection,
+    configure_connection_async,
+    connect,
+    connect_async,
+    connection_kwargs,
+    require_dsn,
+)
 from .errors import ConfigurationError, DatabaseInterrupted, DatabaseUnavailable
 from .migrations import check_schema_op
 from .ops import Op, ServerEndedConnection, ended_by_server, execute_on, execute_on_async, start
@@ -81,7 +88,8 @@ class Database:
                 with connect(dsn, autocommit=True) as conn:  # clear errors before the pool retries
                     execute_on(conn, check_schema_op())
                 self._pool = ConnectionPool(dsn, min_size=1, max_size=self.pool_size,
-                                            kwargs=self._connection_kwargs, open=True, name=self.name,
+                                            kwargs=connection_kwargs(dsn, **self._connection_kwargs), open=True,
+                                            name=self.name,
                                             timeout=self.checkout_timeout, check=check_idle_connection,
                                             configure=configure_connection)
             return self._pool
@@ -96,7 +104,8 @@ class Database:
                     async with await connect_async(dsn, autocommit=True) as conn:
                         await execute_on_async(conn, check_schema_op())
                     pool = AsyncConnectionPool(dsn, min_size=1, max_size=self.pool_size,
-                                               kwargs=self._connection_kwargs, open=False,
+                                               kwargs=connection_kwargs(dsn, **self._connection_kwargs),
+                                               open=False,
                                                name=f"{self.name}-async", timeout=self.checkout_timeout,
                                                check=check_idle_connection_async,
                                                configure=configure_connection_async)

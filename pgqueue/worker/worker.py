@@ -46,6 +46,8 @@ log = logging.getLogger("pgqueue.worker")
 
 #: connections of the worker's own pool: claim, completer, step writer, heartbeat, maintenance
 MACHINERY_CONNECTIONS = 6
+#: seconds the services get to stop once cancelled at shutdown
+SERVICE_STOP_TIMEOUT = 5.0
 
 
 @dataclass
@@ -149,7 +151,12 @@ class Worker:
             logging.getLogger().removeHandler(self._task_logs)
             for task in background:
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            # bounded: a service stuck where cancelling cannot reach it must not keep the worker
+            # from exiting (its leases expire and other workers take its runs over)
+            _, stuck = await asyncio.wait(background, timeout=SERVICE_STOP_TIMEOUT)
+            if stuck:
+                log.error("services still running after %gs, left behind: %s", SERVICE_STOP_TIMEOUT,
+                          ", ".join(sorted(task.get_name() for task in stuck)))
 
     async def _shutdown(self) -> None:
         if self._running:
@@ -160,7 +167,7 @@ class Worker:
             log.warning("grace period over: handing %d unfinished run(s) back to the queue", len(unfinished))
             for entry in unfinished:
                 entry.task.cancel()
-            await asyncio.gather(*(e.task for e in unfinished), return_exceptions=True)
+            await asyncio.wait([e.task for e in unfinished], timeout=SERVICE_STOP_TIMEOUT)
             await self._hand_back([e.run for e in unfinished])
         try:
             await asyncio.wait_for(self._completer.wait_idle(), timeout=max(5.0, self.settings.lease))
