@@ -127,9 +127,14 @@ async def test_no_retry_starts_past_the_runs_deadline(faults: Any, dsn: str) -> 
                        what="the run to fail")
     row = run_row(dsn, handle.id)
     assert row["error"]["type"] == "DeadlineExceeded"
-    assert row["finished_at"] - row["created_at"] < row["deadline_at"] - row["created_at"]
+    # no attempt starts at or after the deadline (the last one may still be running when it
+    # passes on a loaded machine: then the expirer fails it, which is right too)
+    with psycopg.connect(dsn) as conn:
+        [(late_starts,)] = conn.execute("SELECT count(*) FROM pgqueue.attempts WHERE run_id = %s "
+                                        "AND started_at >= %s", (handle.id, row["deadline_at"])).fetchall()
+    assert late_starts == 0
     # 1.5 s, retries every 0.2 s: a handful of attempts, then none once the next would start late
-    assert 3 <= faults.CALLS["never_works"] <= 8
+    assert 2 <= faults.CALLS["never_works"] <= 8
     assert row["attempt"] == faults.CALLS["never_works"]
     assert await asyncio.to_thread(faults.app.retry, handle.id) == "queued"  # with a fresh deadline
     assert run_row(dsn, handle.id)["deadline_at"] > row["deadline_at"]
