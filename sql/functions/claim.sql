@@ -96,7 +96,14 @@ DECLARE
 BEGIN
     SELECT coalesce(array_agg(u.name), '{}') INTO v_served FROM unnest(claim.queues) AS u(name)
      WHERE NOT EXISTS (SELECT 1 FROM pgqueue.queues p WHERE p.name = u.name AND p.paused);
-    v_keyed := EXISTS (SELECT 1 FROM pgqueue.ready r WHERE r.queue = ANY (v_served) AND r.concurrency_key IS NOT NULL);
+    -- per queue and in the keyed claim index's order: the planner, unsure how many keyed rows
+    -- there are, would otherwise read the whole of `ready` (the whole backlog) to find none
+    v_keyed := EXISTS (
+        SELECT 1 FROM unnest(v_served) AS q(name) CROSS JOIN LATERAL (
+            SELECT 1 FROM pgqueue.ready r
+             WHERE r.queue = q.name AND r.concurrency_key IS NOT NULL
+             ORDER BY r.priority DESC, r.fair_seq, r.run_at, r.run_id
+             LIMIT 1) AS k);
     IF v_keyed THEN
         -- keys already at their limit: not worth locking candidates of (decided again below)
         SELECT coalesce(array_agg(f.task || E'\x1f' || f.key), '{}') INTO v_full
