@@ -80,8 +80,16 @@ def queries() -> dict[str, str]:
         parts = _NAME_LINE.split(path.read_text())
         # parts = [preamble, name1, body1, name2, body2, ...]
         for name, body in zip(parts[1::2], parts[2::2], strict=True):
-            found[f"{path.stem}.{name}"] = body.strip().rstrip(";")
+            found[f"{path.stem}.{name}"] = _compact(body.strip().rstrip(";"))
     return found
+
+
+def _compact(sql: str) -> str:
+    """The query without its comment lines and indentation: fewer bytes sent per call, and short
+    enough for the driver to cache its parsing (psycopg caches queries up to 4 KiB). No string
+    literal of sql/queries spans lines (a test checks it), so no literal changes."""
+    lines = (line.strip() for line in sql.splitlines())
+    return "\n".join(line for line in lines if line and not line.startswith("--"))
 
 
 def query(name: str) -> str:

@@ -127,6 +127,7 @@ def worker_tasks(dsn: str) -> Iterator[Any]:
     import worker_app
 
     bind(worker_app.app, dsn)
+    worker_app._conn = None  # it may hold a connection to another module's (dropped) database
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(worker_app.EXECUTIONS_DDL)
         conn.execute("TRUNCATE executions")

@@ -11,7 +11,10 @@ import psycopg
 import pytest
 
 from conftest import bind, running_worker, wait_for
+from pgqueue.ops import execute_on
 from pgqueue.sqlfiles import query
+from pgqueue.worker.completer import complete_op
+from pgqueue.worker.executor import Outcome
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -196,13 +199,10 @@ async def test_gather_of_100000_children_with_small_results(faults: Any, dsn: st
 def _complete_one(conn: psycopg.Connection[Any], worker: str, run_id: int, attempt: int, *,
                   interrupted: int = 0, retry_later: int = 0, cap: int = 0, delay: float = 0.0) -> list[Any]:
     """worker.complete for one run whose attempt asks for a retry (status 'queued')."""
-    outcome = "interrupted" if interrupted else "retry"
-    return conn.execute(query("worker.complete"), {
-        "worker": worker, "ids": [run_id], "attempts": [attempt], "statuses": ["queued"],
-        "attempt_outcomes": [outcome], "results": [None],
-        "errors": ['{"type": "DatabaseInterrupted", "message": "cut off"}'], "delays": [delay], "failed": [0],
-        "logs": [None], "retry_later": [retry_later], "retry_later_caps": [cap], "interrupted": [interrupted],
-        "max_interruptions": 2}).fetchall()
+    outcome = Outcome(run_id, attempt, "queued", "interrupted" if interrupted else "retry",
+                      error={"type": "DatabaseInterrupted", "message": "cut off"}, delay=delay,
+                      retry_later=retry_later, retry_later_cap=cap, interrupted=interrupted)
+    return [(applied,) for applied in execute_on(conn, complete_op(worker, [outcome], max_interruptions=2))]
 
 
 def _claim(conn: psycopg.Connection[Any], worker: str, queue: str) -> list[Any]:

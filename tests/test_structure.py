@@ -151,6 +151,21 @@ def test_every_query_is_used() -> None:
     assert unused == [], "named queries no code uses: delete them or use them"
 
 
+def test_no_string_literal_of_a_query_spans_lines() -> None:
+    """sqlfiles._compact strips each line's indentation, which would change such a literal."""
+    spanning = [(path.name, number, line) for path in sorted((PACKAGE.parent / "sql" / "queries").glob("*.sql"))
+                for number, line in enumerate(path.read_text().splitlines(), 1)
+                if not line.strip().startswith("--") and line.split("--")[0].count("'") % 2]
+    assert spanning == []
+
+
+def test_compacted_queries_fit_the_drivers_cache() -> None:
+    """psycopg parses a query of up to 4 KiB once; a longer one on every call (the hot path's
+    statements must stay under it)."""
+    for name in ("worker.claim", "worker.complete", "worker.heartbeat", "durable.record_steps", "runs.enqueue_one"):
+        assert len(queries()[name]) <= 4096, name
+
+
 def _dashboard_names() -> set[str]:
     source = (PACKAGE / "dashboard" / "queries.py").read_text()
     return {node.args[0].value for node in ast.walk(ast.parse(source))

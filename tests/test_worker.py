@@ -12,7 +12,10 @@ import pytest
 
 from conftest import running_worker, wait_for
 from pgqueue import RunFailed
+from pgqueue.ops import execute_on
 from pgqueue.sqlfiles import query
+from pgqueue.worker.completer import complete_op
+from pgqueue.worker.executor import Outcome
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -191,12 +194,9 @@ def test_zombie_cannot_record_after_its_lease_was_taken_over(dsn: str) -> None:
             return conn.execute(query("worker.claim"),  # type: ignore[arg-type]
                                 {"queues": ["zombies"], "limit": 10, "worker": worker, "lease_s": 30}).fetchall()
 
-        def complete(worker: str, attempt: int, result: str) -> list[tuple[Any, ...]]:
-            return conn.execute(query("worker.complete"), {  # type: ignore[arg-type]
-                "worker": worker, "ids": [run_id], "attempts": [attempt], "statuses": ["succeeded"],
-                "attempt_outcomes": ["succeeded"], "results": [result], "errors": [None], "delays": [0.0],
-                "failed": [0], "logs": [None], "retry_later": [0], "retry_later_caps": [0], "interrupted": [0],
-                "max_interruptions": 10}).fetchall()
+        def complete(worker: str, attempt: int, result: str) -> list[tuple[int]]:
+            outcome = Outcome(run_id, attempt, "succeeded", "succeeded", result=result)
+            return [(applied,) for applied in execute_on(conn, complete_op(worker, [outcome]))]
 
         assert [r[0] for r in claim(a)] == [run_id]
         conn.execute("UPDATE pgqueue.runs SET lease_expires_at = now() - interval '1 second' WHERE id = %s",

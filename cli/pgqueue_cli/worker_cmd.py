@@ -31,6 +31,9 @@ def _queues(value: str) -> list[str]:
               show_envvar=True, show_default=True, help="Runs executed at once.")
 @click.option("--batch-size", type=click.IntRange(min=0), default=0, envvar="PGQUEUE_BATCH_SIZE",
               show_envvar=True, help="Most runs claimed per round trip (0: all free slots).")
+@click.option("--prefetch", type=click.IntRange(min=0), default=None, envvar="PGQUEUE_PREFETCH", show_envvar=True,
+              help="Most claimed runs kept in hand ahead of free slots, fewer when runs are slow "
+                   "(default: the concurrency, at most 100; 0: off).")
 @click.option("--name", default=None, envvar="PGQUEUE_WORKER_NAME", show_envvar=True,
               help="Worker name (default host-pid).")
 @click.option("--lease", type=click.FloatRange(min=0.5), default=30.0, envvar="PGQUEUE_LEASE", show_envvar=True,
@@ -59,7 +62,8 @@ def _queues(value: str) -> list[str]:
 @click.option("--log-level", default="INFO", envvar="PGQUEUE_LOG_LEVEL", show_envvar=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @friendly_errors
-def worker_cmd(app_path: str, dsn: str | None, queues: str, concurrency: int, batch_size: int, name: str | None,
+def worker_cmd(app_path: str, dsn: str | None, queues: str, concurrency: int, batch_size: int,
+               prefetch: int | None, name: str | None,
                lease: float, heartbeat: float, poll_interval: float, grace_period: float, max_recoveries: int,
                max_interruptions: int, burst: bool, metrics_port: int | None, metrics_host: str,
                metrics_token: str | None, prune_interval: float, log_level: str) -> None:
@@ -73,6 +77,7 @@ def worker_cmd(app_path: str, dsn: str | None, queues: str, concurrency: int, ba
     if dsn:
         app.db.use_dsn(dsn)
     settings = WorkerSettings(queues=_queues(queues), concurrency=concurrency, batch_size=batch_size,
+                              prefetch=prefetch,
                               lease=lease, heartbeat=heartbeat, poll_interval=poll_interval,
                               grace_period=grace_period, max_recoveries=max_recoveries,
                               max_interruptions=max_interruptions, burst=burst,

@@ -72,22 +72,13 @@ class Completer:
 
 def complete_op(worker_id: str, batch: list[Outcome], max_interruptions: int = 10) -> Op[set[int]]:
     """Record a batch of outcomes; the ids of those applied (the others lost their lease)."""
-    rows = yield statement("worker.complete", {
-        "worker": worker_id,
-        "ids": [o.run_id for o in batch],
-        "attempts": [o.attempt for o in batch],
-        "statuses": [o.status for o in batch],
-        "attempt_outcomes": [o.attempt_outcome for o in batch],
-        "results": [o.result for o in batch],
-        "errors": [None if o.error is None else _json(o.error) for o in batch],
-        "delays": [o.delay for o in batch],
-        "failed": [o.failed for o in batch],
-        "logs": [o.logs for o in batch],
-        "retry_later": [o.retry_later for o in batch],
-        "retry_later_caps": [o.retry_later_cap for o in batch],
-        "interrupted": [o.interrupted for o in batch],
-        "max_interruptions": max_interruptions,
-    }, custom_plan=True)
+    outcomes = [{"id": o.run_id, "attempt": o.attempt, "status": o.status, "attempt_outcome": o.attempt_outcome,
+                 "result": o.result, "error": o.error, "delay": o.delay, "failed": o.failed, "logs": o.logs,
+                 "retry_later": o.retry_later, "retry_later_cap": o.retry_later_cap,
+                 "interrupted": o.interrupted} for o in batch]
+    rows = yield statement("worker.complete", {"worker": worker_id, "outcomes": _json(outcomes),
+                                               "ids": [o.run_id for o in batch],
+                                               "max_interruptions": max_interruptions}, custom_plan=True)
     return {row[0] for row in rows}
 
 
@@ -99,5 +90,5 @@ def _warn_rejected(batch: list[Outcome], applied: set[int]) -> None:
                         outcome.attempt_outcome)
 
 
-def _json(value: dict[str, Any]) -> str:
+def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)

@@ -144,6 +144,8 @@ class Executor:
             return outcome
 
     async def _outcome_of(self, run: Claimed, ctx: RunContext) -> Outcome | None:
+        if ctx.cancel_requested:  # while it waited in the worker's hand, before it started
+            return self._cancelled(run)
         if run.expired:
             return final_failure(run, "Expired", "the run did not start within its schedule-to-start window",
                                  "expired")

@@ -17,6 +17,10 @@ class WorkerSettings:
     concurrency: int = 10
     #: most runs claimed per round trip (0: as many as there are free slots)
     batch_size: int = 0
+    #: most claimed runs kept in hand ahead of free slots, so that a slot that frees never waits
+    #: for a claim's round trip (None: as many as `concurrency`, at most 100; 0: off). The worker
+    #: keeps fewer when runs are slow (see worker/prefetch.py); they stay leased to it meanwhile
+    prefetch: int | None = None
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     #: seconds a claimed run stays leased without a heartbeat
     lease: float = 30.0
@@ -52,7 +56,12 @@ class WorkerSettings:
         if self.prune_interval < 0 or self.prune_batch_size < 1 or self.prune_batches < 1:
             raise ConfigurationError(
                 "prune_interval must be >= 0 (0: off), prune_batch_size and prune_batches at least 1")
+        if self.prefetch is not None and self.prefetch < 0:
+            raise ConfigurationError(f"prefetch must be >= 0 (0: off), not {self.prefetch}")
         if self.heartbeat >= self.lease:
             raise ConfigurationError(
                 f"heartbeat ({self.heartbeat:g}s) must be shorter than the lease ({self.lease:g}s), "
                 "or leases expire between heartbeats")
+
+    def prefetch_limit(self) -> int:
+        return min(self.concurrency, 100) if self.prefetch is None else self.prefetch

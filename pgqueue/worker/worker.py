@@ -14,6 +14,7 @@ starve a heartbeat; task code uses the application's pools; the listener holds o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -36,6 +37,7 @@ from .executor import Executor
 from .expirer import Expirer
 from .heartbeat import Heartbeat, Held
 from .listener import Listener
+from .prefetch import ClaimAhead
 from .pruner import Pruner
 from .rescuer import Rescuer
 from .service import DB_ERRORS, Backoff, Service
@@ -68,6 +70,7 @@ class Worker:
         self._threads = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="pgqueue-task")
         self._executor = Executor(app, self._threads)
         self._running: dict[int, _Running] = {}
+        self._ahead = ClaimAhead(self.settings.prefetch_limit())
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -159,6 +162,9 @@ class Worker:
                           ", ".join(sorted(task.get_name() for task in stuck)))
 
     async def _shutdown(self) -> None:
+        held = self._ahead.release_all()
+        if held:
+            await self._give_back(_release_op(self.id, held), held, "releasing runs claimed ahead")
         if self._running:
             tasks = [r.task for r in self._running.values()]
             await asyncio.wait(tasks, timeout=self.settings.grace_period)
@@ -168,22 +174,23 @@ class Worker:
             for entry in unfinished:
                 entry.task.cancel()
             await asyncio.wait([e.task for e in unfinished], timeout=SERVICE_STOP_TIMEOUT)
-            await self._hand_back([e.run for e in unfinished])
+            runs = [e.run for e in unfinished]
+            await self._give_back(_hand_back_op(self.id, runs), runs, "handing runs back")
         try:
             await asyncio.wait_for(self._completer.wait_idle(), timeout=max(5.0, self.settings.lease))
         except TimeoutError:
             log.error("%d outcome(s) could not be written before shutdown; those runs are run again after "
                       "their lease expires", len(self._completer.pending()))
 
-    async def _hand_back(self, runs: list[Claimed]) -> None:
-        backoff = Backoff("handing runs back")
+    async def _give_back(self, op: Op[None], runs: list[Claimed], doing: str) -> None:
+        backoff = Backoff(doing)
         for _ in range(5):
             try:
-                await self.db.execute_async(_hand_back_op(self.id, runs))
+                await self.db.execute_async(op)
                 return
             except DB_ERRORS as exc:
                 await backoff.sleep_after(exc)
-        log.error("could not hand back runs %s; they are retried when their lease expires", [r.id for r in runs])
+        log.error("%s failed for runs %s; they are retried when their lease expires", doing, [r.id for r in runs])
 
     # -- claiming and running --------------------------------------------------------------
 
@@ -191,12 +198,19 @@ class Worker:
         settings = self.settings
         backoff = Backoff("claiming")
         while not self._stopping.is_set():
-            # a slot is free once the run's outcome is written, not when its code returns: else
-            # claims outrun the completer and the held runs (and every batch) grow without bound
-            free = settings.concurrency - len(self._running) - self._completer.backlog()
-            if free <= 0:
+            stale = self._ahead.stale()
+            if stale:
+                await self._give_back(_release_op(self.id, stale), stale, "releasing runs claimed ahead")
+            # runs in hand count until their outcome is written, not until their code returns:
+            # else claims outrun the completer and the held runs (and every batch) grow without bound
+            held = len(self._running) + len(self._ahead) + self._completer.backlog()
+            capacity = settings.concurrency + self._ahead.wanted()
+            free = capacity - held
+            # while runs in hand keep the slots fed, wait to claim a batch worth a round trip
+            if free <= 0 or (self._ahead and free < capacity // 2):
                 self._slot_free.clear()
-                await self._slot_free.wait()
+                with contextlib.suppress(TimeoutError):  # runs in hand are checked for staleness
+                    await asyncio.wait_for(self._slot_free.wait(), self._ahead.max_wait if len(self._ahead) else None)
                 await asyncio.sleep(0)  # let other runs finishing in this tick free their slots too
                 continue
             limit = min(free, settings.batch_size) if settings.batch_size else free
@@ -204,19 +218,22 @@ class Worker:
             try:
                 started = time.monotonic()
                 claimed = await self.db.execute_async(claim_op(self.id, settings.queues, limit, settings.lease))
+                elapsed = time.monotonic() - started
                 self.metrics.inc("pgqueue_claims_total")
-                self.metrics.observe("pgqueue_claim_seconds", time.monotonic() - started)
+                self.metrics.observe("pgqueue_claim_seconds", elapsed)
+                self._ahead.claimed_in(elapsed)
             except DB_ERRORS as exc:
                 await backoff.sleep_after(exc)
                 continue
             backoff.succeeded()
             if claimed and tracing.enabled():
                 claimed = await self._with_trace_contexts(claimed)
-            for run in claimed:
-                self._start(run)
+            self._ahead.hold(claimed)
+            self._start_held()
             self.claimed_total += len(claimed)
             if len(claimed) < limit:
-                if settings.burst and not claimed and not self._running and not self._completer.backlog():
+                if (settings.burst and not claimed and not self._running and not self._ahead
+                        and not self._completer.backlog()):
                     break
                 await self._idle_wait()
 
@@ -238,8 +255,18 @@ class Worker:
         for waiter in pending:
             waiter.cancel()
 
-    def _start(self, run: Claimed) -> None:
+    def _start_held(self) -> None:
+        """Start runs in hand while execution slots are free."""
+        while len(self._running) < self.settings.concurrency:
+            taken = self._ahead.take()
+            if taken is None:
+                return
+            self._start(*taken)
+
+    def _start(self, run: Claimed, cancelled: bool) -> None:
         ctx = RunContext(run.id, run.task, run.attempt, self.id, self.app.db, _writer=self._steps)
+        if cancelled:  # asked while the run waited in hand: the executor records it cancelled
+            ctx.request_cancel()
         self.metrics.inc("pgqueue_runs_started_total", task=run.task, queue=run.queue or "")
         task = asyncio.create_task(self._execute_run(run, ctx), name=f"run-{run.id}")
         self._running[run.id] = _Running(run, ctx, task)
@@ -253,23 +280,34 @@ class Worker:
             self.metrics.inc("pgqueue_runs_finished_total", task=run.task, queue=run.queue or "",
                              outcome=outcome.attempt_outcome if outcome else "suspended")
             if outcome is not None:
-                self._completer.add(replace(outcome, logs=ctx.logs_text()))
+                logs = ctx.logs_text()
+                self._completer.add(outcome if logs is None else replace(outcome, logs=logs))
         except asyncio.CancelledError:
             pass  # handed back by _shutdown, or the lease was lost
         except Exception:
             log.exception("run %d: unexpected error in the worker", run.id)
         finally:
             self._running.pop(run.id, None)
+            self._ahead.finished()
+            if not self._stopping.is_set():
+                self._start_held()
             self._slot_free.set()
 
     # -- heartbeats ------------------------------------------------------------------------
 
     def _held(self) -> Held:
         held = {r.run.id: r.run.attempt for r in self._running.values()}
+        held.update({run.id: run.attempt for run in self._ahead.runs()})
         held.update({o.run_id: o.attempt for o in self._completer.pending()})
-        return list(held), list(held.values())
+        ids = sorted(held)  # rows locked in id order everywhere cannot deadlock
+        return ids, [held[run_id] for run_id in ids]
 
     def _apply_heartbeat(self, sent: set[int], answer: dict[int, bool]) -> None:
+        lost = {run.id for run in self._ahead.runs() if run.id in sent and run.id not in answer}
+        self._ahead.drop(lost)
+        for run in self._ahead.runs():
+            if answer.get(run.id):
+                self._ahead.cancel(run.id)
         for run_id, entry in list(self._running.items()):
             if run_id not in sent or entry.task.done():
                 continue  # claimed after the heartbeat was sent
@@ -317,6 +355,12 @@ def _stop_worker_op(worker_id: str) -> Op[None]:
 def _max_payload_op() -> Op[int]:
     rows = yield statement("durable.max_payload", {})
     return int(rows[0][0])
+
+
+def _release_op(worker_id: str, runs: list[Claimed]) -> Op[None]:
+    """Runs claimed ahead and never started go back to the queue as if never claimed."""
+    yield statement("worker.release", {"worker": worker_id, "ids": [r.id for r in runs],
+                                       "attempts": [r.attempt for r in runs]}, custom_plan=True)
 
 
 def _hand_back_op(worker_id: str, runs: list[Claimed]) -> Op[None]:

@@ -173,9 +173,13 @@ SELECT i.run_id, i.step_key, i.seq, i.name, i.status, i.output::jsonb, i.error::
   FROM unnest(%(runs)s::bigint[], %(attempts)s::int[], %(keys)s::text[], %(seqs)s::int[], %(names)s::text[],
               %(statuses)s::text[], %(outputs)s::text[], %(errors)s::text[], %(durations)s::float8[])
        AS i(run_id, attempt, step_key, seq, name, status, output, error, duration)
-  JOIN pgqueue.runs r ON r.id = i.run_id AND r.attempt = i.attempt AND r.status = 'running'
-                     AND r.worker_id = %(worker)s
-   FOR SHARE OF r  -- see the fence at the top of this file
+ -- each checkpoint finds its run by id: the planner, expecting almost no running runs, would
+ -- otherwise scan every running run and join each with every checkpoint
+ CROSS JOIN LATERAL (
+    SELECT 1 FROM pgqueue.runs r
+     WHERE r.id = i.run_id AND r.attempt = i.attempt AND r.status = 'running' AND r.worker_id = %(worker)s
+       FOR SHARE  -- see the fence at the top of this file
+ ) AS fence
 ON CONFLICT (run_id, step_key) DO UPDATE
    SET status = excluded.status, output = excluded.output, error = excluded.error,
        attempts = s.attempts + 1, started_at = excluded.started_at, finished_at = excluded.finished_at

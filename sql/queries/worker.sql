@@ -24,55 +24,35 @@ SELECT id, trace_context FROM pgqueue.runs WHERE id = ANY(%(ids)s::bigint[])
 -- name: complete
 -- Record a batch of outcomes. An outcome is applied only while the run is still running
 -- this attempt on this worker; the ids returned are the outcomes that were applied.
--- Fence: the UPDATE's own row lock, held until commit; a concurrent rescue, cancel or step fence
--- (FOR SHARE, see durable.sql) either waits for it or is waited for, and under READ COMMITTED the
--- WHERE is re-checked on the row as that other writer left it.
--- A retry (status 'queued') is refused, and the run fails instead, when it would break one of
--- the run's bounds: too many RetryLater requests in a row (the task's max_retry_later), too
--- many interrupted attempts (max_interruptions), a next attempt after the run's deadline, or
--- a retry-later past its schedule-to-start window.
+-- Fence: `checked` locks each run's row (FOR NO KEY UPDATE, the lock the UPDATE itself takes),
+-- held until commit; a concurrent rescue, cancel or step fence (FOR SHARE, see durable.sql)
+-- either waits for it or is waited for, and under READ COMMITTED the WHERE is re-checked on the
+-- row as that other writer left it.
+-- Plan: each outcome finds its run by id (LATERAL, in the ids' order, which the completer
+-- sorts), and the later parts read what they need from the UPDATE's RETURNING: the planner,
+-- expecting almost no running runs, would otherwise scan every running run's index entry and
+-- join each with every outcome (a cost growing with the square of the batch).
+-- A retry that would break one of the run's bounds is refused, and the run fails instead
+-- (pgqueue.retry_refusal, in sql/functions/outcomes.sql).
 WITH outcome AS (
-    SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(statuses)s::text[],
-                         %(attempt_outcomes)s::text[], %(results)s::text[], %(errors)s::text[],
-                         %(delays)s::float8[], %(failed)s::int[], %(logs)s::text[],
-                         %(retry_later)s::int[], %(retry_later_caps)s::int[], %(interrupted)s::int[])
-           AS o(id, attempt, status, attempt_outcome, result, error, delay, failed, logs,
-                retry_later, retry_later_cap, interrupted)
+    -- one JSON array of outcomes: the driver sends it as one text, not a dozen arrays
+    SELECT * FROM jsonb_to_recordset(%(outcomes)s::jsonb)
+           AS o(id bigint, attempt int, status text, attempt_outcome text, result text, error jsonb,
+                delay float8, failed int, logs text, retry_later int, retry_later_cap int, interrupted int)
 ), checked AS (
     -- these columns of the run change only through this fenced statement: the snapshot is current
-    SELECT o.*, CASE
-        WHEN o.status <> 'queued' THEN NULL
-        WHEN o.retry_later = 1 AND r.retry_laters + 1 > o.retry_later_cap THEN jsonb_build_object(
-            'type', 'RetryLaterLimit',
-            'message', format('the task asked to retry later %%s times in a row (RetryLater or RateLimited), '
-                              'more than its limit of %%s; raise it with @app.task(max_retry_later=N) if '
-                              'the provider needs longer, or fail the run from the task',
-                              r.retry_laters + 1, o.retry_later_cap),
-            'last_request', o.error::jsonb ->> 'message')
-        WHEN o.interrupted = 1 AND r.interruptions + 1 > %(max_interruptions)s THEN jsonb_build_object(
-            'type', 'InfrastructureFailure',
-            'message', format('%%s attempts were cut off by database failures (connection dropped or '
-                              'server restarted), more than the worker''s max_interruptions of %%s; '
-                              'last: %%s', r.interruptions + 1, %(max_interruptions)s,
-                              o.error::jsonb ->> 'message'))
-        WHEN r.deadline_at IS NOT NULL AND now() + make_interval(secs => o.delay) >= r.deadline_at
-            THEN jsonb_build_object(
-            'type', 'DeadlineExceeded',
-            'message', format('the run''s deadline (%%s, set by the task''s deadline=) passes before its '
-                              'next attempt; raise the task''s deadline to let it retry longer. Last '
-                              'attempt: %%s', r.deadline_at, o.error::jsonb ->> 'message'))
-        WHEN o.retry_later = 1 AND r.expires_at IS NOT NULL
-             AND now() + make_interval(secs => o.delay) > r.expires_at THEN jsonb_build_object(
-            'type', 'Expired',
-            'message', format('the run asked to retry later, after its schedule-to-start window ends '
-                              '(%%s); raise the task''s schedule_to_start to let it wait longer', r.expires_at))
-        END AS stop
-      FROM outcome o JOIN pgqueue.runs r ON r.id = o.id
+    SELECT o.*, pgqueue.retry_refusal(o.status, o.retry_later, o.retry_later_cap, o.interrupted,
+                                      %(max_interruptions)s, o.delay, o.error, r.retry_laters,
+                                      r.interruptions, r.deadline_at, r.expires_at) AS stop
+      FROM outcome o CROSS JOIN LATERAL (
+          SELECT r.retry_laters, r.interruptions, r.deadline_at, r.expires_at FROM pgqueue.runs r
+           WHERE r.id = o.id AND r.attempt = o.attempt AND r.status = 'running' AND r.worker_id = %(worker)s
+             FOR NO KEY UPDATE) AS r
 ), applied AS (
     UPDATE pgqueue.runs AS run
        SET status = CASE WHEN o.stop IS NULL THEN o.status ELSE 'failed' END,
            result = o.result::jsonb,
-           error = coalesce(o.stop, o.error::jsonb,
+           error = coalesce(o.stop, o.error,
                             CASE WHEN o.status = 'succeeded' THEN NULL ELSE run.error END),
            failures = run.failures + o.failed,
            retry_laters = CASE WHEN o.retry_later = 1 THEN run.retry_laters + 1 ELSE 0 END,
@@ -83,10 +63,10 @@ WITH outcome AS (
            worker_id = NULL,
            lease_expires_at = NULL
       FROM checked o
-     WHERE run.id = o.id AND run.attempt = o.attempt AND run.status = 'running'
-       AND run.worker_id = %(worker)s
+     -- (the ids again: they tell the planner how few rows to expect)
+     WHERE run.id = o.id AND run.id = ANY (%(ids)s::bigint[])
     RETURNING run.id, run.status, run.queue, run.priority, run.run_at, run.task, run.concurrency_key,
-              run.attempt, run.attempt_started_at, run.parent_id
+              run.attempt, run.attempt_started_at, run.parent_id, o.stop, o.attempt_outcome, o.error, o.logs
 ), requeued AS (
     INSERT INTO pgqueue.ready (run_id, queue, priority, run_at, task, concurrency_key)
     SELECT id, queue, priority, run_at, task, concurrency_key FROM applied WHERE status = 'queued'
@@ -95,11 +75,11 @@ WITH outcome AS (
     INSERT INTO pgqueue.attempts (run_id, attempt, worker_id, started_at, finished_at, outcome,
                                   error_type, error_message, traceback, logs)
     SELECT a.id, a.attempt, %(worker)s, coalesce(a.attempt_started_at, now()), now(),
-           CASE WHEN o.stop IS NULL THEN o.attempt_outcome
-                WHEN o.attempt_outcome = 'interrupted' THEN 'interrupted' ELSE 'failed' END,
-           coalesce(o.stop, o.error::jsonb) ->> 'type', coalesce(o.stop, o.error::jsonb) ->> 'message',
-           o.error::jsonb ->> 'traceback', o.logs
-      FROM applied a JOIN checked o ON o.id = a.id
+           CASE WHEN a.stop IS NULL THEN a.attempt_outcome
+                WHEN a.attempt_outcome = 'interrupted' THEN 'interrupted' ELSE 'failed' END,
+           coalesce(a.stop, a.error) ->> 'type', coalesce(a.stop, a.error) ->> 'message',
+           a.error ->> 'traceback', a.logs
+      FROM applied a
     ON CONFLICT (run_id, attempt) DO NOTHING
 ), woken AS (
     SELECT pg_notify('pgqueue_ready', queue) FROM (SELECT DISTINCT queue FROM requeued WHERE run_at <= now()) q
@@ -109,22 +89,32 @@ WITH outcome AS (
     SELECT pgqueue.finish_children(array_agg(parent_id)) FROM applied
      WHERE parent_id IS NOT NULL AND status IN ('succeeded', 'failed', 'cancelled', 'dead')
 )
-SELECT id FROM applied, (SELECT count(*) FROM woken) w, (SELECT count(*) FROM done) d,
-       (SELECT count(*) FROM parents) p
+-- (the side effects' CTEs are read once, as conditions that always hold)
+SELECT id FROM applied
+ WHERE (SELECT count(*) FROM woken) >= 0 AND (SELECT count(*) FROM done) >= 0
+   AND (SELECT count(*) FROM parents) >= 0
 
 -- name: heartbeat
 -- Extend the leases of the runs this worker still holds; a run missing from the answer was
 -- taken away (rescued or cancelled) and must not be finished by this worker.
--- Fence: the UPDATE's row lock (as for complete); the rescue's FOR UPDATE re-checks the expired
--- lease on the row a committed beat left, and skips a row being beaten.
+-- Fence: the row lock taken in `still` (as for complete), in the ids' order (sorted by the
+-- worker, as the completer's); the rescue's FOR UPDATE re-checks the expired lease on the row a
+-- committed beat left, and skips a row being beaten. Each held run is found by id (LATERAL),
+-- never by scanning the whole fleet's running runs.
 WITH beat AS (
     UPDATE pgqueue.workers SET heartbeat_at = now() WHERE id = %(worker)s
+), still AS (
+    SELECT r.id FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS held(id, attempt)
+     CROSS JOIN LATERAL (
+        SELECT r.id FROM pgqueue.runs r
+         WHERE r.id = held.id AND r.attempt = held.attempt AND r.status = 'running'
+           AND r.worker_id = %(worker)s
+           FOR NO KEY UPDATE) AS r
 )
 UPDATE pgqueue.runs AS run
    SET lease_expires_at = now() + make_interval(secs => %(lease_s)s)
-  FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS held(id, attempt)
- WHERE run.id = held.id AND run.attempt = held.attempt AND run.status = 'running'
-   AND run.worker_id = %(worker)s
+  FROM still
+ WHERE run.id = still.id
 RETURNING run.id, run.cancel_requested
 
 -- name: rescue
@@ -237,6 +227,30 @@ WITH late AS MATERIALIZED (
     SELECT pgqueue.finish_children(array_agg(parent_id)) FROM failed WHERE parent_id IS NOT NULL
 )
 SELECT id FROM failed, (SELECT count(*) FROM done) d, (SELECT count(*) FROM parents) p
+
+-- name: release
+-- Claimed runs this worker never started (held ahead of its free slots for longer than it
+-- should, or at shutdown) go back to the queue as if never claimed: the attempt the claim
+-- counted is taken back and no attempt is recorded.
+-- Fence: the UPDATE's row lock (as for complete).
+WITH held AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS h(id, attempt)
+), returned AS (
+    UPDATE pgqueue.runs AS run
+       SET status = 'queued', attempt = run.attempt - 1, worker_id = NULL, lease_expires_at = NULL,
+           attempt_started_at = NULL,
+           started_at = CASE WHEN run.attempt = 1 THEN NULL ELSE run.started_at END
+      FROM held
+     WHERE run.id = held.id AND run.attempt = held.attempt AND run.status = 'running'
+       AND run.worker_id = %(worker)s
+    RETURNING run.id, run.queue, run.priority, run.run_at, run.task, run.concurrency_key
+), requeued AS (
+    INSERT INTO pgqueue.ready (run_id, queue, priority, run_at, task, concurrency_key)
+    SELECT id, queue, priority, run_at, task, concurrency_key FROM returned
+), woken AS (
+    SELECT pg_notify('pgqueue_ready', queue) FROM (SELECT DISTINCT queue FROM returned) q
+)
+SELECT id FROM returned, (SELECT count(*) FROM woken) w
 
 -- name: hand_back
 -- Graceful shutdown: give unfinished runs back to the queue at once, without counting a failure.
