@@ -10,14 +10,16 @@ commits. The engine must use psycopg 3 (`postgresql+psycopg://...`).
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 from sqlalchemy import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
 from ..errors import ConfigurationError
+
+if TYPE_CHECKING:  # imported when used: SQLAlchemy's asyncio needs greenlet, sync code does not
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 
 def psycopg_connection(bind: Session | Connection) -> psycopg.Connection[Any]:
@@ -30,6 +32,8 @@ def psycopg_connection(bind: Session | Connection) -> psycopg.Connection[Any]:
 
 async def async_psycopg_connection(bind: AsyncSession | AsyncConnection) -> psycopg.AsyncConnection[Any]:
     """The psycopg async connection under an async session or connection, for `enqueue_async`."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     connection = await bind.connection() if isinstance(bind, AsyncSession) else bind
     raw = await connection.get_raw_connection()
     driver = _check(raw.driver_connection, psycopg.AsyncConnection, connection)
