@@ -186,3 +186,18 @@ def test_a_mounted_dashboard_needs_a_check_and_shares_csrf_by_secret(dsn: str) -
 
     assert csrf("s") == csrf("s")  # two processes with the same secret accept each other's forms
     assert csrf("s") != csrf("other") and csrf(None) != csrf(None)
+
+
+async def test_bulk_enqueue_on_a_callers_connection_stays_in_its_transaction(dsn: str) -> None:
+    """A connection out of autocommit is in the caller's transaction before its first statement:
+    a bulk enqueue there used to BEGIN and COMMIT a transaction of its own."""
+    bind(fastapi_app.queue, dsn)
+    items = [{"user_id": 0, "email": "bulk@example.com"}] * 3
+    with psycopg.connect(dsn) as conn:
+        fastapi_app.send_welcome.options(connection=conn).enqueue_many(items)
+        conn.rollback()
+    async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+        await fastapi_app.send_welcome.options(connection=aconn).enqueue_many_async(items)
+        await aconn.rollback()
+    assert rows(dsn, "SELECT count(*) FROM pgqueue.runs WHERE input->>'email' = 'bulk@example.com'") == [(0,)]
+    bind(fastapi_app.queue, None)
