@@ -201,3 +201,16 @@ async def test_bulk_enqueue_on_a_callers_connection_stays_in_its_transaction(dsn
         await aconn.rollback()
     assert rows(dsn, "SELECT count(*) FROM pgqueue.runs WHERE input->>'email' = 'bulk@example.com'") == [(0,)]
     bind(fastapi_app.queue, None)
+
+
+async def test_the_dashboard_alone_under_an_asgi_server(dsn: str) -> None:
+    """Not mounted: served at the root, its lifespan opens the pool at start and closes it."""
+    queue = PgQueue(dsn)
+    dashboard = create_asgi_app(queue, token="tok")
+    async with serving(dashboard) as url:
+        assert queue.db._pool is not None  # opened by the lifespan's start-up
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            page = await client.get("/runs", headers={"Authorization": "Bearer tok"})
+            assert page.status_code == 200 and 'href="/static/app.css"' in page.text
+            assert (await client.get("/runs")).status_code == 401
+    assert queue.db._pool is None  # closed by the lifespan's shutdown
