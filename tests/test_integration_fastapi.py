@@ -3,20 +3,17 @@ transaction (psycopg, SQLAlchemy async and sync), and the dashboard mounted behi
 
 from __future__ import annotations
 
-import asyncio
 import re
-import socket
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
+from asgi_server import serving
 from conftest import ROOT, bind, running_worker
 from pgqueue import ConfigurationError, PgQueue
 from pgqueue.dashboard import create_asgi_app
@@ -30,32 +27,6 @@ pytestmark = pytest.mark.timeout(180)
 ADMIN = "admin-secret"
 MOUNT = "/admin/pgqueue"
 SIGNUPS = ("/signups", "/orm/signups", "/sync/signups")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[str]:
-    """uvicorn serving `app` on a real port, in this event loop (which the worker shares)."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while not server.started:
-        if task.done():
-            task.result()  # the start-up error (lifespan, port)
-        assert loop.time() < deadline, "uvicorn did not start"
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
 
 
 @pytest.fixture
