@@ -95,6 +95,15 @@ class PgQueue:
         """Write the declared tasks, limits and schedules to the database (workers do it at start)."""
         self.db.execute(self.registry.register_op(), transaction=True)
 
+    def open(self) -> None:
+        """Open the sync pool now (it opens on first use otherwise), after checking the schema: a
+        wrong DSN or a missing `pgqueue migrate` fails here, e.g. at an application's start."""
+        self.db.pool()
+
+    async def open_async(self) -> None:
+        """Open the async pool now (see `open`), e.g. in a FastAPI lifespan; `aclose()` closes both."""
+        await self.db.async_pool()
+
     def close(self) -> None:
         self.db.close()
 

@@ -123,7 +123,7 @@ class Database:
             return cast(T, value)
         if connection is not None:  # the caller's transaction: never retried here
             try:
-                with _maybe_transaction(connection, transaction):
+                with _maybe_transaction(connection, transaction and _outside_transaction(connection)):
                     return execute_on(connection, op, first)
             except ServerEndedConnection as exc:
                 raise _cause(exc) from None
@@ -144,7 +144,7 @@ class Database:
             return cast(T, value)
         if connection is not None:
             try:
-                async with _maybe_transaction(connection, transaction):
+                async with _maybe_transaction(connection, transaction and _outside_transaction(connection)):
                     return await execute_on_async(connection, op, first)
             except ServerEndedConnection as exc:
                 raise _cause(exc) from None
@@ -215,6 +215,15 @@ def engine_call(what: str, connection: psycopg.Connection[Any] | psycopg.AsyncCo
 def _maybe_transaction(conn: Any, transaction: bool) -> Any:
     """`conn.transaction()` when asked, else nothing (works with `with` and `async with`)."""
     return conn.transaction() if transaction else contextlib.nullcontext()
+
+
+def _outside_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether statements on a caller's connection would each commit on their own (autocommit),
+    so that an operation of several must be wrapped in a transaction of its own. A connection
+    out of autocommit is inside the caller's transaction even before its first statement (psycopg
+    begins it implicitly), and `transaction()` there would BEGIN and COMMIT a separate one: the
+    runs would stay after the caller's rollback (Django's `atomic()`, a SQLAlchemy session)."""
+    return bool(conn.autocommit)
 
 
 def _retry_or_raise(exc: BaseException, tries_left: int, began: bool) -> None:

@@ -17,7 +17,9 @@ import dashboard_app
 from conftest import bind
 from pgqueue.dashboard import create_server
 from pgqueue.dashboard.auth import Auth
-from pgqueue.dashboard.server import MAX_FORM, DashboardServer, _local
+from pgqueue.dashboard.routes import MAX_FORM
+from pgqueue.dashboard.routes import local_path as _local
+from pgqueue.dashboard.server import DashboardServer
 
 TOKEN = "hostile-token"
 

@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 from conftest import FAST, bind
 from pgqueue import PgQueue
 from pgqueue.dashboard import create_server
-from pgqueue.dashboard.server import MAX_FORM, DashboardServer
+from pgqueue.dashboard.routes import MAX_FORM
+from pgqueue.dashboard.server import DashboardServer
 from pgqueue.errors import PgQueueError
 from pgqueue.ops import translate
 from pgqueue.worker import Worker, WorkerSettings

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from ..app import PgQueue
+    from .asgi import Authorize, DashboardASGI
     from .server import DashboardServer
 
 log = logging.getLogger("pgqueue.dashboard")
@@ -43,6 +45,40 @@ def create_server(dsn: str | None = None, host: str = "127.0.0.1", port: int = 8
     queue.db.pool()  # a wrong DSN or a missing schema ends here with a clear error, not on the first page
     dash = Dashboard(queue, Auth(token, secure_cookie), workflow_graphs(app))
     return make_server(dash, host, port, REQUEST_TIMEOUT if timeout is None else timeout)
+
+
+def create_asgi_app(app: PgQueue, *, authorize: Authorize | None = None, token: str | None = None,
+                    secret: str | None = None, secure_cookie: bool = False, threads: int = 4) -> DashboardASGI:
+    """The dashboard as an ASGI application, e.g. `fastapi_app.mount("/pgqueue", create_asgi_app(queue, ...))`.
+
+    It reads through `app`'s pools (open and close them in your application's lifespan). Who may
+    use it, one of (a dashboard without either is refused: behind a reverse proxy, every request
+    can look local):
+
+    - `authorize`: your application's own check, called with each request's ASGI scope before
+      anything else; False answers 403, and an exception it raises (FastAPI's `HTTPException`)
+      is your framework's to answer. The dashboard then asks no token of its own.
+    - `token`: the dashboard's own token, as `pgqueue dashboard --token` (bearer header, or its
+      login page and cookie, limited to the mount's path; `secure_cookie` behind TLS).
+
+    Actions (POST) always need the CSRF token embedded in the pages' forms. Forms rendered by one
+    process are accepted by another only if both derive it from the same `secret` (any string
+    kept private, the same in every process; the token is used when no secret is given).
+    `threads`: how many requests are answered at once (each in a thread of its own pool)."""
+    require_extra()
+    from .asgi import DashboardASGI
+    from .auth import Auth
+    from .pages import Dashboard
+
+    if authorize is None and not token:
+        raise ConfigurationError(
+            "the mounted dashboard needs authorize=<your check of a request> or token=<the dashboard's own "
+            "token>; to let in everyone who reaches the application, say so: authorize=lambda scope: True")
+    if authorize is not None and token:
+        raise ConfigurationError("give authorize= (your application decides) or token= (the dashboard's login), "
+                                 "not both")
+    auth = Auth(token, secure_cookie, csrf_secret=secret or token, delegated=authorize is not None)
+    return DashboardASGI(Dashboard(app, auth, workflow_graphs(app)), authorize, threads)
 
 
 def workflow_graphs(app: Any) -> dict[str, dict[str, list[str]]]:

@@ -30,14 +30,23 @@ class Auth:
     `secure_cookie` adds the Secure attribute, for a dashboard served behind TLS.
 
     Actions (POST) must also carry the CSRF token embedded in the pages' forms, and when the
-    browser sends an Origin it must be this server's own."""
+    browser sends an Origin it must be this server's own. The CSRF token is random per process,
+    or derived from `csrf_secret` so that several processes serving the same dashboard accept
+    each other's forms.
+
+    `delegated`: the application the dashboard is mounted in decides who may use it (its own
+    check ran before the request got here); then no token is asked and any Host is answered.
+    """
 
     def __init__(self, token: str | None, secure_cookie: bool = False,
-                 session_seconds: int = SESSION_SECONDS) -> None:
+                 session_seconds: int = SESSION_SECONDS, *, csrf_secret: str | None = None,
+                 delegated: bool = False) -> None:
         self.token = token or None
-        self.csrf = secrets.token_urlsafe(32)
+        self.csrf = (secrets.token_urlsafe(32) if not csrf_secret else
+                     hmac.new(csrf_secret.encode(), b"pgqueue-dashboard-csrf", hashlib.sha256).hexdigest())
         self.secure_cookie = secure_cookie
         self.session_seconds = session_seconds
+        self.delegated = delegated
 
     def _signature(self, expires: int) -> str:
         assert self.token is not None
@@ -63,21 +72,22 @@ class Auth:
     def host_ok(self, headers: Mapping[str, str]) -> bool:
         """Without a token, only loopback names may be in the Host header: a page on another site
         whose name an attacker re-pointed at 127.0.0.1 (DNS rebinding) is refused."""
-        return self.token is not None or loopback_host(headers.get("host"))
+        return self.token is not None or self.delegated or loopback_host(headers.get("host"))
 
     def login(self, submitted: str) -> bool:
         return self.token is not None and hmac.compare_digest(submitted.encode(), self.token.encode())
 
-    def session_cookie(self, now: float | None = None) -> str:
+    def session_cookie(self, now: float | None = None, path: str = "/") -> str:
+        """`path`: where the dashboard is served ("/pgqueue/" when mounted there)."""
         expires = int(time.time() if now is None else now) + self.session_seconds
-        return self._cookie(f"{expires}.{self._signature(expires)}", self.session_seconds)
+        return self._cookie(f"{expires}.{self._signature(expires)}", self.session_seconds, path)
 
-    def logout_cookie(self) -> str:
-        return self._cookie("", 0)
+    def logout_cookie(self, path: str = "/") -> str:
+        return self._cookie("", 0, path)
 
-    def _cookie(self, value: str, max_age: int) -> str:
+    def _cookie(self, value: str, max_age: int, path: str) -> str:
         secure = "; Secure" if self.secure_cookie else ""
-        return f"{COOKIE}={value}; Max-Age={max_age}; HttpOnly; SameSite=Strict; Path=/{secure}"
+        return f"{COOKIE}={value}; Max-Age={max_age}; HttpOnly; SameSite=Strict; Path={path}{secure}"
 
     def csrf_ok(self, submitted: str, headers: Mapping[str, str]) -> bool:
         origin = headers.get("origin")

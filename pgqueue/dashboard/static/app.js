@@ -7,7 +7,9 @@
     var message = form.getAttribute && form.getAttribute("data-confirm");
     if (message && !window.confirm(message)) event.preventDefault();
     if (form.hasAttribute && form.hasAttribute("data-queue-form")) {
-      form.action = "/queues/" + encodeURIComponent(form.elements.queue.value) + "/pause";
+      // the form's own action is <root>/queues/pause: keep the root (the dashboard may be mounted under a path)
+      var root = form.getAttribute("action").replace(/\/queues\/pause$/, "");
+      form.action = root + "/queues/" + encodeURIComponent(form.elements.queue.value) + "/pause";
     }
   });
   document.addEventListener("click", function (event) {
