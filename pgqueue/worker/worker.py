@@ -107,6 +107,7 @@ class Worker:
                      settings.name, describe_dsn(self.db.dsn), ",".join(settings.queues),
                      settings.concurrency, ", ".join(sorted(self.app.tasks)) or "none")
             _warn_unbounded(self.app)
+            _warn_unserved(self.app, settings.queues)
             max_payload = await self.db.execute_async(_max_payload_op())
             self._steps = StepWriter(self.db, self.id, max_payload)
             self._executor.max_payload = max_payload
@@ -302,6 +303,17 @@ def _warn_unbounded(app: PgQueue) -> None:
                     "timeout, say) holds its worker slot until the worker stops: declare "
                     "@app.task(timeout=seconds), or heartbeat_timeout= with ctx.heartbeat() for long calls",
                     ", ".join(unbounded))
+
+
+def _warn_unserved(app: PgQueue, queues: list[str]) -> None:
+    """Name the tasks whose queue this worker does not serve: their runs wait for another worker."""
+    unserved = sorted(f"{name} (queue {task.settings.queue})" for name, task in app.tasks.items()
+                      if task.settings.queue not in queues)
+    if unserved:
+        log.warning("this worker serves the queues %s; it never runs these tasks, whose runs wait until a "
+                    "worker serving their queue claims them: %s. Add their queues to --queues "
+                    "(PGQUEUE_QUEUES) or start a worker with them",
+                    ",".join(queues), ", ".join(unserved))
 
 
 def _register_worker_op(worker_id: str, settings: WorkerSettings) -> Op[None]:
