@@ -7,6 +7,8 @@ PostgreSQL refuses to run, so the server runs as an unprivileged system user.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import os
 import pwd
@@ -14,6 +16,7 @@ import shutil
 import socket
 import stat
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from .errors import ConfigurationError
 DEFAULT_DATA_DIR = Path(".pgqueue") / "postgres"
 SERVICE_USER = "pgqueue"
 _PORT_FILE = "pgqueue-port"
+_LOCK_FILE = "pgqueue.lock"
 
 
 def find_pg_bin(explicit: str | None = None) -> Path:
@@ -76,9 +80,21 @@ class EmbeddedServer:
     def is_running(self) -> bool:
         return self._pg_ctl("status", check=False).returncode == 0
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the data folder's lock: two `pgqueue dev` (or test sessions) started at once on one
+        folder would otherwise both run initdb, or both pick a port and start."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.data_dir / _LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+            yield
+
     def ensure_running(self) -> str:
         """Initialise the data folder if needed, start the server if it is not up; return the DSN."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            return self._ensure_running()
+
+    def _ensure_running(self) -> str:
         user = _service_user()
         if user is not None:
             _make_reachable(self.data_dir, user)
@@ -100,9 +116,15 @@ class EmbeddedServer:
         self._pg_ctl("start", "-w", "-t", "60", "-l", str(log), "-o", options)
         return self.dsn
 
-    def stop(self) -> None:
-        if self.is_initialised() and self.is_running():
+    def stop(self) -> bool:
+        """Stop the server; False when it was not running (nothing to do)."""
+        if not self.is_initialised():
+            return False
+        with self._locked():
+            if not self.is_running():
+                return False
             self._pg_ctl("stop", "-m", "fast", "-w")
+            return True
 
     def restart(self) -> None:
         """Stop and start again on the same port (used by tests that survive a restart)."""

@@ -83,8 +83,11 @@ def dev_cmd(data_dir: Path | None, stop: bool) -> None:
     """
     configured = resolve_dsn()
     if stop:
-        EmbeddedServer.at(data_dir).stop()
-        click.echo("embedded PostgreSQL stopped")
+        server = EmbeddedServer.at(data_dir)
+        if server.stop():
+            click.echo(f"embedded PostgreSQL in {server.data_dir} stopped")
+        else:
+            click.echo(f"embedded PostgreSQL in {server.data_dir} is not running: nothing to stop")
         return
     if configured:
         dsn = configured
