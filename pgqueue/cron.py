@@ -228,6 +228,7 @@ class Due:
     next_fire_at: datetime | None
     updated_at: datetime
     now: datetime
+    task_known: bool
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,13 @@ def fire_due_op(limit: int = 20) -> Op[list[Fired]]:
         except ConfigurationError as exc:  # a row written by SQL with a bad expression or zone
             yield statement("cron.disable_broken", {"name": name})
             fired.append(Fired(name, due.now, problem=str(exc)))
+            continue
+        if ticks and due.queue is None and not due.task_known:
+            # a row written by SQL for a task no worker registered: its enqueue would be refused
+            yield statement("cron.disable_broken", {"name": name})
+            fired.append(Fired(name, due.now, problem=f"task {due.task!r} is not registered by any worker and "
+                               "the schedule names no queue; set its queue or start a worker that declares "
+                               "the task, then resume the schedule"))
             continue
         for tick in ticks:
             if not (yield statement("cron.claim_tick", {"name": name, "tick": tick})):

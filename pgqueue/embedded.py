@@ -8,20 +8,23 @@ PostgreSQL refuses to run, so the server runs as an unprivileged system user.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import os
-import pwd
 import shutil
 import socket
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigurationError
+
+if sys.platform != "win32":  # the embedded server is for Linux and macOS; the rest of pgqueue imports it
+    import fcntl
+    import pwd
 
 DEFAULT_DATA_DIR = Path(".pgqueue") / "postgres"
 SERVICE_USER = "pgqueue"
@@ -85,6 +88,9 @@ class EmbeddedServer:
         """Hold the data folder's lock: two `pgqueue dev` (or test sessions) started at once on one
         folder would otherwise both run initdb, or both pick a port and start."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if sys.platform == "win32":
+            raise ConfigurationError("the embedded PostgreSQL runs on Linux and macOS only; on Windows set "
+                                     "PGQUEUE_DSN to a PostgreSQL server")
         with open(self.data_dir / _LOCK_FILE, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
             yield
@@ -157,7 +163,7 @@ class EmbeddedServer:
 
 def _service_user() -> str | None:
     """None when not root; else the unprivileged user the server runs as (created if needed)."""
-    if os.geteuid() != 0:
+    if sys.platform == "win32" or os.geteuid() != 0:
         return None
     try:
         pwd.getpwnam(SERVICE_USER)

@@ -169,6 +169,7 @@ def test_catch_up_fires_each_missed_tick_once(dsn: str) -> None:
     app = PgQueue(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE pgqueue.cron_schedules SET enabled = false")  # other tests' schedules
+        conn.execute("INSERT INTO pgqueue.tasks (name) VALUES ('report') ON CONFLICT DO NOTHING")  # as a worker does
         conn.execute("""INSERT INTO pgqueue.cron_schedules (name, expression, task, misfire_policy, catch_up_limit,
                                                             next_fire_at)
                         VALUES ('backfill', '* * * * *', 'report', 'catch_up', 4,

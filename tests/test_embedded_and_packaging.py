@@ -77,7 +77,8 @@ def test_built_wheel_installs_and_migrates(tmp_path: Path, pg_server: Server) ->
         assert "applied" in migrated.stdout
         checked = run([str(bin_dir / "pgqueue"), "migrate", "--check", "--dsn", dsn], env, cwd=tmp_path)
         assert checked.returncode == 0, checked.stdout
-        enqueued = run([str(bin_dir / "pgqueue"), "enqueue", "hello", "--dsn", dsn], env, cwd=tmp_path)
+        enqueued = run([str(bin_dir / "pgqueue"), "enqueue", "hello", "--queue", "default", "--dsn", dsn], env,
+                       cwd=tmp_path)
         assert enqueued.returncode == 0 and enqueued.stdout.strip().isdigit(), enqueued.stderr
     finally:
         pg_server.drop_database(dsn)

@@ -48,6 +48,8 @@ log = logging.getLogger("pgqueue.worker")
 MACHINERY_CONNECTIONS = 6
 #: seconds the services get to stop once cancelled at shutdown
 SERVICE_STOP_TIMEOUT = 5.0
+#: seconds a forced exit spends handing runs back before leaving them to their leases
+FORCED_EXIT_TIMEOUT = 3.0
 
 
 @dataclass
@@ -103,8 +105,8 @@ class Worker:
         try:
             await self.app.db.execute_async(self.app.registry.register_op(), transaction=True)
             await self.db.execute_async(_register_worker_op(self.id, settings))
-            log.info("pgqueue worker %s started: database %s, queues %s, concurrency %d, tasks: %s",
-                     settings.name, describe_dsn(self.db.dsn), ",".join(settings.queues),
+            log.info("pgqueue worker %s (id %s) started: database %s, queues %s, concurrency %d, tasks: %s",
+                     settings.name, self.id, describe_dsn(self.db.dsn), ",".join(settings.queues),
                      settings.concurrency, ", ".join(sorted(self.app.tasks)) or "none")
             _warn_unbounded(self.app)
             _warn_unserved(self.app, settings.queues)
@@ -175,6 +177,22 @@ class Worker:
         except TimeoutError:
             log.error("%d outcome(s) could not be written before shutdown; those runs are run again after "
                       "their lease expires", len(self._completer.pending()))
+
+    async def abandon(self, timeout: float = FORCED_EXIT_TIMEOUT) -> None:
+        """A forced exit (a second Ctrl-C): hand the runs still held back to the queue and mark
+        the worker stopped, within `timeout` seconds, so that neither waits for a lease to expire.
+        The fence of the hand-back leaves alone a run whose outcome was written meanwhile."""
+        runs = [entry.run for entry in self._running.values()]
+        try:
+            async with asyncio.timeout(timeout):
+                if runs:
+                    await self.db.execute_async(_hand_back_op(self.id, runs))
+                await self.db.execute_async(_stop_worker_op(self.id))
+        except (TimeoutError, *DB_ERRORS) as exc:
+            log.warning("forced exit: could not hand back runs %s or mark the worker stopped (%s); they are "
+                        "retried when their lease expires", [r.id for r in runs], exc or "timed out")
+            return
+        log.warning("forced exit: handed %d running run(s) back to the queue", len(runs))
 
     async def _hand_back(self, runs: list[Claimed]) -> None:
         backoff = Backoff("handing runs back")
