@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from conftest import ROOT, bind, running_worker
-from pgqueue import InvalidInput, PgQueue, Schedule, UnknownTask
+from pgqueue import InvalidInput, PgQueue, RunFailed, Schedule, UnknownTask
 from pgqueue.cron import fire_due_op
 
 
@@ -140,3 +140,15 @@ def test_a_schedule_written_by_sql_for_an_unknown_task_is_disabled_not_fired(
     assert [(f.schedule, f.run_id) for f in fired if f.schedule == "orphan"] == [("orphan", None)]
     assert "not registered by any worker" in next(f.problem for f in fired if f.schedule == "orphan")
     assert conn.execute("SELECT enabled FROM pgqueue.cron_schedules WHERE name = 'orphan'").fetchone() == (False,)
+
+
+async def test_a_stored_traceback_starts_at_the_task_not_in_the_worker(worker_tasks: Any, dsn: str) -> None:
+    handle = await worker_tasks.refuses.enqueue_async("this")
+    async with running_worker(worker_tasks.app):
+        with pytest.raises(RunFailed):
+            await handle.result(timeout=20)
+    with psycopg.connect(dsn) as conn:
+        [(traceback,)] = conn.execute("SELECT traceback FROM pgqueue.attempts WHERE run_id = %s", (handle.id,))
+    frames = [line for line in traceback.splitlines() if line.startswith('  File "')]
+    assert frames and frames[0].endswith("in refuses"), traceback  # no frame of pgqueue's machinery first
+    assert traceback.rstrip().endswith("ValueError: cannot handle 'this'")
