@@ -131,7 +131,7 @@ def reset(dsn: str) -> None:
 def enqueue_runs(dsn: str, task: str, count: int) -> None:
     """`count` due runs of `task` with input {"n": i}, through the SQL API."""
     statement = ("SELECT count(*) FROM pgqueue.enqueue_many(%s, ARRAY(SELECT jsonb_build_object('n', g) "
-                 "FROM generate_series(%s::int, %s::int) AS g))")
+                 "FROM generate_series(%s::int, %s::int) AS g), queue => 'default')")
     with psycopg.connect(dsn, autocommit=True) as conn:
         for start in range(0, count, ENQUEUE_CHUNK):
             conn.execute(statement, (task, start + 1, min(count, start + ENQUEUE_CHUNK)))
@@ -232,7 +232,7 @@ def parent_status(dsn: str, run_id: int) -> str:
 def fan_out(dsn: str, opts: Options) -> FanOut:
     """One parent spawning --children children in chunks of SPAWN_CHUNK and gathering them."""
     reset(dsn)
-    enqueue = "SELECT pgqueue.enqueue(%s, jsonb_build_object('n', %s::int, 'chunk', %s::int))"
+    enqueue = "SELECT pgqueue.enqueue(%s, jsonb_build_object('n', %s::int, 'chunk', %s::int), queue => 'default')"
     parent_id = int(fetch_one(dsn, enqueue, (PARENT_TASK, opts.children, SPAWN_CHUNK))[0])
     settle(dsn, "pgqueue.runs, pgqueue.ready")  # not the empty steps table: see SETTLE_NOTE
     reset_statements(dsn, opts)

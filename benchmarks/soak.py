@@ -88,13 +88,14 @@ def workers(dsn: str, count: int, concurrency: int, prune_interval: float) -> It
 def enqueue_mix(conn: Conn, cycle: int) -> int:
     """One round of the mix; returns the runs it creates (children included)."""
     conn.execute("SELECT pgqueue.enqueue_many('plain', (SELECT array_agg(jsonb_build_object('n', i)) "
-                 "FROM generate_series(1, 60) i))")
+                 "FROM generate_series(1, 60) i), queue => 'default')")
     conn.execute("SELECT pgqueue.enqueue_many('three_steps', (SELECT array_agg(jsonb_build_object('n', i)) "
-                 "FROM generate_series(1, 10) i))")
-    conn.execute("SELECT pgqueue.enqueue('fan_out', '{\"n\": 100}')")
+                 "FROM generate_series(1, 10) i), queue => 'default')")
+    conn.execute("SELECT pgqueue.enqueue('fan_out', '{\"n\": 100}', queue => 'default')")
     conn.execute("SELECT pgqueue.enqueue_many('keyed', (SELECT array_agg(jsonb_build_object("
                  "'tenant', 't' || (i % 10), 'n', i)) FROM generate_series(1, 20) i), "
-                 "concurrency_keys => (SELECT array_agg('t' || (i % 10)) FROM generate_series(1, 20) i))")
+                 "concurrency_keys => (SELECT array_agg('t' || (i % 10)) FROM generate_series(1, 20) i), "
+                 "queue => 'default')")
     return 60 + 10 + 101 + 20
 
 

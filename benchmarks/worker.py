@@ -136,7 +136,7 @@ def reset_queue(dsn: str) -> None:
 def enqueue_noops(dsn: str, count: int) -> None:
     """`count` due runs of the no-op task, through the SQL API in chunks of ENQUEUE_CHUNK."""
     statement = ("SELECT count(*) FROM pgqueue.enqueue_many(%s, ARRAY(SELECT jsonb_build_object('n', g) "
-                 "FROM generate_series(%s::int, %s::int) AS g))")
+                 "FROM generate_series(%s::int, %s::int) AS g), queue => 'default')")
     with psycopg.connect(dsn, autocommit=True) as conn:
         for start in range(0, count, ENQUEUE_CHUNK):
             end = min(count, start + ENQUEUE_CHUNK)
@@ -274,7 +274,7 @@ def percentiles_ms(dsn: str, table: str, min_id: int) -> list[float]:
 def latency_pgqueue(dsn: str, opts: Options) -> list[float]:
     """p50/p95/p99 ms of started_at - created_at with one idle worker and a steady producer."""
     reset_queue(dsn)
-    statement = f"SELECT pgqueue.enqueue('{TASK_NAME}', jsonb_build_object('n', %s::int))"
+    statement = f"SELECT pgqueue.enqueue('{TASK_NAME}', jsonb_build_object('n', %s::int), queue => 'default')"
     count = int(opts.rate * opts.latency_seconds)
     warmup = int(opts.rate)
     with workers(dsn, 1, opts.concurrency, burst=False) as procs:

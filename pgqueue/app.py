@@ -7,6 +7,7 @@ operation of a lower module; the lower modules never see it.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
@@ -17,7 +18,7 @@ from .cron import Schedule, ScheduleInfo, add_op, delete_op, list_op, set_enable
 from .database import Database
 from .durable import send_event_op
 from .enqueue import EnqueueOptions, enqueue_op, to_json_text
-from .errors import ConfigurationError, InvalidInput
+from .errors import ConfigurationError, InvalidInput, UnknownTask
 from .flow import (
     Concurrency,
     RateLimitDefinition,
@@ -125,6 +126,10 @@ class PgQueue:
     # -- cron schedules at runtime (edits here are never overwritten by code) ---------------
 
     def cron_add(self, schedule: Schedule) -> None:
+        """Create or replace a schedule at runtime; the input of a task of this app is validated
+        first (a bad one would fail at every tick)."""
+        if schedule.task in self.tasks:
+            self.tasks[schedule.task].codec.encode_item(schedule.input, f" (schedule {schedule.name!r})")
         self.db.execute(add_op(schedule, known_task=schedule.task in self.tasks), transaction=True)
 
     def cron_list(self) -> list[ScheduleInfo]:
@@ -202,7 +207,9 @@ class PgQueue:
 
         A task of this app is validated against its model; for any other name the input
         must be a JSON object, and the queue and priority default to those the task's
-        workers registered in the database.
+        workers registered in the database. A name that neither this app declares nor any
+        worker registered is refused with `UnknownTask` unless the enqueue names its queue
+        (`queue="..."`), which is how to enqueue a task before its workers first start.
         """
         return self.enqueue_many(task, [input or {}], connection=connection, **options)[0]
 
@@ -216,8 +223,14 @@ class PgQueue:
         texts = [to_json_text(_json_object(item, i)) for i, item in enumerate(inputs)]
         op = enqueue_op(task, texts, EnqueueOptions(**options), idempotency_keys=idempotency_keys,
                         progress=progress)
-        return [RunHandle(self.db, run_id, created)
-                for run_id, created in self.db.execute(op, connection, transaction=True)]
+        try:
+            found = self.db.execute(op, connection, transaction=True)
+        except UnknownTask as exc:
+            close = difflib.get_close_matches(task, list(self.tasks), n=3)
+            if close:  # a typo of one of this app's tasks, most likely
+                raise UnknownTask(f"{exc} (this app declares {', '.join(map(repr, close))})") from None
+            raise
+        return [RunHandle(self.db, run_id, created) for run_id, created in found]
 
     def get_run(self, run_id: int) -> RunHandle[Any]:
         """A handle on an existing run, for sync code."""

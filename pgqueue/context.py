@@ -142,7 +142,12 @@ class RunContext:
     async def step_in_transaction(self, name: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run `await fn(conn, *args)` in a transaction that also records the step: the
         database writes `fn` makes on `conn` and the checkpoint commit together, exactly once
-        (if the run was taken over meanwhile, both roll back)."""
+        (if the run was taken over meanwhile, both roll back).
+
+        `conn` is a `psycopg.AsyncConnection` of the application's pool with the transaction
+        open: run statements on it, never commit, roll back, close or keep it; what `fn`
+        returns is the step's result. Sync tasks use `step_in_transaction_sync`, whose `fn`
+        gets a `psycopg.Connection`."""
         db, what = self.database(), f"step {name!r} of run {self.run_id}"
         async with contextlib.AsyncExitStack() as stack:
             with engine_call(what):
@@ -153,6 +158,7 @@ class RunContext:
         raise AssertionError("unreachable")
 
     def step_in_transaction_sync(self, name: str, fn: Callable[..., T], *args: Any) -> T:
+        """`step_in_transaction` for sync tasks: `fn(conn, *args)` with a `psycopg.Connection`."""
         db, what = self.database(), f"step {name!r} of run {self.run_id}"
         with contextlib.ExitStack() as stack:
             with engine_call(what):

@@ -1,6 +1,6 @@
 """Cron schedules: rows in `pgqueue.cron_schedules`, fired by any worker, each tick exactly once.
 
-A schedule names a task, its input, a cron expression (5 fields, or 6 with seconds first) and a
+A schedule names a task, its input, a cron expression (5 fields, or 6 with seconds first: see `check_expression`) and a
 time zone. Workers look for due schedules every second: a due row is locked with SKIP LOCKED,
 its due ticks are decided by the misfire policy, each fired tick is inserted in
 `pgqueue.cron_ticks` (primary key: schedule and tick time) together with its run (idempotency
@@ -47,14 +47,38 @@ def _zone(timezone: str) -> ZoneInfo:
                                  "'Europe/Paris'") from None
 
 
+_FIELD_NAMES = {5: ("minute", "hour", "day of month", "month", "weekday"),
+                6: ("second", "minute", "hour", "day of month", "month", "weekday")}
+
+
 def check_expression(expression: str, timezone: str = "UTC") -> None:
-    """Raise ConfigurationError unless the expression and zone are valid."""
+    """Raise ConfigurationError unless the expression and zone are valid.
+
+    Six fields put the seconds first (`*/10 * * * * *`: every 10 seconds), while croniter and
+    some other tools put them last. A sixth field made only of numbers (`5`, `0-30/10`) reads as
+    a weekday here and as seconds there: it is refused, and the message gives both spellings, so
+    a croniter expression with seconds is never silently read as a weekday. The last field may be
+    `*`, `?` or weekdays by name (`MON-FRI`).
+    """
     _zone(timezone)
     fields = expression.split()
-    if len(fields) not in (5, 6) or not croniter.is_valid(expression, second_at_beginning=len(fields) == 6):
+    if len(fields) not in (5, 6):
         raise ConfigurationError(
-            f"invalid cron expression {expression!r}: use 5 fields (minute hour day month weekday, e.g. "
-            "'0 3 * * *') or 6 with seconds first (e.g. '*/10 * * * * *')")
+            f"invalid cron expression {expression!r}: it has {len(fields)} fields; use 5 (minute hour "
+            "day month weekday, e.g. '0 3 * * *') or 6 with seconds first (e.g. '*/10 * * * * *')")
+    six = len(fields) == 6
+    if six and any(c.isdigit() for c in fields[5]) and not any(c.isalpha() for c in fields[5]):
+        seconds_first = " ".join([fields[5], *fields[:5]])
+        raise ConfigurationError(
+            f"ambiguous cron expression {expression!r}: pgqueue reads 6 fields with the seconds first, so "
+            f"its last field {fields[5]!r} would be the weekday, while croniter reads it as seconds. For "
+            f"seconds {fields[5]!r} write {seconds_first!r}; for a weekday, name it (e.g. MON-FRI)")
+    if not croniter.is_valid(expression, second_at_beginning=six):
+        names = _FIELD_NAMES[len(fields)]
+        bad = [f"{names[i]} {value!r}" for i, value in enumerate(fields)
+               if croniter.is_valid(" ".join([*fields[:i], "*", *fields[i + 1:]]), second_at_beginning=six)]
+        where = f"the {bad[0]} is out of range or malformed" if len(bad) == 1 else "fields are out of range"
+        raise ConfigurationError(f"invalid cron expression {expression!r}: {where} (fields: {' '.join(names)})")
 
 
 def ticks_after(expression: str, timezone: str, after: datetime) -> Iterator[datetime]:
@@ -204,6 +228,7 @@ class Due:
     next_fire_at: datetime | None
     updated_at: datetime
     now: datetime
+    task_known: bool
 
 
 @dataclass(frozen=True)
@@ -236,6 +261,13 @@ def fire_due_op(limit: int = 20) -> Op[list[Fired]]:
         except ConfigurationError as exc:  # a row written by SQL with a bad expression or zone
             yield statement("cron.disable_broken", {"name": name})
             fired.append(Fired(name, due.now, problem=str(exc)))
+            continue
+        if ticks and due.queue is None and not due.task_known:
+            # a row written by SQL for a task no worker registered: its enqueue would be refused
+            yield statement("cron.disable_broken", {"name": name})
+            fired.append(Fired(name, due.now, problem=f"task {due.task!r} is not registered by any worker and "
+                               "the schedule names no queue; set its queue or start a worker that declares "
+                               "the task, then resume the schedule"))
             continue
         for tick in ticks:
             if not (yield statement("cron.claim_tick", {"name": name, "tick": tick})):

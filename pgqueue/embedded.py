@@ -7,22 +7,29 @@ PostgreSQL refuses to run, so the server runs as an unprivileged system user.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
-import pwd
 import shutil
 import socket
 import stat
 import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigurationError
 
+if sys.platform != "win32":  # the embedded server is for Linux and macOS; the rest of pgqueue imports it
+    import fcntl
+    import pwd
+
 DEFAULT_DATA_DIR = Path(".pgqueue") / "postgres"
 SERVICE_USER = "pgqueue"
 _PORT_FILE = "pgqueue-port"
+_LOCK_FILE = "pgqueue.lock"
 
 
 def find_pg_bin(explicit: str | None = None) -> Path:
@@ -76,9 +83,24 @@ class EmbeddedServer:
     def is_running(self) -> bool:
         return self._pg_ctl("status", check=False).returncode == 0
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the data folder's lock: two `pgqueue dev` (or test sessions) started at once on one
+        folder would otherwise both run initdb, or both pick a port and start."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if sys.platform == "win32":
+            raise ConfigurationError("the embedded PostgreSQL runs on Linux and macOS only; on Windows set "
+                                     "PGQUEUE_DSN to a PostgreSQL server")
+        with open(self.data_dir / _LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+            yield
+
     def ensure_running(self) -> str:
         """Initialise the data folder if needed, start the server if it is not up; return the DSN."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            return self._ensure_running()
+
+    def _ensure_running(self) -> str:
         user = _service_user()
         if user is not None:
             _make_reachable(self.data_dir, user)
@@ -100,9 +122,15 @@ class EmbeddedServer:
         self._pg_ctl("start", "-w", "-t", "60", "-l", str(log), "-o", options)
         return self.dsn
 
-    def stop(self) -> None:
-        if self.is_initialised() and self.is_running():
+    def stop(self) -> bool:
+        """Stop the server; False when it was not running (nothing to do)."""
+        if not self.is_initialised():
+            return False
+        with self._locked():
+            if not self.is_running():
+                return False
             self._pg_ctl("stop", "-m", "fast", "-w")
+            return True
 
     def restart(self) -> None:
         """Stop and start again on the same port (used by tests that survive a restart)."""
@@ -135,7 +163,7 @@ class EmbeddedServer:
 
 def _service_user() -> str | None:
     """None when not root; else the unprivileged user the server runs as (created if needed)."""
-    if os.geteuid() != 0:
+    if sys.platform == "win32" or os.geteuid() != 0:
         return None
     try:
         pwd.getpwnam(SERVICE_USER)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar, cast
 import psycopg
 from psycopg.rows import RowFactory, class_row, dict_row, tuple_row
 
-from .errors import InputTooLarge, InvalidInput, InvalidRunState, RunNotFound, SchemaMissing
+from .errors import InputTooLarge, InvalidInput, InvalidRunState, RunNotFound, SchemaMissing, UnknownTask
 from .sqlfiles import query
 
 T = TypeVar("T")
@@ -78,6 +78,8 @@ def translate(exc: psycopg.Error | UnicodeEncodeError) -> Exception:
         return RunNotFound(message)
     if diag.sqlstate == "PQ004":
         return InvalidRunState(message)
+    if diag.sqlstate == "PQ005":
+        return UnknownTask(message)
     if isinstance(exc, psycopg.DataError) and diag.sqlstate in _VALUE_REFUSED:
         # a value PostgreSQL cannot take (a NUL character, an invalid Unicode escape, text that
         # is not JSON, a number out of range), or a NUL the driver refused before sending

@@ -72,6 +72,8 @@ class RunSummary:
 class AttemptInfo:
     attempt: int
     worker_id: str | None
+    #: the worker's name, as its log and `pgqueue status` show it (None once its row is gone)
+    worker_name: str | None
     started_at: datetime
     finished_at: datetime | None
     outcome: str
@@ -102,10 +104,25 @@ def list_runs_op(*, task: str | None = None, status: str | None = None, queue: s
     return rows
 
 
-def run_detail_op(run_id: int) -> Op[tuple[RunInfo, list[AttemptInfo]]]:
+@dataclass(frozen=True)
+class StepInfo:
+    """A checkpointed step of a durable run (`ctx.step`, a sleep, a wait, a spawn)."""
+
+    step_key: str
+    name: str
+    status: str
+    attempts: int
+    started_at: datetime
+    finished_at: datetime | None
+    error: dict[str, Any] | None
+    output: Any
+
+
+def run_detail_op(run_id: int) -> Op[tuple[RunInfo, list[AttemptInfo], list[StepInfo]]]:
     info = yield from get_run_op(run_id)
     attempts = yield statement("runs.run_attempts", (run_id,), row=AttemptInfo)
-    return info, attempts
+    steps = yield statement("runs.run_steps", (run_id,), row=StepInfo)
+    return info, attempts, steps
 
 
 def _answer(rows: list[Any]) -> str:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up .venv with the development extras and run lint and the whole test suite against a
-# real PostgreSQL (a throwaway embedded server unless PGQUEUE_TEST_DSN is set).
+# Set up .venv with the development extras, run lint, build the docs site (mkdocs --strict: a broken
+# link or reference fails) and run the whole test suite against a real PostgreSQL (a throwaway
+# embedded server unless PGQUEUE_TEST_DSN is set).
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,10 @@ if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && [ "$(id 
         || { apt-get update -qq >/dev/null && apt-get install -y -qq chromium chromium-driver >/dev/null; }
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e '.[embedded,otel,dashboard,dev]'
-.venv/bin/ruff check pgqueue cli tests benchmarks examples scripts
+.venv/bin/pip install -q --disable-pip-version-check -e '.[embedded,otel,dashboard,dev,docs]'
+.venv/bin/ruff check pgqueue cli tests benchmarks examples scripts docs/_hooks
 .venv/bin/mypy
+site_dir=$(mktemp -d)
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$site_dir"
+rm -rf "$site_dir"
 .venv/bin/python -m pytest "$@"

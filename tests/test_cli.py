@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 
 def pgqueue(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -23,6 +24,13 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(autouse=True)
+def registered(conn: psycopg.Connection[Any]) -> None:
+    """The tasks these tests enqueue by name, registered as a worker would (an unknown one is refused)."""
+    conn.execute("INSERT INTO pgqueue.tasks (name) VALUES ('summarize'), ('embed_docs'), ('report'), ('t') "
+                 "ON CONFLICT DO NOTHING")
 
 
 def test_migrate_check_then_migrate(empty_dsn: str, cli_env: dict[str, str]) -> None:

@@ -31,6 +31,23 @@ def test_bad_expressions_and_zones_are_refused() -> None:
     check_expression("*/10 * * * * *")
 
 
+def test_a_bad_field_is_named_and_the_ambiguous_six_field_form_is_refused() -> None:
+    # a 5-field expression with a bad value was told to "use 5 fields"
+    with pytest.raises(ConfigurationError, match=r"'61 \* \* \* \*': the minute '61' is out of range"):
+        check_expression("61 * * * *")
+    with pytest.raises(ConfigurationError, match="the weekday 'FUNDAY'"):
+        check_expression("0 3 * * FUNDAY")
+    with pytest.raises(ConfigurationError, match="it has 3 fields"):
+        check_expression("* * *")
+    # croniter's seconds-last form: the last field would be read as a weekday here
+    with pytest.raises(ConfigurationError, match=r"ambiguous .* For seconds '30' write '30 0 3 \* \* \*'"):
+        check_expression("0 3 * * * 30")
+    with pytest.raises(ConfigurationError, match="ambiguous"):
+        check_expression("0 0 * * * 5")
+    for fine in ("* * * * * *", "0 30 9 * * MON-FRI", "*/10 * * * * ?", "0 3 * * 5"):
+        check_expression(fine)
+
+
 def test_misfire_policies_after_a_downtime() -> None:
     missed_from = T0 - timedelta(minutes=5)  # the schedule was due 5 minutes ago, every minute
     now = T0 + timedelta(seconds=30)
@@ -152,6 +169,7 @@ def test_catch_up_fires_each_missed_tick_once(dsn: str) -> None:
     app = PgQueue(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE pgqueue.cron_schedules SET enabled = false")  # other tests' schedules
+        conn.execute("INSERT INTO pgqueue.tasks (name) VALUES ('report') ON CONFLICT DO NOTHING")  # as a worker does
         conn.execute("""INSERT INTO pgqueue.cron_schedules (name, expression, task, misfire_policy, catch_up_limit,
                                                             next_fire_at)
                         VALUES ('backfill', '* * * * *', 'report', 'catch_up', 4,

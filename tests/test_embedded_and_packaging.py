@@ -41,6 +41,26 @@ def test_dev_starts_reuses_and_stops_an_embedded_database(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
+def test_two_dev_commands_at_once_on_a_fresh_folder_share_one_server(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("PGQUEUE_DSN", "DATABASE_URL")}
+    env["PGQUEUE_DATA_DIR"] = str(tmp_path / "pg")
+    cli = [sys.executable, "-m", "pgqueue_cli"]
+    try:
+        both = [subprocess.Popen([*cli, "dev"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(2)]
+        outputs = [p.communicate(timeout=600) for p in both]
+        for process, (_out, err) in zip(both, outputs, strict=True):
+            assert process.returncode == 0, err  # before the lock: one initdb met the other's files
+        dsns = {re.search(r"export PGQUEUE_DSN=(\S+)", out)[1] for out, _ in outputs}  # type: ignore[index]
+        assert len(dsns) == 1
+    finally:
+        first = run([*cli, "dev", "--stop"], env)
+    again = run([*cli, "dev", "--stop"], env)
+    assert first.returncode == 0 and first.stdout.endswith("stopped\n")
+    assert again.returncode == 0 and "is not running: nothing to stop" in again.stdout
+
+
+@pytest.mark.slow
 def test_built_wheel_installs_and_migrates(tmp_path: Path, pg_server: Server) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("PGQUEUE_DSN", "DATABASE_URL", "PYTHONPATH")}
     built = run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"), str(ROOT)], env)
@@ -57,7 +77,8 @@ def test_built_wheel_installs_and_migrates(tmp_path: Path, pg_server: Server) ->
         assert "applied" in migrated.stdout
         checked = run([str(bin_dir / "pgqueue"), "migrate", "--check", "--dsn", dsn], env, cwd=tmp_path)
         assert checked.returncode == 0, checked.stdout
-        enqueued = run([str(bin_dir / "pgqueue"), "enqueue", "hello", "--dsn", dsn], env, cwd=tmp_path)
+        enqueued = run([str(bin_dir / "pgqueue"), "enqueue", "hello", "--queue", "default", "--dsn", dsn], env,
+                       cwd=tmp_path)
         assert enqueued.returncode == 0 and enqueued.stdout.strip().isdigit(), enqueued.stderr
     finally:
         pg_server.drop_database(dsn)

@@ -68,12 +68,12 @@ def test_invalid_input_is_refused_and_nothing_is_written(tasks: Any, conn: psyco
 def test_input_over_the_size_limit_is_refused(app: PgQueue, dsn: str, conn: psycopg.Connection[Any]) -> None:
     big = {"text": "x" * 2_000_000}
     with pytest.raises(InputTooLarge, match=r"over the limit of 1048576 bytes.*pgqueue.settings"):
-        app.enqueue("store", big)
+        app.enqueue("store", big, queue="default")
     # the limit is a setting of the database, in a table only the schema's owner can change
     conn.execute("UPDATE pgqueue.settings SET value = 100 WHERE name = 'max_input_bytes'")
     try:
         with pytest.raises(InputTooLarge, match="limit of 100 bytes"):
-            app.enqueue("store", {"text": "y" * 200})
+            app.enqueue("store", {"text": "y" * 200}, queue="default")
     finally:
         conn.execute("UPDATE pgqueue.settings SET value = 1048576 WHERE name = 'max_input_bytes'")
     assert count_runs(conn, "store") == 0
@@ -92,7 +92,7 @@ def test_bulk_enqueue_keeps_order_and_is_atomic(tasks: Any, conn: psycopg.Connec
     before = count_runs(conn, "store")
     items = [{"n": i} for i in range(6000)] + [{"text": "x" * 2_000_000}]
     with pytest.raises(InputTooLarge, match="input #1000"):
-        tasks.app.enqueue_many("store", items)
+        tasks.app.enqueue_many("store", items, queue="default")
     assert count_runs(conn, "store") == before
 
 
@@ -161,7 +161,8 @@ def test_concurrent_enqueues_with_one_key_make_one_run(dsn: str, conn: psycopg.C
             app = PgQueue(dsn)
             barrier.wait()
             with own.transaction():
-                handle = app.enqueue("charge", {"i": i}, idempotency_key="payment-77", connection=own)
+                handle = app.enqueue("charge", {"i": i}, idempotency_key="payment-77", connection=own,
+                                     queue="default")
             ids.append(handle.id)
 
     threads = [threading.Thread(target=enqueue_in_own_transaction, args=(i,)) for i in range(workers)]
@@ -176,8 +177,8 @@ def test_concurrent_enqueues_with_one_key_make_one_run(dsn: str, conn: psycopg.C
 def test_one_notification_per_statement(app: PgQueue, dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute("LISTEN pgqueue_ready")
-        app.enqueue_many("bulk", [{"i": i} for i in range(3000)])
-        app.enqueue("later", {}, delay=60)  # not due: no wake-up
+        app.enqueue_many("bulk", [{"i": i} for i in range(3000)], queue="default")
+        app.enqueue("later", {}, delay=60, queue="default")  # not due: no wake-up
         got = list(listener.notifies(timeout=0.5))
     assert [(n.channel, n.payload) for n in got] == [("pgqueue_ready", "default")]
 
@@ -199,5 +200,5 @@ def test_enqueue_survives_a_pooled_connection_the_server_just_ended(app: PgQueue
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                           " WHERE datname = current_database() AND pid <> pg_backend_pid()")
             # at once: the termination notice may not have reached the client yet
-            assert app.enqueue("after_kill", {}).created
-            assert len(app.enqueue_many("after_kill", [{}, {}])) == 2
+            assert app.enqueue("after_kill", {}, queue="default").created
+            assert len(app.enqueue_many("after_kill", [{}, {}], queue="default")) == 2

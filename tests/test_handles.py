@@ -40,7 +40,7 @@ def test_result_waits_for_the_outcome(app: PgQueue, dsn: str) -> None:
 
 
 def test_failed_run_raises_with_its_error(app: PgQueue, dsn: str) -> None:
-    handle = app.enqueue("boom", {})
+    handle = app.enqueue("boom", {}, queue="default")
     finish_later(dsn, handle.id, "failed", None, '{"type": "ValueError", "message": "bad"}', 0.1).join()
     with pytest.raises(RunFailed, match="ended failed: ValueError: bad") as caught:
         handle.result(timeout=5)
@@ -48,7 +48,7 @@ def test_failed_run_raises_with_its_error(app: PgQueue, dsn: str) -> None:
 
 
 def test_result_times_out(app: PgQueue) -> None:
-    handle = app.enqueue("never", {})
+    handle = app.enqueue("never", {}, queue="default")
     with pytest.raises(TimeoutError):
         handle.result(timeout=0.3)
 

@@ -25,6 +25,12 @@ DEEP_SQL = """(repeat('{"a":', 5000) || '1' || repeat('}', 5000))::jsonb"""
 DEEP_SMALL_SQL = """(repeat('{"a":', 200) || '1' || repeat('}', 200))::jsonb"""  # under the 64 KiB limits
 
 
+@pytest.fixture
+def registered(conn: psycopg.Connection[Any]) -> None:
+    """The tasks these tests enqueue from SQL by name, registered as a worker would."""
+    conn.execute("INSERT INTO pgqueue.tasks (name) VALUES ('noop'), ('store'), ('t') ON CONFLICT DO NOTHING")
+
+
 def nested(depth: int) -> dict[str, Any]:
     value: Any = 1
     for _ in range(depth):
@@ -50,6 +56,7 @@ def test_depth_is_counted_without_recursion() -> None:
     assert isinstance(marker, UndecodableJSON) and "limit of 64 levels" in marker
 
 
+@pytest.mark.usefixtures("registered")
 def test_the_issue_reproduction_is_refused_at_enqueue(conn: psycopg.Connection[Any]) -> None:
     before = conn.execute("SELECT count(*) FROM pgqueue.runs").fetchone()
     error = sql_error(conn, f"SELECT pgqueue.enqueue('noop', {DEEP_SQL})")
@@ -76,7 +83,7 @@ def test_the_issue_reproduction_is_refused_at_enqueue(conn: psycopg.Connection[A
 
 def test_python_client_refuses_deep_input(app: PgQueue) -> None:
     with pytest.raises(InvalidInput, match="64 levels"):
-        app.enqueue("noop", nested(100))
+        app.enqueue("noop", nested(100), queue="default")
 
 
 async def test_a_stored_deep_input_fails_alone_and_the_worker_lives(dsn: str,
@@ -119,18 +126,19 @@ async def test_a_stored_deep_input_fails_alone_and_the_worker_lives(dsn: str,
 
 def test_a_stored_deep_result_raises_invalid_input_from_the_handle(app: PgQueue,
                                                                   conn: psycopg.Connection[Any]) -> None:
-    handle = app.enqueue("noop", {})
+    handle = app.enqueue("noop", {}, queue="default")
     conn.execute(f"UPDATE pgqueue.runs SET status = 'succeeded', result = {DEEP_SQL}, finished_at = now() "
                  "WHERE id = %s", (handle.id,))
     with pytest.raises(InvalidInput, match="64 levels"):
         handle.result(timeout=5)
 
 
+@pytest.mark.usefixtures("registered")
 def test_a_session_set_no_longer_lifts_the_size_limit(app: PgQueue, dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as own:
         own.execute("SET pgqueue.max_input_bytes = 100000000")
         with pytest.raises(InputTooLarge, match="over the limit of 1048576 bytes"):
-            app.enqueue("store", {"text": "y" * 2_000_000}, connection=own)
+            app.enqueue("store", {"text": "y" * 2_000_000}, connection=own, queue="default")
         for option in ("metadata", "trace_context"):
             error = sql_error(own, f"SELECT pgqueue.enqueue('store', {option} => "
                                    "jsonb_build_object('x', repeat('z', 70000)))")
@@ -221,6 +229,7 @@ async def test_results_and_step_outputs_over_the_limits_fail_their_run_alone(dsn
 BAD_NAMES = ["", "a\nb", "x" * 201, "1abc", "a b", "é", "a;drop", "\x1b[31m", "a\rb", "a/b"]
 
 
+@pytest.mark.usefixtures("registered")
 def test_names_are_checked_by_the_database(conn: psycopg.Connection[Any]) -> None:
     before = conn.execute("SELECT count(*) FROM pgqueue.runs").fetchone()
     for name in BAD_NAMES:
@@ -252,7 +261,7 @@ def test_python_and_cli_enqueue_by_name_get_the_same_rule(app: PgQueue, cli_env:
     with pytest.raises(InvalidInput, match=r"queue name .* is not valid"):
         app.enqueue("noop", {}, queue="a\nforged-row")
     with pytest.raises(InvalidInput, match="task name of 100000 characters is not valid"):
-        app.enqueue("t" * 100_000, {})
+        app.enqueue("t" * 100_000, {}, queue="default")
     result = subprocess.run([sys.executable, "-m", "pgqueue_cli", "enqueue", "noop", "--queue", "a\nb"],
                             env=cli_env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "queue name" in result.stderr and "Traceback" not in result.stderr

@@ -8,6 +8,13 @@ import psycopg
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def registered(conn: psycopg.Connection[Any]) -> None:
+    """The tasks these tests enqueue by name, registered as a worker would (defaults: queue 'default')."""
+    conn.execute("INSERT INTO pgqueue.tasks (name) VALUES ('summarize'), ('report'), ('t'), ('embed') "
+                 "ON CONFLICT DO NOTHING")
+
+
 def test_enqueue_from_sql_returns_the_run_id(conn: psycopg.Connection[Any]) -> None:
     (run_id,) = conn.execute("SELECT pgqueue.enqueue('summarize', '{\"doc_id\": 1}')").fetchone()  # type: ignore[misc]
     row = conn.execute("SELECT task, queue, priority, status, input FROM pgqueue.runs WHERE id = %s",
@@ -33,8 +40,8 @@ def test_named_options(conn: psycopg.Connection[Any]) -> None:
 
 
 def test_registered_task_defaults_apply(conn: psycopg.Connection[Any]) -> None:
-    conn.execute("INSERT INTO pgqueue.tasks (name, queue, priority) VALUES ('embed', 'gpu', 3)")
-    (run_id,) = conn.execute("SELECT pgqueue.enqueue('embed')").fetchone()  # type: ignore[misc]
+    conn.execute("INSERT INTO pgqueue.tasks (name, queue, priority) VALUES ('embed_gpu', 'gpu', 3)")
+    (run_id,) = conn.execute("SELECT pgqueue.enqueue('embed_gpu')").fetchone()  # type: ignore[misc]
     assert conn.execute("SELECT queue, priority FROM pgqueue.runs WHERE id = %s",
                         (run_id,)).fetchone() == ("gpu", 3)
 

@@ -117,7 +117,7 @@ async def test_schedule_to_start_expiry(worker_tasks: Any, dsn: str) -> None:
 
 async def test_unknown_task_and_bad_stored_input_fail_clearly_without_blocking(worker_tasks: Any,
                                                                               dsn: str) -> None:
-    unknown = worker_tasks.app.enqueue("no_such_task", {})
+    unknown = worker_tasks.app.enqueue("no_such_task", {}, queue="default")  # named: accepted unregistered
     with psycopg.connect(dsn, autocommit=True) as conn:
         (bad_id,) = conn.execute("SELECT pgqueue.enqueue('record', '{\"n\": \"seven\"}')").fetchone()  # type: ignore[misc]
     after = await worker_tasks.record.enqueue_async(7)

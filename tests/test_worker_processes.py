@@ -132,10 +132,13 @@ def test_sigterm_hands_back_after_the_grace_period_and_exits_zero(worker_tasks: 
     again = workers.start(*FAST)
     wait_until(lambda: statuses(dsn, [long]) == {"running": 1}, what="handed-back run picked up again")
     again.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    wait_until(lambda: "press Ctrl-C again" in workers.log_of(1), what="the first signal's message")
     again.send_signal(signal.SIGTERM)  # second signal: exit at once
     assert again.wait(timeout=10) != 0
-    assert statuses(dsn, [long]) == {"running": 1}  # its lease will expire and another worker takes it
+    # on the way out it handed its run back and marked itself stopped: nothing waits for a lease
+    assert statuses(dsn, [long]) == {"queued": 1}
+    assert sql(dsn, "SELECT stopped_at IS NOT NULL FROM pgqueue.workers WHERE pid = %s", (again.pid,)) == [(True,)]
+    assert "forced exit: handed 1 running run(s) back" in workers.log_of(1)
 
 
 def test_a_run_that_keeps_killing_its_worker_ends_dead(worker_tasks: Any, workers: Workers, dsn: str) -> None:

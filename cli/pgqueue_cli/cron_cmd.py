@@ -31,7 +31,8 @@ def cron_group() -> None:
 @click.option("--misfire", type=click.Choice(MISFIRE_POLICIES), default="run_once", show_default=True,
               help="Ticks missed while no worker ran: skip them, run once, or catch up.")
 @click.option("--catch-up-limit", type=click.IntRange(min=1), default=None, help="Most missed ticks caught up.")
-@click.option("--app", "app_path", default=None, help="MODULE:ATTR of your app, to validate task and input.")
+@click.option("--app", "app_path", default=None, envvar="PGQUEUE_APP",
+              help="MODULE:ATTR of your app, to validate task and input (else the input is not checked).")
 @dsn_option
 @friendly_errors
 def add_cmd(name: str, expression: str, task: str, input_text: str, timezone: str, queue: str | None,
@@ -49,6 +50,9 @@ def add_cmd(name: str, expression: str, task: str, input_text: str, timezone: st
     schedule = Schedule(name, expression, task, data, timezone, queue, priority, misfire, catch_up_limit)
     app.cron_add(schedule)
     click.echo(f"schedule {name!r} saved: {expression} ({timezone}) -> {task}")
+    if task not in app.tasks:
+        click.echo(f"note: the input was not checked against {task}'s model (a bad one fails at every tick); "
+                   "pass --app MODULE:ATTR or set PGQUEUE_APP to check it first", err=True)
 
 
 @cron_group.command("list")

@@ -83,8 +83,11 @@ def dev_cmd(data_dir: Path | None, stop: bool) -> None:
     """
     configured = resolve_dsn()
     if stop:
-        EmbeddedServer.at(data_dir).stop()
-        click.echo("embedded PostgreSQL stopped")
+        server = EmbeddedServer.at(data_dir)
+        if server.stop():
+            click.echo(f"embedded PostgreSQL in {server.data_dir} stopped")
+        else:
+            click.echo(f"embedded PostgreSQL in {server.data_dir} is not running: nothing to stop")
         return
     if configured:
         dsn = configured
@@ -100,8 +103,9 @@ def dev_cmd(data_dir: Path | None, stop: bool) -> None:
 
 def enqueue_options(fn: F) -> F:
     for option in reversed([
-        click.option("--app", "app_path", default=None,
-                     help="MODULE:ATTR of your PgQueue app, to validate inputs against the task."),
+        click.option("--app", "app_path", default=None, envvar="PGQUEUE_APP",
+                     help="MODULE:ATTR of your PgQueue app, to validate inputs against the task's model "
+                          "before anything is written."),
         click.option("--queue", default=None, help="Queue (default: the task's)."),
         click.option("--priority", type=int, default=None, help="Higher runs first."),
         click.option("--run-at", default=None, help="ISO time with zone to run at."),
@@ -145,14 +149,23 @@ def enqueue_cmd(task: str, input_text: str, idempotency_key: str | None, app_pat
                          run_at=parse_when(run_at), delay=delay, idempotency_key=idempotency_key,
                          tags=tags)
     click.echo(handle.id if handle.created else f"{handle.id} (existing run for this idempotency key)")
+    _note_unchecked(app, task)
 
 
-def _json_lines(path: str) -> Iterator[dict[str, Any]]:
+def _note_unchecked(app: PgQueue, task: str) -> None:
+    if task not in app.tasks:
+        click.echo(f"note: the input was not checked against {task}'s model (a bad one fails when the run "
+                   "starts); pass --app MODULE:ATTR or set PGQUEUE_APP to check it first", err=True)
+
+
+def _json_lines(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, input) per non-blank line; `where` names the line as every error about it does."""
     stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
     with stream:
         for number, line in enumerate(stream, 1):
             if line.strip():
-                yield parse_json_object(line, f"line {number} of {path}")
+                where = f"line {number} of {'stdin' if path == '-' else path}"
+                yield where, parse_json_object(line, where)
 
 
 @main.command("enqueue-many")
@@ -165,7 +178,11 @@ def enqueue_many_cmd(task: str, file: str, app_path: str | None, dsn: str | None
                      tags: tuple[str, ...]) -> None:
     """Enqueue one run of TASK per JSON line of FILE (or stdin), in one transaction."""
     app = _app_for(app_path, dsn)
-    inputs = list(_json_lines(file))
+    lines = list(_json_lines(file))
+    if task in app.tasks:  # each line checked here, so that an error names its line (not its index)
+        for where, item in lines:
+            app.tasks[task].codec.encode_item(item, f" ({where})")
+    inputs = [item for _, item in lines]
     with click.progressbar(length=len(inputs), label=f"enqueueing {task}", file=sys.stderr) as bar:
         done = [0]
 
@@ -177,5 +194,6 @@ def enqueue_many_cmd(task: str, file: str, app_path: str | None, dsn: str | None
                                    delay=delay, tags=tags, progress=progress)
     if handles:
         click.echo(f"enqueued {len(handles)} runs of {task} (ids {handles[0].id}..{handles[-1].id})")
+        _note_unchecked(app, task)
     else:
         click.echo("no input lines: nothing enqueued")

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import click
 
 from pgqueue import PgQueue
-from pgqueue.runs import list_runs_op, run_detail_op
+from pgqueue.runs import StepInfo, list_runs_op, run_detail_op
 from pgqueue.status import NAMES
 
 from .common import cell, dsn_option, friendly_errors, json_option, parse_when, print_json, status_text, table
@@ -51,9 +51,10 @@ def list_cmd(task: str | None, status: str | None, queue: str | None, before: in
 def show_cmd(run_id: int, as_json: bool, dsn: str | None) -> None:
     """A run with its input, result or error, and every attempt."""
     with PgQueue(dsn) as app:
-        info, attempts = app.db.execute(run_detail_op(run_id))
+        info, attempts, steps = app.db.execute(run_detail_op(run_id))
     if as_json:
-        print_json({**dataclasses.asdict(info), "attempts": [dataclasses.asdict(a) for a in attempts]})
+        print_json({**dataclasses.asdict(info), "attempts": [dataclasses.asdict(a) for a in attempts],
+                    "steps": [dataclasses.asdict(s) for s in steps]})
         return
     click.echo(click.style(f"run {info.id}", bold=True) + f"  {info.task}  " + status_text(info.status))
     fields: list[tuple[str, object]] = [
@@ -78,16 +79,29 @@ def show_cmd(run_id: int, as_json: bool, dsn: str | None) -> None:
     for label, value in fields:
         # styled after cell(), which escapes the control characters a stored value may hold
         click.echo(f"  {label:<9} {click.style(cell(value), fg='red') if label == 'error' else cell(value)}")
+    if steps:
+        click.echo()
+        table(["step", "status", "tries", "took", "started", "output or error"],
+              [(s.step_key, s.status, s.attempts, _took(s.started_at, s.finished_at), s.started_at,
+                _step_outcome(s)) for s in steps])
     if not attempts:
         return
     click.echo()
     table(["attempt", "outcome", "took", "started", "worker", "error"],
-          [(a.attempt, a.outcome, _took(a.started_at, a.finished_at), a.started_at, (a.worker_id or "-")[:8],
+          [(a.attempt, a.outcome, _took(a.started_at, a.finished_at), a.started_at,
+            a.worker_name or a.worker_id or "-",
             f"{a.error_type}: {a.error_message}" if a.error_type else None) for a in attempts])
     for a in attempts:
         for what, text in (("traceback", a.traceback), ("logs", a.logs)):
             if text:
                 click.echo(f"\nattempt {a.attempt} {what}:\n    " + text.rstrip().replace("\n", "\n    "))
+
+
+def _step_outcome(step: StepInfo, width: int = 60) -> str:
+    if step.error:
+        return f"{step.error.get('type')}: {step.error.get('message')}"[:width]
+    text = json.dumps(step.output)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _took(started: datetime, finished: datetime | None) -> str:

@@ -91,15 +91,31 @@ def worker_cmd(app_path: str, dsn: str | None, queues: str, concurrency: int, ba
 async def _serve(worker: Worker) -> None:
     loop = asyncio.get_running_loop()
     signals = [0]
+    exiting: list[asyncio.Task[None]] = []  # a reference, so the forced exit is not collected
+    log = logging.getLogger("pgqueue.worker")
 
     def on_signal(signum: int) -> None:
         signals[0] += 1
-        if signals[0] > 1:
-            logging.getLogger("pgqueue.worker").warning("second signal: exiting now; leases of running runs "
-                                                        "expire and other workers take them over")
+        if signals[0] == 1:
+            log.info("%s received: finishing running runs (up to %gs); press Ctrl-C again (or send the "
+                     "signal again) to exit at once", signal.Signals(signum).name, worker.settings.grace_period)
+            worker.request_stop()
+        elif signals[0] == 2:
+            log.warning("second signal: exiting now, handing running runs back to the queue "
+                        "(a third signal exits without waiting)")
+            exiting.append(loop.create_task(_forced_exit(worker)))
+        else:
             os._exit(1)
-        worker.request_stop()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            loop.add_signal_handler(signum, on_signal, signum)
+        except NotImplementedError:  # Windows' event loops have no add_signal_handler
+            signal.signal(signum, lambda number, _frame: loop.call_soon_threadsafe(on_signal, number))
     await worker.serve()
+
+
+async def _forced_exit(worker: Worker) -> None:
+    await worker.abandon()
+    logging.shutdown()
+    os._exit(1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -56,10 +56,10 @@ class RunPage:
 
 def run_page_op(run_id: int, children_limit: int = 100) -> Op[RunPage]:
     """Everything the run page shows (raises RunNotFound for an unknown id)."""
-    info, attempts = yield from run_detail_op(run_id)
+    info, attempts, steps = yield from run_detail_op(run_id)
     p = {"run": run_id, "limit": children_limit}
     [extras] = yield _q("run_extras", p)
-    page = RunPage(info, attempts, extras, (yield _q("run_steps", p)), (yield _q("run_waits", p)))
+    page = RunPage(info, attempts, extras, [asdict(s) for s in steps], (yield _q("run_waits", p)))
     if info.children_total:
         page.children_by_status = dict((yield _q("children_by_status", p, row=None)))
         page.children = yield _q("children", p)

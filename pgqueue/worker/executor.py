@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import json
 import logging
+import os
 import traceback
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .. import tracing
@@ -60,10 +64,27 @@ class Outcome:
     interrupted: int = 0
 
 
+#: folders whose frames lead into a task's code on every attempt (the executor, the event loop,
+#: the thread pool): left out of the front of a stored traceback, which then starts at the task
+_MACHINERY = (str(Path(__file__).resolve().parents[1]) + os.sep,  # the pgqueue package
+              *(str(Path(module.__file__).parent) + os.sep for module in (asyncio, concurrent.futures)
+                if module.__file__))
+
+
+def _from_user_code(tb: TracebackType | None) -> TracebackType | None:
+    """The traceback from its first frame outside pgqueue and the standard library's plumbing
+    (all of it when every frame is pgqueue's own: then the error is pgqueue's)."""
+    first = tb
+    while first is not None and first.tb_frame.f_code.co_filename.startswith(_MACHINERY):
+        first = first.tb_next
+    return first or tb
+
+
 def error_info(exc: BaseException, with_traceback: bool = True) -> dict[str, Any]:
     info: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
     if with_traceback and exc.__traceback__ is not None:
-        info["traceback"] = "".join(traceback.format_exception(exc))[-MAX_TRACEBACK:]
+        text = "".join(traceback.format_exception(type(exc), exc, _from_user_code(exc.__traceback__)))
+        info["traceback"] = text[-MAX_TRACEBACK:]
     return info
 
 

@@ -50,6 +50,8 @@ log = logging.getLogger("pgqueue.worker")
 MACHINERY_CONNECTIONS = 6
 #: seconds the services get to stop once cancelled at shutdown
 SERVICE_STOP_TIMEOUT = 5.0
+#: seconds a forced exit spends handing runs back before leaving them to their leases
+FORCED_EXIT_TIMEOUT = 3.0
 
 
 @dataclass
@@ -106,10 +108,11 @@ class Worker:
         try:
             await self.app.db.execute_async(self.app.registry.register_op(), transaction=True)
             await self.db.execute_async(_register_worker_op(self.id, settings))
-            log.info("pgqueue worker %s started: database %s, queues %s, concurrency %d, tasks: %s",
-                     settings.name, describe_dsn(self.db.dsn), ",".join(settings.queues),
+            log.info("pgqueue worker %s (id %s) started: database %s, queues %s, concurrency %d, tasks: %s",
+                     settings.name, self.id, describe_dsn(self.db.dsn), ",".join(settings.queues),
                      settings.concurrency, ", ".join(sorted(self.app.tasks)) or "none")
             _warn_unbounded(self.app)
+            _warn_unserved(self.app, settings.queues)
             max_payload = await self.db.execute_async(_max_payload_op())
             self._steps = StepWriter(self.db, self.id, max_payload)
             self._executor.max_payload = max_payload
@@ -181,6 +184,25 @@ class Worker:
         except TimeoutError:
             log.error("%d outcome(s) could not be written before shutdown; those runs are run again after "
                       "their lease expires", len(self._completer.pending()))
+
+    async def abandon(self, timeout: float = FORCED_EXIT_TIMEOUT) -> None:
+        """A forced exit (a second Ctrl-C): hand the runs still held back to the queue and mark
+        the worker stopped, within `timeout` seconds, so that neither waits for a lease to expire.
+        The fence of the hand-back leaves alone a run whose outcome was written meanwhile."""
+        runs = [entry.run for entry in self._running.values()]
+        held = self._ahead.release_all()
+        try:
+            async with asyncio.timeout(timeout):
+                if held:
+                    await self.db.execute_async(_release_op(self.id, held))
+                if runs:
+                    await self.db.execute_async(_hand_back_op(self.id, runs))
+                await self.db.execute_async(_stop_worker_op(self.id))
+        except (TimeoutError, *DB_ERRORS) as exc:
+            log.warning("forced exit: could not hand back runs %s or mark the worker stopped (%s); they are "
+                        "retried when their lease expires", [r.id for r in runs], exc or "timed out")
+            return
+        log.warning("forced exit: handed %d running run(s) back to the queue", len(runs))
 
     async def _give_back(self, op: Op[None], runs: list[Claimed], doing: str) -> None:
         backoff = Backoff(doing)
@@ -340,6 +362,17 @@ def _warn_unbounded(app: PgQueue) -> None:
                     "timeout, say) holds its worker slot until the worker stops: declare "
                     "@app.task(timeout=seconds), or heartbeat_timeout= with ctx.heartbeat() for long calls",
                     ", ".join(unbounded))
+
+
+def _warn_unserved(app: PgQueue, queues: list[str]) -> None:
+    """Name the tasks whose queue this worker does not serve: their runs wait for another worker."""
+    unserved = sorted(f"{name} (queue {task.settings.queue})" for name, task in app.tasks.items()
+                      if task.settings.queue not in queues)
+    if unserved:
+        log.warning("this worker serves the queues %s; it never runs these tasks, whose runs wait until a "
+                    "worker serving their queue claims them: %s. Add their queues to --queues "
+                    "(PGQUEUE_QUEUES) or start a worker with them",
+                    ",".join(queues), ", ".join(unserved))
 
 
 def _register_worker_op(worker_id: str, settings: WorkerSettings) -> Op[None]:

@@ -3,8 +3,12 @@
 -- Inputs are checked by payload.sql's functions; a keyed run gets its place in the
 -- round-robin from the trigger function in triggers.sql.
 
--- Checks the options every enqueue shares and fills in the task's registered defaults
--- (queue 'default' and priority 0 for a task nobody registered).
+-- Checks the options every enqueue shares and fills in the task's registered defaults.
+-- The queue of a run is the one the enqueue names, else the one its task's workers registered:
+-- an enqueue that names no queue for a task no worker registered is refused (PQ005), so that a
+-- typo fails at once and a run never lands in a queue that depends on whether a worker had
+-- started yet. Naming the queue is the way to enqueue a task before its workers register it.
+-- Callers that name the queue and priority (the Python client for its own tasks) skip the lookup.
 CREATE OR REPLACE FUNCTION pgqueue.enqueue_settings(
     task text, INOUT queue text, INOUT priority integer, INOUT schedule_to_start interval)
 LANGUAGE plpgsql STABLE AS $$
@@ -18,7 +22,15 @@ BEGIN
     END IF;
     IF enqueue_settings.queue IS NULL OR enqueue_settings.priority IS NULL THEN
         SELECT * INTO t FROM pgqueue.tasks WHERE name = enqueue_settings.task;
-        queue := coalesce(enqueue_settings.queue, t.queue, 'default');
+        IF NOT FOUND AND enqueue_settings.queue IS NULL THEN
+            PERFORM pgqueue.check_name('task', enqueue_settings.task);  -- a malformed name says so first
+            RAISE EXCEPTION 'pgqueue: unknown task "%": no worker has registered it', enqueue_settings.task
+                USING ERRCODE = 'PQ005',
+                HINT = 'Check the name, or start a worker of the app that declares it (workers register their '
+                       'tasks and queues), or name its queue to enqueue it before that: queue => ''default'' '
+                       '(queue= in Python, --queue in the CLI).';
+        END IF;
+        queue := coalesce(enqueue_settings.queue, t.queue);
         priority := coalesce(enqueue_settings.priority, t.priority, 0);
         schedule_to_start := coalesce(enqueue_settings.schedule_to_start, t.schedule_to_start);
     END IF;

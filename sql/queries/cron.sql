@@ -51,7 +51,9 @@ SELECT name, expression, timezone, task, input, enabled, misfire_policy, next_fi
 
 -- name: due
 SELECT name, expression, timezone, task, input, queue, priority, misfire_policy, catch_up_limit,
-       next_fire_at, updated_at, now() AS now
+       next_fire_at, updated_at, now() AS now,
+       -- an enqueue naming no queue is refused for a task no worker registered
+       EXISTS (SELECT FROM pgqueue.tasks t WHERE t.name = cron_schedules.task) AS task_known
   FROM pgqueue.cron_schedules
  WHERE enabled AND (next_fire_at IS NULL OR next_fire_at <= now())
  ORDER BY next_fire_at NULLS FIRST

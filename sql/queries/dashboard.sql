@@ -32,13 +32,6 @@ SELECT concurrency_key, workflow_node, cancel_requested, worker_id::text AS work
   FROM pgqueue.runs
  WHERE id = %(run)s
 
--- name: run_steps
-SELECT step_key, name, status, attempts, started_at, finished_at, error, output
-  FROM pgqueue.steps
- WHERE run_id = %(run)s
- ORDER BY seq, step_key
- LIMIT 500
-
 -- name: run_waits
 SELECT event_name, event_key, since, timeout_at
   FROM pgqueue.event_waits

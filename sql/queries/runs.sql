@@ -55,10 +55,21 @@ SELECT id, task, queue, status, priority, attempt, failures, recoveries, created
  LIMIT %(limit)s
 
 -- name: run_attempts
-SELECT attempt, worker_id::text, started_at, finished_at, outcome, error_type, error_message, traceback, logs
-  FROM pgqueue.attempts
+-- The worker by the name it logs and `pgqueue status` shows (its id when its row is gone).
+SELECT a.attempt, a.worker_id::text, w.name AS worker_name, a.started_at, a.finished_at, a.outcome,
+       a.error_type, a.error_message, a.traceback, a.logs
+  FROM pgqueue.attempts a
+  LEFT JOIN pgqueue.workers w ON w.id = a.worker_id
+ WHERE a.run_id = %s
+ ORDER BY a.attempt
+
+-- name: run_steps
+-- A durable run's checkpointed steps in call order (the first 500: a loop of steps can be long).
+SELECT step_key, name, status, attempts, started_at, finished_at, error, output
+  FROM pgqueue.steps
  WHERE run_id = %s
- ORDER BY attempt
+ ORDER BY seq, step_key
+ LIMIT 500
 
 -- name: reschedule_run
 SELECT pgqueue.reschedule_run(%s, %s)
