@@ -76,10 +76,16 @@ $$;
 -- every claim of that key committed before the lock was granted. A key whose lock is busy is
 -- left for the next claim (never waited for). Rate-limited candidates take their units from
 -- their buckets, or are moved to when the units will be there (not failed, no attempt).
+--
+-- Its statements run on generic plans (plan_cache_mode): each is written to follow an index
+-- whatever its parameters, and planning them anew at every call (plpgsql's default when a
+-- generic plan's estimate looks worse) cost more than the rest of a small claim (0.4 of 0.65 ms).
 CREATE OR REPLACE FUNCTION pgqueue.claim(worker uuid, queues text[], max_runs integer, lease_s double precision)
 RETURNS TABLE (id bigint, task text, input jsonb, attempt integer, failures integer, expired boolean,
                queue text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+AS $$
 #variable_conflict use_column
 DECLARE
     v_served  text[];
