@@ -195,14 +195,14 @@ async def test_gather_of_100000_children_with_small_results(faults: Any, dsn: st
 
 def _complete_one(conn: psycopg.Connection[Any], worker: str, run_id: int, attempt: int, *,
                   interrupted: int = 0, retry_later: int = 0, cap: int = 0, delay: float = 0.0) -> list[Any]:
-    """worker.complete for one run whose attempt asks for a retry (status 'queued')."""
+    """worker.complete for one run whose attempt asks for a retry (status 'queued'): the ids applied."""
     outcome = "interrupted" if interrupted else "retry"
-    return conn.execute(query("worker.complete"), {
+    return [row[:1] for row in conn.execute(query("worker.complete"), {
         "worker": worker, "ids": [run_id], "attempts": [attempt], "statuses": ["queued"],
         "attempt_outcomes": [outcome], "results": [None],
         "errors": ['{"type": "DatabaseInterrupted", "message": "cut off"}'], "delays": [delay], "failed": [0],
         "logs": [None], "retry_later": [retry_later], "retry_later_caps": [cap], "interrupted": [interrupted],
-        "max_interruptions": 2}).fetchall()
+        "max_interruptions": 2}).fetchall()]
 
 
 def _claim(conn: psycopg.Connection[Any], worker: str, queue: str) -> list[Any]:

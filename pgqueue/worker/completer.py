@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..database import Database
@@ -18,6 +19,16 @@ log = logging.getLogger("pgqueue.worker")
 MAX_BATCH = 500
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What the database made of an applied outcome: the run's status and error after the write."""
+
+    id: int
+    status: str
+    error_type: str | None
+    error_message: str | None
+
+
 class Completer:
     """Collects outcomes and records them, many per statement.
 
@@ -26,11 +37,14 @@ class Completer:
     """
 
     def __init__(self, db: Database, worker_id: str, on_written: Callable[[], None],
-                 max_interruptions: int = 10) -> None:
+                 max_interruptions: int = 10,
+                 on_recorded: Callable[[list[tuple[Outcome, Recorded]]], None] | None = None) -> None:
         self.db = db
         self.worker_id = worker_id
         self.max_interruptions = max_interruptions
         self._on_written = on_written
+        #: told, after each batch, which outcomes were applied and what they became
+        self._on_recorded = on_recorded
         self._pending: list[Outcome] = []
         self._arrived = asyncio.Event()
         self._idle = asyncio.Event()
@@ -66,13 +80,15 @@ class Completer:
                 backoff.succeeded()
                 _warn_rejected(batch, applied)
                 del self._pending[:len(batch)]  # the same outcomes, whatever their order
+                if self._on_recorded is not None:
+                    self._on_recorded([(o, applied[o.run_id]) for o in batch if o.run_id in applied])
                 self._on_written()
             self._idle.set()
 
 
-def complete_op(worker_id: str, batch: list[Outcome], max_interruptions: int = 10) -> Op[set[int]]:
-    """Record a batch of outcomes; the ids of those applied (the others lost their lease)."""
-    rows = yield statement("worker.complete", {
+def complete_op(worker_id: str, batch: list[Outcome], max_interruptions: int = 10) -> Op[dict[int, Recorded]]:
+    """Record a batch of outcomes; those applied, by run id (the others lost their lease)."""
+    rows: list[Recorded] = yield statement("worker.complete", {
         "worker": worker_id,
         "ids": [o.run_id for o in batch],
         "attempts": [o.attempt for o in batch],
@@ -87,11 +103,11 @@ def complete_op(worker_id: str, batch: list[Outcome], max_interruptions: int = 1
         "retry_later_caps": [o.retry_later_cap for o in batch],
         "interrupted": [o.interrupted for o in batch],
         "max_interruptions": max_interruptions,
-    }, custom_plan=True)
-    return {row[0] for row in rows}
+    }, row=Recorded, custom_plan=True)
+    return {row.id: row for row in rows}
 
 
-def _warn_rejected(batch: list[Outcome], applied: set[int]) -> None:
+def _warn_rejected(batch: list[Outcome], applied: dict[int, Recorded]) -> None:
     for outcome in batch:
         if outcome.run_id not in applied:
             log.warning("run %d attempt %d: outcome %r rejected: the run was taken over or cancelled "

@@ -9,7 +9,7 @@ import logging
 import traceback
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import tracing
@@ -58,6 +58,11 @@ class Outcome:
     retry_later_cap: int = 0
     #: 1: the attempt was cut off by an infrastructure failure (not counted in `failed`)
     interrupted: int = 0
+    #: what the task raised, for the worker's log and hooks (never written)
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
+    #: the run's task and queue, for the worker's log and hooks (set by the worker, never written)
+    task: str = ""
+    queue: str | None = None
 
 
 def error_info(exc: BaseException, with_traceback: bool = True) -> dict[str, Any]:
@@ -74,8 +79,9 @@ def failure(run: Claimed, task: Task[Any, Any] | None, exc: BaseException,
     if task is not None and task.settings.retry.should_retry(failures, exc):
         return Outcome(run.id, run.attempt, RunStatus.QUEUED,
                        "retry" if attempt_outcome == "failed" else attempt_outcome,
-                       error=error_info(exc), delay=task.settings.retry.delay(failures), failed=1)
-    return Outcome(run.id, run.attempt, RunStatus.FAILED, attempt_outcome, error=error_info(exc), failed=1)
+                       error=error_info(exc), delay=task.settings.retry.delay(failures), failed=1, exception=exc)
+    return Outcome(run.id, run.attempt, RunStatus.FAILED, attempt_outcome, error=error_info(exc), failed=1,
+                   exception=exc)
 
 
 def interrupted(run: Claimed, exc: BaseException) -> Outcome:

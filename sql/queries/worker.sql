@@ -23,7 +23,8 @@ SELECT id, trace_context FROM pgqueue.runs WHERE id = ANY(%(ids)s::bigint[])
 
 -- name: complete
 -- Record a batch of outcomes. An outcome is applied only while the run is still running
--- this attempt on this worker; the ids returned are the outcomes that were applied.
+-- this attempt on this worker; the rows returned are the outcomes that were applied, with the
+-- status written (a retry refused by the checks below comes back 'failed') and its error.
 -- Fence: the UPDATE's own row lock, held until commit; a concurrent rescue, cancel or step fence
 -- (FOR SHARE, see durable.sql) either waits for it or is waited for, and under READ COMMITTED the
 -- WHERE is re-checked on the row as that other writer left it.
@@ -86,7 +87,7 @@ WITH outcome AS (
      WHERE run.id = o.id AND run.attempt = o.attempt AND run.status = 'running'
        AND run.worker_id = %(worker)s
     RETURNING run.id, run.status, run.queue, run.priority, run.run_at, run.task, run.concurrency_key,
-              run.attempt, run.attempt_started_at, run.parent_id
+              run.attempt, run.attempt_started_at, run.parent_id, run.error
 ), requeued AS (
     INSERT INTO pgqueue.ready (run_id, queue, priority, run_at, task, concurrency_key)
     SELECT id, queue, priority, run_at, task, concurrency_key FROM applied WHERE status = 'queued'
@@ -109,7 +110,8 @@ WITH outcome AS (
     SELECT pgqueue.finish_children(array_agg(parent_id)) FROM applied
      WHERE parent_id IS NOT NULL AND status IN ('succeeded', 'failed', 'cancelled', 'dead')
 )
-SELECT id FROM applied, (SELECT count(*) FROM woken) w, (SELECT count(*) FROM done) d,
+SELECT id, status, error ->> 'type' AS error_type, error ->> 'message' AS error_message
+  FROM applied, (SELECT count(*) FROM woken) w, (SELECT count(*) FROM done) d,
        (SELECT count(*) FROM parents) p
 
 -- name: heartbeat
