@@ -19,7 +19,7 @@ log = logging.getLogger("pgqueue.worker")
 MAX_BATCH = 500
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per outcome written: cheap to build
 class Recorded:
     """What the database made of an applied outcome: the run's status and error after the write."""
 
@@ -38,7 +38,7 @@ class Completer:
 
     def __init__(self, db: Database, worker_id: str, on_written: Callable[[], None],
                  max_interruptions: int = 10,
-                 on_recorded: Callable[[list[tuple[Outcome, Recorded]]], None] | None = None) -> None:
+                 on_recorded: Callable[[list[Outcome], dict[int, Recorded]], None] | None = None) -> None:
         self.db = db
         self.worker_id = worker_id
         self.max_interruptions = max_interruptions
@@ -81,7 +81,7 @@ class Completer:
                 _warn_rejected(batch, applied)
                 del self._pending[:len(batch)]  # the same outcomes, whatever their order
                 if self._on_recorded is not None:
-                    self._on_recorded([(o, applied[o.run_id]) for o in batch if o.run_id in applied])
+                    self._on_recorded(batch, applied)
                 self._on_written()
             self._idle.set()
 

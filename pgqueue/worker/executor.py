@@ -40,7 +40,7 @@ MAX_TRACEBACK = 16_000  # characters kept per attempt
 INTERRUPTED_DELAY = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built once per attempt; the worker then fills in logs, task and queue in place
 class Outcome:
     """What to write for one attempt. `status` is the run's next status ('queued' = retry)."""
 

@@ -20,7 +20,7 @@ import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .. import tracing
 from ..app import PgQueue
@@ -261,8 +261,9 @@ class Worker:
             self.metrics.inc("pgqueue_runs_finished_total", task=run.task, queue=run.queue or "",
                              outcome=outcome.attempt_outcome if outcome else "suspended")
             if outcome is not None:
+                outcome.logs, outcome.task, outcome.queue = ctx.logs_text(), run.task, run.queue
                 _log_failed_attempt(run, outcome)
-                self._completer.add(replace(outcome, logs=ctx.logs_text(), task=run.task, queue=run.queue))
+                self._completer.add(outcome)
             if hooks.after:
                 await fire(hooks.after, _attempt_finished(run, self.id, outcome, took))
         except asyncio.CancelledError:
@@ -273,22 +274,31 @@ class Worker:
             self._running.pop(run.id, None)
             self._slot_free.set()
 
-    def _recorded(self, written: list[tuple[Outcome, Recorded]]) -> None:
+    def _recorded(self, batch: list[Outcome], applied: dict[int, Recorded]) -> None:
         """Outcomes the completer wrote: log final failures, start the run hooks."""
         hooks = self.app.hooks
-        for outcome, recorded in written:
+        with_hooks = hooks.wants_runs()
+        for outcome in batch:
+            recorded = applied.get(outcome.run_id)
+            if recorded is None:
+                continue
             if recorded.status == RunStatus.FAILED:
                 log.error("run %d (task %s) failed for good at attempt %d: %s: %s", outcome.run_id, outcome.task,
                           outcome.attempt, recorded.error_type, recorded.error_message,
                           exc_info=outcome.exception)
-            chosen = (hooks.failed if recorded.status == RunStatus.FAILED
-                      else hooks.succeeded if recorded.status == RunStatus.SUCCEEDED else [])
-            if chosen:
-                event = RunFinished(outcome.run_id, outcome.task, outcome.attempt, outcome.queue, self.id,
-                                    recorded.status, recorded.error_type, recorded.error_message, outcome.exception)
-                call = asyncio.create_task(fire(chosen, event))
-                self._hook_calls.add(call)
-                call.add_done_callback(self._hook_calls.discard)
+            if with_hooks:
+                self._run_hooks(outcome, recorded)
+
+    def _run_hooks(self, outcome: Outcome, recorded: Recorded) -> None:
+        hooks = self.app.hooks
+        chosen = (hooks.failed if recorded.status == RunStatus.FAILED
+                  else hooks.succeeded if recorded.status == RunStatus.SUCCEEDED else [])
+        if chosen:
+            event = RunFinished(outcome.run_id, outcome.task, outcome.attempt, outcome.queue, self.id,
+                                recorded.status, recorded.error_type, recorded.error_message, outcome.exception)
+            call = asyncio.create_task(fire(chosen, event))
+            self._hook_calls.add(call)
+            call.add_done_callback(self._hook_calls.discard)
 
     # -- heartbeats ------------------------------------------------------------------------
 
