@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgqueue import ConfigurationError, PgQueue, Retry, RunStatus, current_run
+from pgqueue import Concurrency, ConfigurationError, PgQueue, Retry, RunStatus, current_run
 from pgqueue.testing import (
     Clock,
     RunSuspended,
@@ -26,6 +27,7 @@ from pgqueue.testing import (
     drain_async,
     enqueued,
 )
+from pgqueue.worker.claimer import claim_op
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -71,6 +73,11 @@ def urgent() -> str:
 async def nap_past_deadline() -> str:
     await current_run().sleep(3600)
     return "woke"
+
+
+@app.task(concurrency=Concurrency(key="tenant", max_running=1))
+def limited(tenant: str) -> str:
+    return tenant
 
 
 @app.task
@@ -269,3 +276,13 @@ def test_the_fixture_without_the_ini_option_says_what_to_do(tmp_path: Path, pgqu
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
     assert result.returncode == 1
     assert "needs the ini option pgqueue_app = 'module:app'" in result.stdout
+
+
+def test_call_of_a_run_that_cannot_start_says_why_and_leaves_nothing_queued(kit: PgQueue) -> None:
+    first = limited.enqueue("acme")
+    [held] = kit.db.execute(claim_op(str(uuid.uuid4()), ["default"], 1, 60))  # a worker runs it: the key is full
+    assert held.id == first.id
+    with pytest.raises(ConfigurationError, match="concurrency key is full"):
+        call(kit, limited, "acme")
+    assert [r.status for r in enqueued(kit, limited)] == [RunStatus.RUNNING, RunStatus.CANCELLED]
+    assert call(kit, limited, "other") == "other"

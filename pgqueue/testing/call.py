@@ -22,7 +22,7 @@ from ..app import PgQueue
 from ..context import RunContext
 from ..errors import ConfigurationError, RunFailed, RunSuspended
 from ..ops import Op, statement
-from ..runs import get_run_op
+from ..runs import cancel_op, get_run_op
 from ..status import RunStatus
 from ..task import Task
 from ..worker.claimer import Claimed, claim_op
@@ -44,7 +44,8 @@ def _claim_called_op(worker_id: str, run_id: int, queue: str) -> Op[Claimed]:
     if [run.id for run in claimed] != [run_id]:
         raise ConfigurationError(
             f"run {run_id} could not start: its concurrency key is full or its rate limit has no units left "
-            "(runs of the task hold them); finish those first (drain), or call with other arguments")
+            "(runs of the task hold them); it was cancelled. Finish those first (drain), or call with other "
+            "arguments")
     yield statement("testing.set_queue", {"id": run_id, "queue": queue})
     return claimed[0]
 
@@ -57,7 +58,12 @@ async def call_async(app: PgQueue, task: Task[P, R], *args: P.args, **kwargs: P.
     await app.db.execute_async(app.registry.register_op(), transaction=True)
     handle = await task.options(queue=CALL_QUEUE).enqueue_async(*args, **kwargs)
     worker_id = str(uuid.uuid4())
-    run = await app.db.execute_async(_claim_called_op(worker_id, handle.id, task.settings.queue), transaction=True)
+    try:
+        run = await app.db.execute_async(_claim_called_op(worker_id, handle.id, task.settings.queue),
+                                         transaction=True)
+    except ConfigurationError:
+        await app.db.execute_async(cancel_op(handle.id))  # not left behind on the private queue
+        raise
     ctx = RunContext(run.id, run.task, run.attempt, worker_id, app.db)
     with ThreadPoolExecutor(1, thread_name_prefix="pgqueue-testing-call") as threads:
         outcome = await Executor(app, threads).execute(run, ctx)

@@ -22,8 +22,10 @@ from ..ops import Op, execute_on, execute_on_async, statement
 
 def install_clock_op() -> Op[None]:
     """Give the current database the movable clock (before `migrate`, for column defaults)."""
-    for name in ("clock_schema", "clock_table", "clock_function", "clock_search_path"):
-        yield statement(f"testing.{name}")
+    yield statement("testing.clock_schema")
+    yield statement("testing.clock_table")
+    yield statement("testing.clock_function")
+    yield statement("testing.clock_search_path")
 
 
 def _shift_op(by: timedelta) -> Op[datetime]:
