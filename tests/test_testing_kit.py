@@ -219,7 +219,7 @@ async def test_async_twins_in_an_async_test(kit: PgQueue, pgqueue_clock: Clock) 
     assert await kit.get_async_run(handle.id).result() == "8 approved by nobody"
     with pytest.raises(RuntimeError, match="use the _async twin"):
         drain(kit)  # a sync drain inside a running loop
-    await kit.db.aclose()
+    # the app's async pool stays open: `bound` closes it on this (idle) loop after the test
 
 
 def test_assert_enqueued_says_what_was_enqueued(kit: PgQueue) -> None:
@@ -286,3 +286,16 @@ def test_call_of_a_run_that_cannot_start_says_why_and_leaves_nothing_queued(kit:
         call(kit, limited, "acme")
     assert [r.status for r in enqueued(kit, limited)] == [RunStatus.RUNNING, RunStatus.CANCELLED]
     assert call(kit, limited, "other") == "other"
+
+
+def test_bound_points_the_app_back_where_it_was(pgqueue_dsn: str) -> None:
+    other = PgQueue("postgresql://nobody@db.invalid/elsewhere")
+
+    @other.task
+    def ping() -> str:
+        return "pong"
+
+    with bound(other, pgqueue_dsn) as inside:
+        assert inside.dsn == pgqueue_dsn
+        assert call(inside, ping) == "pong"
+    assert other.dsn == "postgresql://nobody@db.invalid/elsewhere"
