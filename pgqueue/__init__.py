@@ -27,6 +27,7 @@ from .errors import (
 )
 from .flow import Concurrency, RateLimit
 from .handles import AsyncRunHandle, RunHandle
+from .hooks import AttemptFinished, AttemptStarted, Hooks, RunFinished
 from .retry import Retry
 from .runs import RunInfo
 from .status import RunStatus
@@ -35,12 +36,15 @@ from .workflow import Workflow
 
 __all__ = [
     "AsyncRunHandle",
+    "AttemptFinished",
+    "AttemptStarted",
     "ChildRunError",
     "ChildRunFailed",
     "Concurrency",
     "ConfigurationError",
     "DatabaseInterrupted",
     "DatabaseUnavailable",
+    "Hooks",
     "InputTooLarge",
     "InvalidInput",
     "InvalidRunState",
@@ -53,6 +57,7 @@ __all__ = [
     "RetryLater",
     "RunContext",
     "RunFailed",
+    "RunFinished",
     "RunHandle",
     "RunInfo",
     "RunNotFound",

@@ -28,6 +28,7 @@ from .flow import (
     set_rate_limit_op,
 )
 from .handles import AsyncRunHandle, RunHandle
+from .hooks import Hooks
 from .migrations import migrate
 from .queues import set_queue_paused_op
 from .registry import TaskRegistry
@@ -54,6 +55,8 @@ class PgQueue:
     def __init__(self, dsn: str | None = None, *, pool_size: int = 4) -> None:
         self.db = Database(dsn, pool_size=pool_size)
         self.registry = TaskRegistry(self.db)
+        #: functions called around attempts and when runs finish (see pgqueue.hooks)
+        self.hooks = Hooks()
         # the registry's own methods, so that their signatures (and overloads) exist once
         self.task = self.registry.task
         self.rate_limit = self.registry.rate_limit

@@ -237,7 +237,8 @@ def current_run() -> RunContext:
     try:
         return _current.get()
     except LookupError:
-        raise PgQueueError("current_run() is only available inside a task run by a worker") from None
+        raise PgQueueError("current_run() is only available inside a task run by a worker; in a test, run the "
+                           "task with pgqueue.testing.call(app, task, ...) (see docs/testing.md)") from None
 
 
 class TaskLogHandler(logging.Handler):

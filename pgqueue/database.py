@@ -67,6 +67,8 @@ class Database:
         self._pool: ConnectionPool | None = None
         self._async_pool: AsyncConnectionPool | None = None
         self._async_lock: asyncio.Lock | None = None
+        #: the event loop the async pool belongs to
+        self._async_loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
 
     @property
@@ -111,6 +113,7 @@ class Database:
                                                configure=configure_connection_async)
                     await pool.open()
                     self._async_pool = pool
+                    self._async_loop = asyncio.get_running_loop()
         return self._async_pool
 
     # -- running operations ----------------------------------------------------------------
@@ -174,6 +177,33 @@ class Database:
         async with await connect_async(self.dsn, autocommit=True) as conn:
             await conn.execute(_listen_statement(channels))
             yield conn
+
+    @contextlib.asynccontextmanager
+    async def own_async_pool(self) -> AsyncIterator[None]:
+        """Inside: async pools of this event loop's own, closed on the way out, after which the
+        pool from before (bound to another loop, if any) is back. For code that runs a loop of its
+        own for a while (the testing kit's sync `drain`)."""
+        saved = self._async_pool, self._async_lock, self._async_loop
+        self._async_pool, self._async_lock = None, None
+        try:
+            yield
+        finally:
+            if self._async_pool is not None:
+                await self._async_pool.close()
+            self._async_pool, self._async_lock, self._async_loop = saved
+
+    def reset(self, dsn: str | None) -> str | None:
+        """Close the pools and point at `dsn` (None: the environment's), from sync code (a test's
+        teardown); returns the DSN given before. An async pool is closed on its event loop when
+        that loop is idle; one whose loop is running or gone is dropped, its connections ended
+        by the server or at exit."""
+        self.close()
+        pool, loop = self._async_pool, self._async_loop
+        if pool is not None and loop is not None and not loop.is_closed() and not loop.is_running():
+            loop.run_until_complete(pool.close())
+        self._async_pool, self._async_lock, self._async_loop = None, None, None
+        previous, self._dsn = self._dsn, dsn
+        return previous
 
     # -- closing ---------------------------------------------------------------------------
 

@@ -90,6 +90,17 @@ class RunFailed(PgQueueError):
         super().__init__(f"run {run_id} ended {status}{detail}")
 
 
+class RunSuspended(PgQueueError):
+    """A run called in a test (`pgqueue.testing.call`) went to sleep or waits for an event or
+    its children: it continues in a drain once that happens."""
+
+    def __init__(self, run_id: int, status: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(f"run {run_id} is {status} (a durable sleep, wait_for_event or gather): send the event "
+                         f"or move the clock, then drain(app) and read app.get_run({run_id}).result()")
+
+
 class HeartbeatTimeout(PgQueueError):
     """A running attempt of a task with `heartbeat_timeout` went that long without calling
     `ctx.heartbeat()`: it is presumed hung, failed, and retried per the task's policy."""

@@ -11,65 +11,28 @@ import asyncio
 import os
 import re
 import sys
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
 from pgqueue import PgQueue
-from pgqueue.embedded import EmbeddedServer, find_pg_bin
-from pgqueue.migrations import migrate
+from pgqueue.testing import TestServer
 from pgqueue.worker import Worker, WorkerSettings
 
-TEMPLATE_DB = "pgqueue_test_template"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@dataclass
-class Server:
-    admin_dsn: str
-    embedded: EmbeddedServer | None
-
-    def dsn_for(self, dbname: str) -> str:
-        return make_conninfo(self.admin_dsn, dbname=dbname)
-
-    def create_database(self, prefix: str, template: str | None = TEMPLATE_DB) -> str:
-        name = f"{prefix[:40]}_{uuid.uuid4().hex[:8]}".lower()
-        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
-            suffix = f" TEMPLATE {template}" if template else ""
-            conn.execute(f'CREATE DATABASE "{name}"{suffix}')  # type: ignore[arg-type]
-        return self.dsn_for(name)
-
-    def drop_database(self, dsn: str) -> None:
-        name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
-        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
-
-
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    given = os.environ.get("PGQUEUE_TEST_DSN")
-    if given:
-        server = Server(given, None)
-    else:
-        embedded = EmbeddedServer(tmp_path_factory.mktemp("postgres"), find_pg_bin())
-        embedded.ensure_running()
-        server = Server(embedded.dsn, embedded)
-    with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
+def pg_server(pgqueue_server: TestServer) -> TestServer:
+    """The testing kit's server (pgqueue/testing/plugin.py): PGQUEUE_TEST_DSN's, or embedded."""
+    with psycopg.connect(pgqueue_server.admin_dsn, autocommit=True) as conn:
         version = conn.info.server_version
-        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')  # type: ignore[arg-type]
-        conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')  # type: ignore[arg-type]
     print(f"\ntests run on PostgreSQL {version // 10000}.{version % 100}", file=sys.stderr)
-    migrate(server.dsn_for(TEMPLATE_DB))
-    yield server
-    if server.embedded is not None:
-        server.embedded.destroy()
+    return pgqueue_server
 
 
 def _module_prefix(request: pytest.FixtureRequest) -> str:
@@ -77,17 +40,17 @@ def _module_prefix(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def dsn(pg_server: Server, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A migrated database of this test module's own."""
-    db = pg_server.create_database(_module_prefix(request))
+def dsn(pg_server: TestServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A migrated database of this test module's own (the real clock, as in production)."""
+    db = pg_server.create_database(_module_prefix(request), with_clock=False)
     yield db
     pg_server.drop_database(db)
 
 
 @pytest.fixture
-def empty_dsn(pg_server: Server, request: pytest.FixtureRequest) -> Iterator[str]:
+def empty_dsn(pg_server: TestServer, request: pytest.FixtureRequest) -> Iterator[str]:
     """A database without the pgqueue schema, for one test."""
-    db = pg_server.create_database(_module_prefix(request) + "_empty", template=None)
+    db = pg_server.create_database(_module_prefix(request) + "_empty", migrated=False)
     yield db
     pg_server.drop_database(db)
 
@@ -136,12 +99,8 @@ def worker_tasks(dsn: str) -> Iterator[Any]:
 
 
 def bind(app: PgQueue, dsn: str | None) -> None:
-    """Point a module-level test app at this module's database, dropping pools bound elsewhere
-    (their databases are dropped with the module that used them)."""
-    app.close()
-    app.db._async_pool = None  # bound to an event loop and a database that are gone
-    app.db._async_lock = None
-    app.db.use_dsn(dsn)
+    """Point a module-level test app at this module's database, closing the pools it had."""
+    app.db.reset(dsn)
 
 
 FAST = {"lease": 2.0, "heartbeat": 0.5, "poll_interval": 0.1, "grace_period": 3.0}

@@ -12,7 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import ROOT, Server
+from conftest import ROOT
+from pgqueue.testing import TestServer
 
 
 def run(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -61,7 +62,7 @@ def test_two_dev_commands_at_once_on_a_fresh_folder_share_one_server(tmp_path: P
 
 
 @pytest.mark.slow
-def test_built_wheel_installs_and_migrates(tmp_path: Path, pg_server: Server) -> None:
+def test_built_wheel_installs_and_migrates(tmp_path: Path, pg_server: TestServer) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("PGQUEUE_DSN", "DATABASE_URL", "PYTHONPATH")}
     built = run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"), str(ROOT)], env)
     assert built.returncode == 0, built.stderr[-2000:]
@@ -70,7 +71,7 @@ def test_built_wheel_installs_and_migrates(tmp_path: Path, pg_server: Server) ->
     bin_dir = tmp_path / "venv" / "bin"
     installed = run([str(bin_dir / "pip"), "install", "-q", str(wheel)], env)
     assert installed.returncode == 0, installed.stderr[-2000:]
-    dsn = pg_server.create_database("t_wheel", template=None)
+    dsn = pg_server.create_database("t_wheel", migrated=False)
     try:
         migrated = run([str(bin_dir / "pgqueue"), "migrate", "--dsn", dsn], env, cwd=tmp_path)
         assert migrated.returncode == 0, migrated.stderr

@@ -10,12 +10,12 @@ from typing import Any, LiteralString, cast
 import psycopg
 import pytest
 
-from conftest import Server
 from pgqueue import PgQueue, SchemaOutdated
 from pgqueue import sqlfiles as _sql
 from pgqueue.errors import MigrationFailed
 from pgqueue.migrations import check_schema, migrate
 from pgqueue.sqlfiles import FunctionFile, functions, functions_sha256, sql_dir, trigger_functions
+from pgqueue.testing import TestServer
 
 # What the comparison looks at, one line per object, each section in a stable order.
 CATALOG: dict[str, str] = {
@@ -71,12 +71,12 @@ def run_script(conn: psycopg.Connection[Any], text: str) -> None:
 
 
 @pytest.fixture
-def scratch_db(pg_server: Server) -> Iterator[Any]:
+def scratch_db(pg_server: TestServer) -> Iterator[Any]:
     """Makes empty databases for one test and drops them at its end."""
     made: list[str] = []
 
     def make(prefix: str) -> str:
-        made.append(pg_server.create_database(prefix, template=None))
+        made.append(pg_server.create_database(prefix, migrated=False))
         return made[-1]
 
     yield make

@@ -208,7 +208,7 @@ def test_zombie_cannot_record_after_its_lease_was_taken_over(dsn: str) -> None:
                             {"worker": a, "lease_s": 30, "ids": [run_id], "attempts": [1]}).fetchall()
         assert beat == []  # A learns it lost the run
         assert complete(a, 1, '"from the zombie"') == []
-        assert complete(b, 2, '"from B"') == [(run_id,)]
+        assert complete(b, 2, '"from B"') == [(run_id, "succeeded", None, None)]
         assert complete(b, 2, '"twice"') == []
         row = conn.execute("SELECT status, result, recoveries FROM pgqueue.runs WHERE id = %s", (run_id,)).fetchone()
         assert row == ("succeeded", "from B", 1)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..database import Database
@@ -18,6 +19,16 @@ log = logging.getLogger("pgqueue.worker")
 MAX_BATCH = 500
 
 
+@dataclass(slots=True)  # one per outcome written: cheap to build
+class Recorded:
+    """What the database made of an applied outcome: the run's status and error after the write."""
+
+    id: int
+    status: str
+    error_type: str | None
+    error_message: str | None
+
+
 class Completer:
     """Collects outcomes and records them, many per statement.
 
@@ -26,11 +37,14 @@ class Completer:
     """
 
     def __init__(self, db: Database, worker_id: str, on_written: Callable[[], None],
-                 max_interruptions: int = 10) -> None:
+                 max_interruptions: int = 10,
+                 on_recorded: Callable[[list[Outcome], dict[int, Recorded]], None] | None = None) -> None:
         self.db = db
         self.worker_id = worker_id
         self.max_interruptions = max_interruptions
         self._on_written = on_written
+        #: told, after each batch, which outcomes were applied and what they became
+        self._on_recorded = on_recorded
         self._pending: list[Outcome] = []
         self._arrived = asyncio.Event()
         self._idle = asyncio.Event()
@@ -66,23 +80,25 @@ class Completer:
                 backoff.succeeded()
                 _warn_rejected(batch, applied)
                 del self._pending[:len(batch)]  # the same outcomes, whatever their order
+                if self._on_recorded is not None:
+                    self._on_recorded(batch, applied)
                 self._on_written()
             self._idle.set()
 
 
-def complete_op(worker_id: str, batch: list[Outcome], max_interruptions: int = 10) -> Op[set[int]]:
-    """Record a batch of outcomes; the ids of those applied (the others lost their lease)."""
+def complete_op(worker_id: str, batch: list[Outcome], max_interruptions: int = 10) -> Op[dict[int, Recorded]]:
+    """Record a batch of outcomes; those applied, by run id (the others lost their lease)."""
     outcomes = [{"id": o.run_id, "attempt": o.attempt, "status": o.status, "attempt_outcome": o.attempt_outcome,
                  "result": o.result, "error": o.error, "delay": o.delay, "failed": o.failed, "logs": o.logs,
                  "retry_later": o.retry_later, "retry_later_cap": o.retry_later_cap,
                  "interrupted": o.interrupted} for o in batch]
-    rows = yield statement("worker.complete", {"worker": worker_id, "outcomes": _json(outcomes),
-                                               "ids": [o.run_id for o in batch],
-                                               "max_interruptions": max_interruptions}, custom_plan=True)
-    return {row[0] for row in rows}
+    rows: list[Recorded] = yield statement("worker.complete", {
+        "worker": worker_id, "outcomes": _json(outcomes), "ids": [o.run_id for o in batch],
+        "max_interruptions": max_interruptions}, row=Recorded, custom_plan=True)
+    return {row.id: row for row in rows}
 
 
-def _warn_rejected(batch: list[Outcome], applied: set[int]) -> None:
+def _warn_rejected(batch: list[Outcome], applied: dict[int, Recorded]) -> None:
     for outcome in batch:
         if outcome.run_id not in applied:
             log.warning("run %d attempt %d: outcome %r rejected: the run was taken over or cancelled "

@@ -11,7 +11,7 @@ import os
 import traceback
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -44,7 +44,7 @@ MAX_TRACEBACK = 16_000  # characters kept per attempt
 INTERRUPTED_DELAY = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built once per attempt; the worker then fills in logs, task and queue in place
 class Outcome:
     """What to write for one attempt. `status` is the run's next status ('queued' = retry)."""
 
@@ -62,6 +62,11 @@ class Outcome:
     retry_later_cap: int = 0
     #: 1: the attempt was cut off by an infrastructure failure (not counted in `failed`)
     interrupted: int = 0
+    #: what the task raised, for the worker's log and hooks (never written)
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
+    #: the run's task and queue, for the worker's log and hooks (set by the worker, never written)
+    task: str = ""
+    queue: str | None = None
 
 
 #: folders whose frames lead into a task's code on every attempt (the executor, the event loop,
@@ -95,8 +100,9 @@ def failure(run: Claimed, task: Task[Any, Any] | None, exc: BaseException,
     if task is not None and task.settings.retry.should_retry(failures, exc):
         return Outcome(run.id, run.attempt, RunStatus.QUEUED,
                        "retry" if attempt_outcome == "failed" else attempt_outcome,
-                       error=error_info(exc), delay=task.settings.retry.delay(failures), failed=1)
-    return Outcome(run.id, run.attempt, RunStatus.FAILED, attempt_outcome, error=error_info(exc), failed=1)
+                       error=error_info(exc), delay=task.settings.retry.delay(failures), failed=1, exception=exc)
+    return Outcome(run.id, run.attempt, RunStatus.FAILED, attempt_outcome, error=error_info(exc), failed=1,
+                   exception=exc)
 
 
 def interrupted(run: Claimed, exc: BaseException) -> Outcome:

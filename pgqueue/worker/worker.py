@@ -21,19 +21,21 @@ import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .. import tracing
 from ..app import PgQueue
 from ..config import describe_dsn
 from ..context import RunContext, TaskLogHandler
 from ..database import Database
+from ..hooks import AttemptFinished, AttemptStarted, RunFinished, fire
 from ..metrics import Metrics, check_binding, gauges_op, serve_metrics
 from ..ops import Op, statement
+from ..status import RunStatus
 from .claimer import Claimed, claim_op, with_trace_contexts_op
-from .completer import Completer
+from .completer import Completer, Recorded
 from .cron_firer import CronFirer
-from .executor import Executor
+from .executor import Executor, Outcome
 from .expirer import Expirer
 from .heartbeat import Heartbeat, Held
 from .listener import Listener
@@ -77,7 +79,8 @@ class Worker:
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
         self._completer = Completer(self.db, self.id, on_written=self._slot_free.set,
-                                    max_interruptions=self.settings.max_interruptions)
+                                    max_interruptions=self.settings.max_interruptions, on_recorded=self._recorded)
+        self._hook_calls: set[asyncio.Task[None]] = set()
         self._steps: StepWriter | None = None
         self.metrics = Metrics()
         self._task_logs = TaskLogHandler()
@@ -184,6 +187,8 @@ class Worker:
         except TimeoutError:
             log.error("%d outcome(s) could not be written before shutdown; those runs are run again after "
                       "their lease expires", len(self._completer.pending()))
+        if self._hook_calls:  # on_success / on_failure hooks of the last outcomes written
+            await asyncio.wait(self._hook_calls, timeout=SERVICE_STOP_TIMEOUT)
 
     async def abandon(self, timeout: float = FORCED_EXIT_TIMEOUT) -> None:
         """A forced exit (a second Ctrl-C): hand the runs still held back to the queue and mark
@@ -295,15 +300,21 @@ class Worker:
 
     async def _execute_run(self, run: Claimed, ctx: RunContext) -> None:
         started = time.monotonic()
+        hooks = self.app.hooks
         try:
+            if hooks.before:
+                await fire(hooks.before, AttemptStarted(run.id, run.task, run.attempt, run.queue, self.id))
             outcome = await self._executor.execute(run, ctx)
-            self.metrics.observe("pgqueue_run_seconds", time.monotonic() - started, task=run.task,
-                                 queue=run.queue or "")
+            took = time.monotonic() - started
+            self.metrics.observe("pgqueue_run_seconds", took, task=run.task, queue=run.queue or "")
             self.metrics.inc("pgqueue_runs_finished_total", task=run.task, queue=run.queue or "",
                              outcome=outcome.attempt_outcome if outcome else "suspended")
             if outcome is not None:
-                logs = ctx.logs_text()
-                self._completer.add(outcome if logs is None else replace(outcome, logs=logs))
+                outcome.logs, outcome.task, outcome.queue = ctx.logs_text(), run.task, run.queue
+                _log_failed_attempt(run, outcome)
+                self._completer.add(outcome)
+            if hooks.after:
+                await fire(hooks.after, _attempt_finished(run, self.id, outcome, took))
         except asyncio.CancelledError:
             pass  # handed back by _shutdown, or the lease was lost
         except Exception:
@@ -314,6 +325,32 @@ class Worker:
             if not self._stopping.is_set():
                 self._start_held()
             self._slot_free.set()
+
+    def _recorded(self, batch: list[Outcome], applied: dict[int, Recorded]) -> None:
+        """Outcomes the completer wrote: log final failures, start the run hooks."""
+        hooks = self.app.hooks
+        with_hooks = hooks.wants_runs()
+        for outcome in batch:
+            recorded = applied.get(outcome.run_id)
+            if recorded is None:
+                continue
+            if recorded.status == RunStatus.FAILED:
+                log.error("run %d (task %s) failed for good at attempt %d: %s: %s", outcome.run_id, outcome.task,
+                          outcome.attempt, recorded.error_type, recorded.error_message,
+                          exc_info=outcome.exception)
+            if with_hooks:
+                self._run_hooks(outcome, recorded)
+
+    def _run_hooks(self, outcome: Outcome, recorded: Recorded) -> None:
+        hooks = self.app.hooks
+        chosen = (hooks.failed if recorded.status == RunStatus.FAILED
+                  else hooks.succeeded if recorded.status == RunStatus.SUCCEEDED else [])
+        if chosen:
+            event = RunFinished(outcome.run_id, outcome.task, outcome.attempt, outcome.queue, self.id,
+                                recorded.status, recorded.error_type, recorded.error_message, outcome.exception)
+            call = asyncio.create_task(fire(chosen, event))
+            self._hook_calls.add(call)
+            call.add_done_callback(self._hook_calls.discard)
 
     # -- heartbeats ------------------------------------------------------------------------
 
@@ -349,6 +386,24 @@ class Worker:
             log.warning("metrics without database gauges: %s", exc)
             gauges = {}
         return self.metrics.render(gauges)
+
+
+# -- what an attempt did ---------------------------------------------------------------------
+
+def _log_failed_attempt(run: Claimed, outcome: Outcome) -> None:
+    """A failed attempt that will be retried (a final failure is logged once written)."""
+    if outcome.status == RunStatus.QUEUED and (outcome.failed or outcome.interrupted) and outcome.error:
+        log.warning("run %d (task %s) attempt %d %s: %s: %s; retrying in %.1fs", run.id, run.task, run.attempt,
+                    "interrupted" if outcome.interrupted else "failed", outcome.error.get("type"),
+                    outcome.error.get("message"), outcome.delay)
+
+
+def _attempt_finished(run: Claimed, worker_id: str, outcome: Outcome | None, took: float) -> AttemptFinished:
+    if outcome is None:
+        return AttemptFinished(run.id, run.task, run.attempt, run.queue, worker_id, "suspended", duration=took)
+    error = outcome.error or {}
+    return AttemptFinished(run.id, run.task, run.attempt, run.queue, worker_id, outcome.attempt_outcome,
+                           outcome.status, error.get("type"), error.get("message"), outcome.exception, took)
 
 
 # -- the worker's own rows -----------------------------------------------------------------

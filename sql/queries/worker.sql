@@ -23,7 +23,8 @@ SELECT id, trace_context FROM pgqueue.runs WHERE id = ANY(%(ids)s::bigint[])
 
 -- name: complete
 -- Record a batch of outcomes. An outcome is applied only while the run is still running
--- this attempt on this worker; the ids returned are the outcomes that were applied.
+-- this attempt on this worker; the rows returned are the outcomes that were applied, with the
+-- status written (a retry refused by the checks below comes back 'failed') and its error.
 -- Fence: `checked` locks each run's row (FOR NO KEY UPDATE, the lock the UPDATE itself takes),
 -- held until commit; a concurrent rescue, cancel or step fence (FOR SHARE, see durable.sql)
 -- either waits for it or is waited for, and under READ COMMITTED the WHERE is re-checked on the
@@ -66,7 +67,8 @@ WITH outcome AS (
      -- (the ids again: they tell the planner how few rows to expect)
      WHERE run.id = o.id AND run.id = ANY (%(ids)s::bigint[])
     RETURNING run.id, run.status, run.queue, run.priority, run.run_at, run.task, run.concurrency_key,
-              run.attempt, run.attempt_started_at, run.parent_id, o.stop, o.attempt_outcome, o.error, o.logs
+              run.attempt, run.attempt_started_at, run.parent_id, run.error AS written_error,
+              o.stop, o.attempt_outcome, o.error, o.logs
 ), requeued AS (
     INSERT INTO pgqueue.ready (run_id, queue, priority, run_at, task, concurrency_key)
     SELECT id, queue, priority, run_at, task, concurrency_key FROM applied WHERE status = 'queued'
@@ -90,7 +92,8 @@ WITH outcome AS (
      WHERE parent_id IS NOT NULL AND status IN ('succeeded', 'failed', 'cancelled', 'dead')
 )
 -- (the side effects' CTEs are read once, as conditions that always hold)
-SELECT id FROM applied
+SELECT id, status, written_error ->> 'type' AS error_type, written_error ->> 'message' AS error_message
+  FROM applied
  WHERE (SELECT count(*) FROM woken) >= 0 AND (SELECT count(*) FROM done) >= 0
    AND (SELECT count(*) FROM parents) >= 0
 
