@@ -194,9 +194,10 @@ def test_zombie_cannot_record_after_its_lease_was_taken_over(dsn: str) -> None:
             return conn.execute(query("worker.claim"),  # type: ignore[arg-type]
                                 {"queues": ["zombies"], "limit": 10, "worker": worker, "lease_s": 30}).fetchall()
 
-        def complete(worker: str, attempt: int, result: str) -> list[tuple[int]]:
+        def complete(worker: str, attempt: int, result: str) -> list[tuple[Any, ...]]:
             outcome = Outcome(run_id, attempt, "succeeded", "succeeded", result=result)
-            return [(applied,) for applied in execute_on(conn, complete_op(worker, [outcome]))]
+            applied = execute_on(conn, complete_op(worker, [outcome]))
+            return [(r.id, r.status, r.error_type, r.error_message) for r in applied.values()]
 
         assert [r[0] for r in claim(a)] == [run_id]
         conn.execute("UPDATE pgqueue.runs SET lease_expires_at = now() - interval '1 second' WHERE id = %s",
