@@ -1,0 +1,116 @@
+"""Real pieces of production topologies for the tests: a PgBouncer in transaction pooling mode in
+front of the test server, and a primary with a streaming standby.
+
+Each piece is a real process started here; as root (CI) it runs as the unprivileged user the
+embedded server uses, because neither PgBouncer nor PostgreSQL runs as root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pgqueue.embedded import SERVICE_USER
+
+PGBOUNCER_CANDIDATES = ("pgbouncer", "/usr/sbin/pgbouncer")
+
+
+def pgbouncer_binary() -> str:
+    """PgBouncer's path; skips the test (with how to get it) only when it is not installed."""
+    for candidate in PGBOUNCER_CANDIDATES:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    pytest.skip("pgbouncer is not installed (Debian package `pgbouncer`; scripts/test.sh installs it as root)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30, what: str = "server") -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} did not listen on port {port} within {timeout}s") from None
+            time.sleep(0.05)
+
+
+class PgBouncer:
+    """A `pgbouncer` process in `pool_mode = transaction` in front of 127.0.0.1:`server_port`,
+    every database passed through (`* =`), trusting the users named in `users`."""
+
+    def __init__(self, folder: Path, server_port: int, users: list[str], pool_size: int = 20) -> None:
+        self.folder = folder
+        self.server_port = server_port
+        self.users = users
+        self.pool_size = pool_size
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = pgbouncer_binary()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        userlist = self.folder / "userlist.txt"
+        userlist.write_text("".join(f'"{user}" ""\n' for user in self.users))
+        ini = self.folder / "pgbouncer.ini"
+        # logfile and pidfile empty: it logs to stderr (our file) and needs no folder it may write
+        ini.write_text(f"""[databases]
+* = host=127.0.0.1 port={self.server_port}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {self.port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {userlist}
+pool_mode = transaction
+default_pool_size = {self.pool_size}
+max_client_conn = 2000
+logfile =
+pidfile =
+""")
+        for path in (userlist, ini):
+            path.chmod(0o644)
+        # PgBouncer refuses to run as root; -u is its own way to drop to another user
+        as_user = ["-u", SERVICE_USER] if os.geteuid() == 0 else []
+        log = open(self.folder / "pgbouncer.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen([binary, *as_user, str(ini)], stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        try:
+            wait_for_port(self.port, what="pgbouncer")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"pgbouncer did not start: {self.log()}") from None
+
+    def log(self) -> str:
+        return (self.folder / "pgbouncer.log").read_text(errors="replace")[-3000:]
+
+    def dsn_for(self, direct_dsn: str) -> str:
+        """The same database and user as `direct_dsn`, through this PgBouncer."""
+        params = conninfo_to_dict(direct_dsn)
+        params.update(host="127.0.0.1", port=str(self.port))
+        return make_conninfo("", **params)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
