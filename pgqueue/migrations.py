@@ -36,7 +36,15 @@ from __future__ import annotations
 from .config import connect, connect_async, first_line
 from .errors import MigrationFailed, SchemaMissing, SchemaOutdated, SchemaTooNew
 from .ops import Op, Statement, execute_on, execute_on_async, statement
-from .sqlfiles import FunctionFile, functions, functions_sha256, latest_version, migrations, trigger_functions
+from .sqlfiles import (
+    FunctionFile,
+    functions,
+    functions_sha256,
+    latest_version,
+    migrations,
+    roles_sql,
+    trigger_functions,
+)
 
 FUNCTIONS_DIFFER = ("the pgqueue functions in this database differ from this pgqueue's; "
                     "run `pgqueue migrate`")
@@ -130,6 +138,23 @@ def migrate(dsn: str) -> list[str]:
     functions are re-applied on every run and not listed)."""
     with connect(dsn, autocommit=True) as conn:
         return execute_on(conn, migrate_op())
+
+
+def apply_roles(dsn: str) -> None:
+    """Create the pgqueue_producer, pgqueue_worker and pgqueue_reader roles if missing and grant
+    them what they need (sql/roles.sql), in one transaction; run by the schema's owner after
+    `migrate`."""
+    with connect(dsn, autocommit=True) as conn, conn.transaction():
+        execute_on(conn, _roles_op())
+
+
+def _roles_op() -> Op[None]:
+    try:
+        yield Statement(roles_sql())
+    except Exception as exc:
+        raise MigrationFailed(f"sql/roles.sql failed and was rolled back: {first_line(exc)}; run it as the "
+                              "owner of the pgqueue schema, with CREATEROLE (or create the three roles "
+                              "first)") from exc
 
 
 def pending(dsn: str) -> list[str]:

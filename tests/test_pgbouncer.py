@@ -9,15 +9,16 @@ listens on PGQUEUE_LISTEN_DSN (straight to PostgreSQL) or polls when it is `off`
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
-from topology import PgBouncer
+import topology_app
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from topology import LOGINS, OWNER, PgBouncer, least_privilege_database, owned_database
 from topology_core import exercise_core
 
 from conftest import Server, bind
@@ -25,14 +26,26 @@ from pgqueue import PgQueue
 from pgqueue.database import Database
 from pgqueue.migrations import check_schema, migrate
 from pgqueue.runs import get_run_op
+from pgqueue.sqlfiles import migrations
 from processes import FAST, Workers
+
+
+@pytest.fixture(scope="module")
+def roles(pg_server: Server) -> Iterator[dict[str, str]]:
+    """Every connection of these tests is a non-superuser's: the owner, producer and worker."""
+    dsns = least_privilege_database(pg_server.admin_dsn, pg_server.dsn_for, f"t_bouncer_{uuid.uuid4().hex[:8]}")
+    with psycopg.connect(dsns["admin"], autocommit=True) as conn:
+        conn.execute(topology_app.LOG_DDL)
+        conn.execute("GRANT SELECT, INSERT ON topo_log TO pgqueue_worker")
+    yield dsns
+    pg_server.drop_database(dsns["admin"])
 
 
 @pytest.fixture(scope="module")
 def bouncer(pg_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgBouncer]:
     params = conninfo_to_dict(pg_server.admin_dsn)
     proc = PgBouncer(tmp_path_factory.mktemp("pgbouncer"), int(params.get("port") or 5432),
-                     users=[str(params.get("user") or "postgres")], pool_size=10)
+                     users=[OWNER, *LOGINS.values()], pool_size=10)
     proc.start()
     yield proc
     proc.stop()
@@ -44,10 +57,10 @@ def off(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_statement_prepared_through_pgbouncer_is_missing_on_the_next_server_connection(
-        bouncer: PgBouncer, empty_dsn: str) -> None:
+        bouncer: PgBouncer, roles: dict[str, str]) -> None:
     """Why prepared statements must be off: the second execution of a prepared statement meets
     another server connection when the first one is busy with another client's transaction."""
-    through = bouncer.dsn_for(empty_dsn)
+    through = bouncer.dsn_for(roles["reader"])
     with psycopg.connect(through, autocommit=True) as a, psycopg.connect(through, autocommit=True) as b:
         a.execute("SELECT %s::int", (1,), prepare=True)
         with b.transaction():
@@ -56,10 +69,10 @@ def test_a_statement_prepared_through_pgbouncer_is_missing_on_the_next_server_co
                 a.execute("SELECT %s::int", (2,), prepare=True)
 
 
-def test_database_prepares_nothing_when_told_off(bouncer: PgBouncer, dsn: str, off: None) -> None:
+def test_database_prepares_nothing_when_told_off(bouncer: PgBouncer, roles: dict[str, str], off: None) -> None:
     """The same interleaving, through a `Database` with PGQUEUE_PREPARED_STATEMENTS=off: its
     named queries (prepared otherwise) run on any server connection."""
-    through = bouncer.dsn_for(dsn)
+    through = bouncer.dsn_for(roles["producer"])
     db = Database(through, pool_size=1)
     try:
         run = PgQueue(through).enqueue("nothing.here", {})
@@ -73,48 +86,48 @@ def test_database_prepares_nothing_when_told_off(bouncer: PgBouncer, dsn: str, o
         db.close()
 
 
-def test_migrate_through_pgbouncer_concurrently(bouncer: PgBouncer, empty_dsn: str, off: None) -> None:
-    through = bouncer.dsn_for(empty_dsn)
-    with ThreadPoolExecutor(3) as pool:
-        results = list(pool.map(lambda _: migrate(through), range(3)))
-    assert sum(len(r) for r in results) == len(set(name for r in results for name in r)) > 0
-    check_schema(through)
-    assert migrate(through) == []
-    # no session lock left behind on any server connection
-    with psycopg.connect(empty_dsn) as conn:
-        assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone() == (0,)
-
-
-@pytest.fixture
-def topology_tasks(dsn: str) -> Iterator[Any]:
-    import topology_app
-
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(topology_app.LOG_DDL)
-        conn.execute("TRUNCATE topo_log")
-    yield topology_app
-    bind(topology_app.app, None)
-    topology_app.app.db.listen_setting = None
+def test_migrate_through_pgbouncer_concurrently(pg_server: Server, bouncer: PgBouncer, off: None) -> None:
+    """As the database's owner (no superuser), three migrate runs at once through PgBouncer."""
+    admin = owned_database(pg_server.admin_dsn, pg_server.dsn_for, f"t_bouncer_migrate_{uuid.uuid4().hex[:8]}")
+    try:
+        through = bouncer.dsn_for(make_conninfo(admin, user=OWNER))
+        with ThreadPoolExecutor(3) as pool:
+            results = list(pool.map(lambda _: migrate(through), range(3)))
+        names = sorted(name for r in results for name in r)
+        assert names == [f"{m.version:04d}_{m.name}" for m in migrations()]
+        check_schema(through)
+        assert migrate(through) == []
+        # no session lock left behind on any server connection
+        with psycopg.connect(admin) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone() == (0,)
+    finally:
+        pg_server.drop_database(admin)
 
 
 @pytest.mark.parametrize("listen", ["direct", "off"])
-def test_core_through_pgbouncer(bouncer: PgBouncer, dsn: str, topology_tasks: Any, off: None,
-                                tmp_path: Path, listen: str) -> None:
-    """Producers and two worker processes all through PgBouncer (transaction pooling), LISTEN
-    straight to PostgreSQL or off (polling)."""
-    through = bouncer.dsn_for(dsn)
-    listen_dsn = dsn if listen == "direct" else "off"
-    bind(topology_tasks.app, through)
-    topology_tasks.app.db.listen_setting = listen_dsn
-    workers = Workers(through, tmp_path, app="topology_app:app",
-                      env={"PGQUEUE_PREPARED_STATEMENTS": "off", "PGQUEUE_LISTEN_DSN": listen_dsn})
+def test_core_through_pgbouncer(bouncer: PgBouncer, roles: dict[str, str], off: None, tmp_path: Path,
+                                listen: str) -> None:
+    """A producer (pgqueue_producer) and two worker processes (pgqueue_worker), all through
+    PgBouncer in transaction pooling mode; LISTEN straight to PostgreSQL, or off (polling)."""
+    with psycopg.connect(roles["admin"], autocommit=True) as conn:
+        conn.execute("TRUNCATE topo_log")
+    worker_dsn = bouncer.dsn_for(roles["worker"])
+    producer_listen = roles["producer"] if listen == "direct" else "off"
+    bind(topology_app.app, bouncer.dsn_for(roles["producer"]))
+    topology_app.app.db.listen_setting = producer_listen
+    workers = Workers(worker_dsn, tmp_path, app="topology_app:app",
+                      env={"PGQUEUE_PREPARED_STATEMENTS": "off",
+                           "PGQUEUE_LISTEN_DSN": roles["worker"] if listen == "direct" else "off"})
     try:
         for _ in range(2):
             workers.start(*FAST, "--concurrency", "8")
-        exercise_core(topology_tasks, dsn)
+        with PgQueue(worker_dsn) as events:
+            exercise_core(topology_app, roles["admin"], events)
     finally:
         workers.stop_all()
+        bind(topology_app.app, None)
+        topology_app.app.db.listen_setting = None
     for i in range(2):
         log = workers.log_of(i)
-        assert "Traceback" not in log and "prepared statement" not in log, log
+        assert "Traceback" not in log and "prepared statement" not in log and "permission denied" not in log, log
         assert ("claims poll only" in log) == (listen == "off"), log

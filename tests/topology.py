@@ -1,5 +1,6 @@
 """Real pieces of production topologies for the tests: a PgBouncer in transaction pooling mode in
-front of the test server, and a primary with a streaming standby.
+front of the test server, a database owned by a non-superuser with the least-privilege roles,
+and a primary with a streaming standby.
 
 Each piece is a real process started here; as root (CI) it runs as the unprivileged user the
 embedded server uses, because neither PgBouncer nor PostgreSQL runs as root.
@@ -12,12 +13,16 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgqueue.embedded import SERVICE_USER
+from pgqueue.migrations import apply_roles, migrate
 
 PGBOUNCER_CANDIDATES = ("pgbouncer", "/usr/sbin/pgbouncer")
 
@@ -114,3 +119,35 @@ pidfile =
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+#: login roles of the least-privilege tests (cluster-wide, created once): the database's owner
+#: (runs migrate and sql/roles.sql; CREATEROLE, no superuser), and one login per group role
+OWNER = "pgq_owner"
+LOGINS = {"producer": "pgq_producer", "worker": "pgq_worker", "reader": "pgq_reader"}
+
+
+def owned_database(admin_dsn: str, dsn_for: Callable[[str], str], name: str) -> str:
+    """A new, empty database `name` owned by the non-superuser OWNER (the login roles of LOGINS
+    created too); its DSN as the admin."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        for login in [OWNER, *LOGINS.values()]:
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (login,)).fetchone() is None:
+                extra = " CREATEROLE" if login == OWNER else ""
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER" + extra).format(sql.Identifier(login)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(OWNER)))
+    return dsn_for(name)
+
+
+def least_privilege_database(admin_dsn: str, dsn_for: Callable[[str], str], name: str) -> dict[str, str]:
+    """A new database `name` owned by a non-superuser, migrated and given the roles by that
+    owner; the DSN of each login: {"owner", "producer", "worker", "reader", "admin"}."""
+    admin = owned_database(admin_dsn, dsn_for, name)
+    dsns = {"admin": admin, "owner": make_conninfo(admin, user=OWNER),
+            **{kind: make_conninfo(admin, user=login) for kind, login in LOGINS.items()}}
+    migrate(dsns["owner"])
+    apply_roles(dsns["owner"])
+    with psycopg.connect(dsns["owner"], autocommit=True) as conn:
+        for kind, login in LOGINS.items():
+            conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(f"pgqueue_{kind}"), sql.Identifier(login)))
+    return dsns

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from pgqueue import RunStatus
+from pgqueue import PgQueue, RunStatus
 from pgqueue.handles import RunHandle
 from processes import wait_until
 
@@ -30,9 +30,10 @@ def most_at_once(spans: list[tuple[datetime, datetime]]) -> int:
     return peak
 
 
-def exercise_core(app_module: Any, check_dsn: str) -> None:
-    """Enqueue through `app_module.app` (bound to the topology's DSN), wait for every outcome
-    with handles (LISTEN where the app listens), and check the records on `check_dsn`."""
+def exercise_core(app_module: Any, check_dsn: str, events: PgQueue) -> None:
+    """Enqueue through `app_module.app` (bound to the topology's DSN), send events through
+    `events`, wait for every outcome with handles (LISTEN where the app listens), and check the
+    records on `check_dsn`."""
     tasks = app_module
     doubles = tasks.double.enqueue_many([{"n": i} for i in range(40)])
     stepped = tasks.stepped.enqueue_many([{"n": i} for i in range(5)])
@@ -42,7 +43,7 @@ def exercise_core(app_module: Any, check_dsn: str) -> None:
 
     wait_until(lambda: all(h.status() == RunStatus.WAITING for h in waiters), what="waiters waiting")
     for i, handle in enumerate(waiters):
-        assert tasks.app.send_event("topo.go", f"k{i}", {"i": i}) == 1, handle
+        assert events.send_event("topo.go", f"k{i}", {"i": i}) == 1, handle
 
     def results(handles: list[RunHandle[Any]]) -> list[Any]:
         return [h.result(timeout=120) for h in handles]
