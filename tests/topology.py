@@ -21,7 +21,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgqueue.embedded import SERVICE_USER
+from pgqueue.embedded import SERVICE_USER, EmbeddedServer, _make_reachable
 from pgqueue.migrations import apply_roles, migrate
 
 PGBOUNCER_CANDIDATES = ("pgbouncer", "/usr/sbin/pgbouncer")
@@ -151,3 +151,47 @@ def least_privilege_database(admin_dsn: str, dsn_for: Callable[[str], str], name
         for kind, login in LOGINS.items():
             conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(f"pgqueue_{kind}"), sql.Identifier(login)))
     return dsns
+
+
+class StreamingPair:
+    """A primary and a hot standby streaming from it (pg_basebackup -R), replication synchronous
+    (`synchronous_standby_names = '*'`: a commit returns once the standby has flushed it)."""
+
+    def __init__(self, folder: Path, bin_dir: Path) -> None:
+        self.primary = EmbeddedServer(folder / "primary", bin_dir)
+        self.standby = EmbeddedServer(folder / "standby", bin_dir)
+
+    def start(self) -> None:
+        self.primary.ensure_running()
+        self.standby.data_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            _make_reachable(self.standby.data_dir, SERVICE_USER)
+        # run by the server's user (root may not own a data folder PostgreSQL starts from)
+        self.standby._run([str(self.standby.bin_dir / "pg_basebackup"), "-D", str(self.standby.pgdata),
+                           "-h", "127.0.0.1", "-p", str(self.primary.port), "-U", "postgres",
+                           "-R", "-X", "stream", "-c", "fast"])
+        self.standby.ensure_running()
+        with psycopg.connect(self.primary.dsn, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+            conn.execute("SELECT pg_reload_conf()")
+            deadline = time.monotonic() + 60
+            while conn.execute("SELECT 1 FROM pg_stat_replication WHERE sync_state = 'sync'").fetchone() is None:
+                if time.monotonic() > deadline:
+                    raise AssertionError("the standby did not become synchronous within 60 s")
+                time.sleep(0.1)
+
+    def multi_host_dsn(self, dsn: str) -> str:
+        """`dsn` (a database and user on the primary) naming both servers, read-write wanted:
+        libpq tries them in turn and keeps the one that accepts writes."""
+        return make_conninfo(dsn, host="127.0.0.1,127.0.0.1", port=f"{self.primary.port},{self.standby.port}",
+                             target_session_attrs="read-write")
+
+    def crash_primary(self) -> None:
+        self.primary._pg_ctl("stop", "-m", "immediate", "-w")
+
+    def promote_standby(self) -> None:
+        self.standby._pg_ctl("promote", "-w")
+
+    def destroy(self) -> None:
+        for server in (self.primary, self.standby):
+            server.destroy()
