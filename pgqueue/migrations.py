@@ -100,7 +100,11 @@ def migrate_op() -> Op[list[str]]:
     applied_now: list[str] = []
     yield Statement("BEGIN")
     yield statement("migrations.lock")
-    yield statement("migrations.create_ledger")
+    try:
+        yield statement("migrations.create_ledger")
+    except Exception as exc:
+        raise MigrationFailed(f"cannot create the pgqueue schema and its ledger: {first_line(exc)}; run "
+                              "`pgqueue migrate` as the database's owner (no superuser needed)") from exc
     applied = set((yield from applied_versions_op()) or [])
     yield Statement("COMMIT")
     for migration in migrations():

@@ -4,6 +4,8 @@ The worker role running the whole core (through PgBouncer) is in test_pgbouncer.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from pgqueue import PgQueue, RunStatus
 from pgqueue.dashboard import create_server
 from pgqueue.errors import MigrationFailed
 from pgqueue.migrations import apply_roles, check_schema, migrate
+from pgqueue.sqlfiles import roles_sql
 
 REFUSED = psycopg.errors.InsufficientPrivilege
 
@@ -47,11 +50,27 @@ def test_migrate_and_roles_need_no_superuser(roles: dict[str, str]) -> None:
 
 def test_only_the_owner_migrates(roles: dict[str, str]) -> None:
     for kind in ("producer", "worker", "reader"):
-        with pytest.raises(REFUSED, match="permission denied for database"):
+        with pytest.raises(MigrationFailed, match=r"permission denied for database.*as the database's owner"):
             migrate(roles[kind])
         refused(roles[kind], "CREATE TABLE pgqueue.intruder (a int)")
         with pytest.raises(MigrationFailed, match="must be owner of schema pgqueue"):
             apply_roles(roles[kind])
+
+
+def test_roles_command(roles: dict[str, str], cli_env: dict[str, str]) -> None:
+    def pgqueue(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pgqueue_cli", *args], capture_output=True, text=True,
+                              env={**cli_env, "PGQUEUE_DSN": dsn}, timeout=60)
+
+    printed = pgqueue(roles["reader"], "roles", "--print")
+    assert printed.returncode == 0 and printed.stdout == roles_sql()
+    denied = pgqueue(roles["worker"], "roles")
+    assert denied.returncode == 1 and "must be owner of schema pgqueue (pgq_owner)" in denied.stderr, denied
+    assert "Traceback" not in denied.stderr
+    done = pgqueue(roles["owner"], "roles")
+    assert done.returncode == 0 and "pgqueue_producer, pgqueue_worker, pgqueue_reader granted" in done.stdout, done
+    refused_migrate = pgqueue(roles["producer"], "migrate")
+    assert refused_migrate.returncode == 1 and "as the database's owner" in refused_migrate.stderr, refused_migrate
 
 
 def test_producer_enqueues_and_reads_only(roles: dict[str, str]) -> None:
