@@ -23,7 +23,9 @@ from topology_core import exercise_core
 
 from conftest import Server, bind
 from pgqueue import PgQueue
+from pgqueue.config import connection_kwargs
 from pgqueue.database import Database
+from pgqueue.errors import ConfigurationError
 from pgqueue.migrations import check_schema, migrate
 from pgqueue.runs import get_run_op
 from pgqueue.sqlfiles import migrations
@@ -131,3 +133,20 @@ def test_core_through_pgbouncer(bouncer: PgBouncer, roles: dict[str, str], off: 
         log = workers.log_of(i)
         assert "Traceback" not in log and "prepared statement" not in log and "permission denied" not in log, log
         assert ("claims poll only" in log) == (listen == "off"), log
+
+
+def test_settings_resolve_and_bad_values_say_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGQUEUE_LISTEN_DSN", raising=False)
+    assert Database("postgresql://u@db/app").listen_dsn == "postgresql://u@db/app"
+    monkeypatch.setenv("PGQUEUE_LISTEN_DSN", "postgresql://u@direct/app")
+    assert Database("postgresql://u@bouncer/app").listen_dsn == "postgresql://u@direct/app"
+    assert Database("postgresql://u@bouncer/app", listen_dsn="OFF").listen_dsn is None
+    with Database("postgresql://u@bouncer/app", listen_dsn="off").listen("pgqueue_ready") as conn:
+        assert conn is None  # no connection at all: the caller polls
+    monkeypatch.setenv("PGQUEUE_PREPARED_STATEMENTS", "maybe")
+    with pytest.raises(ConfigurationError, match=r"PGQUEUE_PREPARED_STATEMENTS='maybe'.*off behind PgBouncer"):
+        connection_kwargs("postgresql://u@db/app")
+    monkeypatch.setenv("PGQUEUE_PREPARED_STATEMENTS", "off")
+    assert connection_kwargs("postgresql://u@db/app")["prepare_threshold"] is None
+    monkeypatch.setenv("PGQUEUE_PREPARED_STATEMENTS", "on")
+    assert "prepare_threshold" not in connection_kwargs("postgresql://u@db/app")
