@@ -44,6 +44,7 @@ PREPARE_THRESHOLD = 5
 READY_CHANNEL = "pgqueue_ready"
 DONE_CHANNEL = "pgqueue_done"
 
+
 def _listen_statement(channels: tuple[str, ...]) -> sql.Composed:
     return sql.SQL("; ").join(sql.SQL("LISTEN {}").format(sql.Identifier(c)) for c in channels)
 
