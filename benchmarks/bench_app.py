@@ -5,6 +5,8 @@ Loaded by `pgqueue worker bench_app:app` with PYTHONPATH=benchmarks and PGQUEUE_
 
 from __future__ import annotations
 
+import asyncio
+
 from pgqueue import Concurrency, PgQueue
 
 app = PgQueue()
@@ -37,3 +39,9 @@ async def limited_noop(tenant: str, n: int) -> None:
 async def keyed_noop(tenant: str, n: int) -> None:
     """Keyed (round-robin, advisory lock, running count per key) with a limit never reached."""
     return None
+
+
+@app.task
+async def io_wait(n: int, ms: float = 20.0) -> None:
+    """Waits `ms` milliseconds, as a task waiting on an API would: bound by slots, not CPU."""
+    await asyncio.sleep(ms / 1000)

@@ -52,8 +52,12 @@ class PgQueue:
         summarize.enqueue(Document(id=42))
     """
 
-    def __init__(self, dsn: str | None = None, *, pool_size: int = 4) -> None:
-        self.db = Database(dsn, pool_size=pool_size)
+    def __init__(self, dsn: str | None = None, *, pool_size: int = 4, prepared_statements: bool | None = None,
+                 listen_dsn: str | None = None) -> None:
+        # behind PgBouncer in transaction pooling mode: prepared_statements=False and a
+        # listen_dsn straight to PostgreSQL (or "off"); see docs/deployment.md
+        self.db = Database(dsn, pool_size=pool_size, prepared_statements=prepared_statements,
+                           listen_dsn=listen_dsn)
         self.registry = TaskRegistry(self.db)
         #: functions called around attempts and when runs finish (see pgqueue.hooks)
         self.hooks = Hooks()

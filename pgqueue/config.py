@@ -101,15 +101,40 @@ async def configure_connection_async(conn: psycopg.AsyncConnection[Any]) -> None
     configure_connection(conn)
 
 
+#: where LISTEN connects when it must not go through the DSN's pooler (a transaction-pooling
+#: PgBouncer never delivers notifications: the server connection that listened goes back to its
+#: pool); `off` turns listening off, and workers and waits poll instead
+LISTEN_DSN_VARIABLE = "PGQUEUE_LISTEN_DSN"
+LISTEN_OFF = "off"
+#: `off` turns server-side prepared statements off (PgBouncer before 1.21 in transaction mode)
+PREPARED_STATEMENTS_VARIABLE = "PGQUEUE_PREPARED_STATEMENTS"
+
+
+def prepared_statements_setting() -> bool:
+    """Whether pools prepare their statements on the server: PGQUEUE_PREPARED_STATEMENTS (on/off),
+    on by default. A transaction pooler sends each transaction to whichever server connection
+    is free, where a statement prepared on another one does not exist."""
+    value = os.environ.get(PREPARED_STATEMENTS_VARIABLE, "on").strip().lower()
+    if value in ("on", "true", "1", "yes", ""):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    raise ConfigurationError(f"{PREPARED_STATEMENTS_VARIABLE}={value!r} is not understood; "
+                             "set it to on, or off behind PgBouncer in transaction pooling mode")
+
+
 #: seconds to wait for a connection when the DSN does not say (libpq waits for ever): a server
 #: that accepts and never answers must not hang a worker's start, reconnects or shutdown
 CONNECT_TIMEOUT = 10
 
 
 def connection_kwargs(dsn: str, **kwargs: Any) -> dict[str, Any]:
-    """`kwargs`, with a connect timeout unless the DSN sets one."""
+    """`kwargs`, with a connect timeout unless the DSN sets one, and without server-side prepared
+    statements when PGQUEUE_PREPARED_STATEMENTS says so (unless `kwargs` decide)."""
     if "connect_timeout" not in check_dsn_syntax(dsn):
         kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    if not prepared_statements_setting():
+        kwargs.setdefault("prepare_threshold", None)
     return kwargs
 
 

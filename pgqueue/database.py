@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import select
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +22,8 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from .config import (
+    LISTEN_DSN_VARIABLE,
+    LISTEN_OFF,
     configure_connection,
     configure_connection_async,
     connect,
@@ -33,6 +36,9 @@ from .migrations import check_schema_op
 from .ops import Op, ServerEndedConnection, ended_by_server, execute_on, execute_on_async, start
 
 T = TypeVar("T")
+
+#: psycopg's default: a statement run this many times on a connection is prepared
+PREPARE_THRESHOLD = 5
 
 #: NOTIFY channels: runs became due on a queue (payload: the queue), runs finished
 READY_CHANNEL = "pgqueue_ready"
@@ -51,8 +57,11 @@ class Database:
     """
 
     def __init__(self, dsn: str | None = None, *, pool_size: int = 4, name: str = "pgqueue",
-                 prepared_statements: bool = True, checkout_timeout: float = 30.0) -> None:
+                 prepared_statements: bool | None = None, checkout_timeout: float = 30.0,
+                 listen_dsn: str | None = None) -> None:
         self._dsn = dsn
+        #: the listen_dsn given (None: PGQUEUE_LISTEN_DSN, else the DSN); see `listen_dsn`
+        self.listen_setting = listen_dsn
         #: most connections of each pool; a worker raises it to fit its concurrency
         self.pool_size = pool_size
         self.name = name
@@ -60,10 +69,12 @@ class Database:
         self.checkout_timeout = checkout_timeout
         # prepared_statements=False: every statement is planned for its actual parameters (the
         # worker's batches: a generic plan of `complete` was measured scanning all running runs
-        # per outcome, 1.3 s instead of 7 ms for a batch of 500)
+        # per outcome, 1.3 s instead of 7 ms for a batch of 500), and none is prepared on the
+        # server, as a transaction pooler (PgBouncer) needs; None: as PGQUEUE_PREPARED_STATEMENTS
+        # says (see `config.prepared_statements_setting`)
         self._connection_kwargs: dict[str, Any] = {"autocommit": True}
-        if not prepared_statements:
-            self._connection_kwargs["prepare_threshold"] = None
+        if prepared_statements is not None:
+            self._connection_kwargs["prepare_threshold"] = PREPARE_THRESHOLD if prepared_statements else None
         self._pool: ConnectionPool | None = None
         self._async_pool: AsyncConnectionPool | None = None
         self._async_lock: asyncio.Lock | None = None
@@ -74,6 +85,17 @@ class Database:
     @property
     def dsn(self) -> str:
         return require_dsn(self._dsn)
+
+    @property
+    def listen_dsn(self) -> str | None:
+        """Where `listen()` connects: the `listen_dsn` given, else PGQUEUE_LISTEN_DSN, else the DSN;
+        None when listening is off (`off`: waits and the worker poll instead)."""
+        given = self.listen_setting if self.listen_setting is not None else os.environ.get(LISTEN_DSN_VARIABLE)
+        if given is None or not given.strip():
+            return self.dsn
+        if given.strip().lower() == LISTEN_OFF:
+            return None
+        return require_dsn(given)
 
     def use_dsn(self, dsn: str | None) -> None:
         """Point at another database (None: the environment's), before any pool is open."""
@@ -165,16 +187,25 @@ class Database:
     # -- notifications ---------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def listen(self, *channels: str) -> Iterator[psycopg.Connection[Any]]:
+    def listen(self, *channels: str) -> Iterator[psycopg.Connection[Any] | None]:
         """A dedicated connection listening on `channels` (never a pooled one: it would keep
-        listening after it went back to the pool)."""
-        with connect(self.dsn, autocommit=True) as conn:
+        listening after it went back to the pool), on `listen_dsn`; None when listening is off
+        (the caller polls)."""
+        dsn = self.listen_dsn
+        if dsn is None:
+            yield None
+            return
+        with connect(dsn, autocommit=True) as conn:
             conn.execute(_listen_statement(channels))
             yield conn
 
     @contextlib.asynccontextmanager
-    async def listen_async(self, *channels: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        async with await connect_async(self.dsn, autocommit=True) as conn:
+    async def listen_async(self, *channels: str) -> AsyncIterator[psycopg.AsyncConnection[Any] | None]:
+        dsn = self.listen_dsn
+        if dsn is None:
+            yield None
+            return
+        async with await connect_async(dsn, autocommit=True) as conn:
             await conn.execute(_listen_statement(channels))
             yield conn
 

@@ -1,12 +1,14 @@
 """Handles on runs: read a run's state and wait for its outcome, from sync or async code.
 
 Waiting listens for the workers' completion signal and reads the run after each one (and at
-least every second, in case a signal is lost). The decisions of waiting live in `_Waiting`;
+least every second, in case a signal is lost; only that when listening is off, as behind a
+transaction pooler without a direct `listen_dsn`). The decisions of waiting live in `_Waiting`;
 the two handle classes only block or await.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -92,6 +94,9 @@ class RunHandle(_HandleBase[R]):
                 info = self.info()
                 if (wait := waiting.after(info)) is None:
                     return info
+                if conn is None:  # listening is off: poll
+                    time.sleep(wait)
+                    continue
                 for _ in conn.notifies(timeout=wait, stop_after=1):
                     pass
 
@@ -116,5 +121,8 @@ class AsyncRunHandle(_HandleBase[R]):
                 info = await self.info()
                 if (wait := waiting.after(info)) is None:
                     return info
+                if conn is None:
+                    await asyncio.sleep(wait)
+                    continue
                 async for _ in conn.notifies(timeout=wait, stop_after=1):
                     pass

@@ -19,7 +19,9 @@ What migrate does, and why in this order:
   While a migration runs, the other functions are missing (a fresh database) or old (an
   upgrade): a migration must not call them (write its data changes in plain SQL).
 
-All of it runs under one advisory lock, so concurrent runs are safe.
+Each of these transactions takes one transaction-level advisory lock first (and a migration's
+checks again that it is still missing), so concurrent runs are safe, and no session state is
+left behind, so migrate also works through PgBouncer in transaction pooling mode.
 
 Without Python, the same steps: create the schema and the ledger (`create_ledger` in
 sql/queries/migrations.sql); for each missing migration, in one transaction: `SET LOCAL
@@ -34,7 +36,15 @@ from __future__ import annotations
 from .config import connect, connect_async, first_line
 from .errors import MigrationFailed, SchemaMissing, SchemaOutdated, SchemaTooNew
 from .ops import Op, Statement, execute_on, execute_on_async, statement
-from .sqlfiles import FunctionFile, functions, functions_sha256, latest_version, migrations, trigger_functions
+from .sqlfiles import (
+    FunctionFile,
+    functions,
+    functions_sha256,
+    latest_version,
+    migrations,
+    roles_sql,
+    trigger_functions,
+)
 
 FUNCTIONS_DIFFER = ("the pgqueue functions in this database differ from this pgqueue's; "
                     "run `pgqueue migrate`")
@@ -85,18 +95,27 @@ def _apply_function_file(file: FunctionFile) -> Op[None]:
 
 
 def migrate_op() -> Op[list[str]]:
-    """Apply what is missing, each migration in its own transaction, then all functions, under an
-    advisory lock (see the module's docstring)."""
+    """Apply what is missing, each migration in its own transaction, then all functions, each
+    transaction under the migration lock (see the module's docstring)."""
     applied_now: list[str] = []
-    # Session-level lock on the runner's own connection (not a pool): closing the
-    # connection after an error releases it.
+    yield Statement("BEGIN")
     yield statement("migrations.lock")
-    yield statement("migrations.create_ledger")
+    try:
+        yield statement("migrations.create_ledger")
+    except Exception as exc:
+        raise MigrationFailed(f"cannot create the pgqueue schema and its ledger: {first_line(exc)}; run "
+                              "`pgqueue migrate` as the database's owner (no superuser needed)") from exc
     applied = set((yield from applied_versions_op()) or [])
+    yield Statement("COMMIT")
     for migration in migrations():
         if migration.version in applied:
             continue
         yield Statement("BEGIN")
+        yield statement("migrations.lock")
+        # another migrate may have applied it while this one waited for the lock
+        if (yield statement("migrations.is_applied", (migration.version,)))[0][0]:
+            yield Statement("COMMIT")
+            continue
         yield statement("migrations.skip_function_bodies")
         yield from _apply_function_file(trigger_functions())
         try:
@@ -109,12 +128,12 @@ def migrate_op() -> Op[list[str]]:
         yield Statement("COMMIT")
         applied_now.append(f"{migration.version:04d}_{migration.name}")
     yield Statement("BEGIN")
+    yield statement("migrations.lock")
     yield statement("migrations.skip_function_bodies")
     for file in functions():
         yield from _apply_function_file(file)
     yield statement("migrations.record_functions", (functions_sha256(),))
     yield Statement("COMMIT")
-    yield statement("migrations.unlock")
     return applied_now
 
 
@@ -123,6 +142,23 @@ def migrate(dsn: str) -> list[str]:
     functions are re-applied on every run and not listed)."""
     with connect(dsn, autocommit=True) as conn:
         return execute_on(conn, migrate_op())
+
+
+def apply_roles(dsn: str) -> None:
+    """Create the pgqueue_producer, pgqueue_worker and pgqueue_reader roles if missing and grant
+    them what they need (sql/roles.sql), in one transaction; run by the schema's owner after
+    `migrate`."""
+    with connect(dsn, autocommit=True) as conn, conn.transaction():
+        execute_on(conn, _roles_op())
+
+
+def _roles_op() -> Op[None]:
+    try:
+        yield Statement(roles_sql())
+    except Exception as exc:
+        raise MigrationFailed(f"sql/roles.sql failed and was rolled back: {first_line(exc)}; run it as the "
+                              "owner of the pgqueue schema, with CREATEROLE (or create the three roles "
+                              "first)") from exc
 
 
 def pending(dsn: str) -> list[str]:

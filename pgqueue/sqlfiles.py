@@ -98,3 +98,8 @@ def query(name: str) -> str:
         return queries()[name]
     except KeyError:
         raise KeyError(f"no query named {name!r} in sql/queries (a `-- name:` line in <group>.sql)") from None
+
+
+def roles_sql() -> str:
+    """`sql/roles.sql`: the producer, worker and reader roles and their grants."""
+    return (sql_dir() / "roles.sql").read_text()

@@ -14,6 +14,14 @@ if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && [ "$(id 
     apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
         || { apt-get update -qq >/dev/null && apt-get install -y -qq chromium chromium-driver >/dev/null; }
 fi
+# The topology tests start a real PgBouncer (Debian's package); they skip only where it cannot
+# be installed (not root), so CI (root) always runs them.
+if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ] && [ "$(id -u)" = 0 ]; then
+    echo "installing pgbouncer (apt-get) for the PgBouncer topology tests"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq pgbouncer >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null && apt-get install -y -qq pgbouncer >/dev/null; }
+fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[embedded,otel,dashboard,dev,docs]'
 .venv/bin/ruff check pgqueue cli tests benchmarks examples scripts docs/_hooks

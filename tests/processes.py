@@ -20,14 +20,15 @@ FAST = ["--lease", "2", "--heartbeat", "0.5", "--poll-interval", "0.1"]
 class Workers:
     """Starts worker processes and makes sure none outlives the test."""
 
-    def __init__(self, dsn: str, logs: Path, app: str = "worker_app:app") -> None:
+    def __init__(self, dsn: str, logs: Path, app: str = "worker_app:app", env: dict[str, str] | None = None) -> None:
         self.dsn = dsn
+        self.env = env or {}
         self.logs = logs
         self.app = app
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, *args: str) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "PGQUEUE_DSN": self.dsn, "PYTHONPATH": str(ROOT / "tests")}
+        env = {**os.environ, "PGQUEUE_DSN": self.dsn, "PYTHONPATH": str(ROOT / "tests"), **self.env}
         log = open(self.logs / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen([sys.executable, "-m", "pgqueue_cli", "worker", self.app, *args],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)

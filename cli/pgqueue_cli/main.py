@@ -13,7 +13,8 @@ from pgqueue import PgQueue
 from pgqueue.codec import parse_json_object
 from pgqueue.config import describe_dsn, resolve_dsn
 from pgqueue.embedded import EmbeddedServer
-from pgqueue.migrations import check_schema, migrate, pending
+from pgqueue.migrations import apply_roles, check_schema, migrate, pending
+from pgqueue.sqlfiles import roles_sql
 
 from .common import dsn_option, friendly_errors, parse_when
 from .cron_cmd import cron_group
@@ -46,6 +47,21 @@ main.add_command(queue_group)
 main.add_command(dashboard_cmd)
 main.add_command(retention_group)
 main.add_command(prune_cmd)
+
+
+@main.command("roles")
+@dsn_option
+@click.option("--print", "print_only", is_flag=True, help="Print the SQL (sql/roles.sql) instead of running it.")
+@friendly_errors
+def roles_cmd(dsn: str | None, print_only: bool) -> None:
+    """Create the roles pgqueue_producer, pgqueue_worker and pgqueue_reader and grant them what
+    they need (run as the schema's owner, after each migrate; see docs/deployment.md)."""
+    if print_only:
+        click.echo(roles_sql(), nl=False)
+        return
+    app = PgQueue(dsn)
+    apply_roles(app.dsn)
+    click.echo(f"roles pgqueue_producer, pgqueue_worker, pgqueue_reader granted at {describe_dsn(app.dsn)}")
 
 
 @main.command("migrate")

@@ -70,7 +70,8 @@ class Worker:
         self.id = str(uuid.uuid4())
         self.db = Database(None, pool_size=MACHINERY_CONNECTIONS,
                            name=f"pgqueue-worker-{self.settings.name}", prepared_statements=False,
-                           checkout_timeout=max(2.0, self.settings.lease / 2))
+                           checkout_timeout=max(2.0, self.settings.lease / 2),
+                           listen_dsn=app.db.listen_setting)
         self._threads = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="pgqueue-task")
         self._executor = Executor(app, self._threads)
         self._running: dict[int, _Running] = {}

@@ -1,10 +1,10 @@
 -- Queries of the migration runner.
 
 -- name: lock
-SELECT pg_advisory_lock(hashtext('pgqueue.migrate'))
-
--- name: unlock
-SELECT pg_advisory_unlock(hashtext('pgqueue.migrate'))
+-- Transaction-level, taken first in each of migrate's transactions: a session lock would stay
+-- behind on a server connection of a transaction pooler (PgBouncer), which hands each
+-- transaction to whichever server connection is free.
+SELECT pg_advisory_xact_lock(hashtext('pgqueue.migrate'))
 
 -- name: create_ledger
 CREATE SCHEMA IF NOT EXISTS pgqueue;
@@ -19,6 +19,9 @@ SELECT to_regclass('pgqueue.schema_migrations') IS NOT NULL
 
 -- name: applied
 SELECT version FROM pgqueue.schema_migrations ORDER BY version
+
+-- name: is_applied
+SELECT EXISTS (SELECT FROM pgqueue.schema_migrations WHERE version = %s)
 
 -- name: record
 INSERT INTO pgqueue.schema_migrations (version, name) VALUES (%s, %s)
