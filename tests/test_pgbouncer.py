@@ -21,7 +21,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from topology import LOGINS, OWNER, PgBouncer, least_privilege_database, owned_database
 from topology_core import exercise_core
 
-from conftest import Server, bind
+from conftest import bind
 from pgqueue import PgQueue
 from pgqueue.config import connection_kwargs
 from pgqueue.database import Database
@@ -29,11 +29,12 @@ from pgqueue.errors import ConfigurationError
 from pgqueue.migrations import check_schema, migrate
 from pgqueue.runs import get_run_op
 from pgqueue.sqlfiles import migrations
+from pgqueue.testing import TestServer
 from processes import FAST, Workers
 
 
 @pytest.fixture(scope="module")
-def roles(pg_server: Server) -> Iterator[dict[str, str]]:
+def roles(pg_server: TestServer) -> Iterator[dict[str, str]]:
     """Every connection of these tests is a non-superuser's: the owner, producer and worker."""
     dsns = least_privilege_database(pg_server.admin_dsn, pg_server.dsn_for, f"t_bouncer_{uuid.uuid4().hex[:8]}")
     with psycopg.connect(dsns["admin"], autocommit=True) as conn:
@@ -44,7 +45,7 @@ def roles(pg_server: Server) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def bouncer(pg_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgBouncer]:
+def bouncer(pg_server: TestServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgBouncer]:
     params = conninfo_to_dict(pg_server.admin_dsn)
     proc = PgBouncer(tmp_path_factory.mktemp("pgbouncer"), int(params.get("port") or 5432),
                      users=[OWNER, *LOGINS.values()], pool_size=10)
@@ -77,7 +78,7 @@ def test_database_prepares_nothing_when_told_off(bouncer: PgBouncer, roles: dict
     through = bouncer.dsn_for(roles["producer"])
     db = Database(through, pool_size=1)
     try:
-        run = PgQueue(through).enqueue("nothing.here", {})
+        run = PgQueue(through).enqueue("nothing.here", {}, queue="default")
         with psycopg.connect(through, autocommit=True) as other:
             for _ in range(8):
                 db.execute(get_run_op(run.id))
@@ -88,7 +89,7 @@ def test_database_prepares_nothing_when_told_off(bouncer: PgBouncer, roles: dict
         db.close()
 
 
-def test_migrate_through_pgbouncer_concurrently(pg_server: Server, bouncer: PgBouncer, off: None) -> None:
+def test_migrate_through_pgbouncer_concurrently(pg_server: TestServer, bouncer: PgBouncer, off: None) -> None:
     """As the database's owner (no superuser), three migrate runs at once through PgBouncer."""
     admin = owned_database(pg_server.admin_dsn, pg_server.dsn_for, f"t_bouncer_migrate_{uuid.uuid4().hex[:8]}")
     try:

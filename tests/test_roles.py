@@ -16,18 +16,18 @@ import pytest
 from test_dashboard import request
 from topology import least_privilege_database
 
-from conftest import Server
 from pgqueue import PgQueue, RunStatus
 from pgqueue.dashboard import create_server
 from pgqueue.errors import MigrationFailed
 from pgqueue.migrations import apply_roles, check_schema, migrate
 from pgqueue.sqlfiles import roles_sql
+from pgqueue.testing import TestServer
 
 REFUSED = psycopg.errors.InsufficientPrivilege
 
 
 @pytest.fixture(scope="module")
-def roles(pg_server: Server) -> Iterator[dict[str, str]]:
+def roles(pg_server: TestServer) -> Iterator[dict[str, str]]:
     name = f"t_roles_{uuid.uuid4().hex[:8]}"
     dsns = least_privilege_database(pg_server.admin_dsn, pg_server.dsn_for, name)
     yield dsns
@@ -75,9 +75,9 @@ def test_roles_command(roles: dict[str, str], cli_env: dict[str, str]) -> None:
 
 def test_producer_enqueues_and_reads_only(roles: dict[str, str]) -> None:
     with PgQueue(roles["producer"]) as producer:
-        handle = producer.enqueue("somewhere.else", {"n": 1})
+        handle = producer.enqueue("somewhere.else", {"n": 1}, queue="default")
         assert handle.info().status == RunStatus.QUEUED
-        assert producer.enqueue_many("somewhere.else", [{"n": 2}, {"n": 3}])[1].status() == RunStatus.QUEUED
+        assert producer.enqueue_many("somewhere.else", [{"n": 2}, {"n": 3}], queue="default")[1].status() == RunStatus.QUEUED
         with pytest.raises(REFUSED):
             producer.cancel(handle.id)
         with pytest.raises(REFUSED):
@@ -96,7 +96,7 @@ def test_producer_enqueues_and_reads_only(roles: dict[str, str]) -> None:
 
 def test_reader_sees_the_dashboard_and_changes_nothing(roles: dict[str, str]) -> None:
     with PgQueue(roles["producer"]) as producer:
-        run = producer.enqueue("somewhere.else", {"n": 1})
+        run = producer.enqueue("somewhere.else", {"n": 1}, queue="default")
     server = create_server(roles["reader"], "127.0.0.1", 0, None)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -109,7 +109,7 @@ def test_reader_sees_the_dashboard_and_changes_nothing(roles: dict[str, str]) ->
     r = roles["reader"]
     refused(r, "SELECT pgqueue.cancel_run(%s)", (run.id,))
     refused(r, "SELECT pgqueue.pause_queue('default')")
-    refused(r, "SELECT * FROM pgqueue.enqueue('x', '{}')")
+    refused(r, "SELECT * FROM pgqueue.enqueue('x', '{}', queue => 'default')")
     refused(r, "UPDATE pgqueue.runs SET priority = 0")
     refused(r, "DELETE FROM pgqueue.runs")
     with psycopg.connect(r) as conn:
