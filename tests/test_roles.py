@@ -77,7 +77,8 @@ def test_producer_enqueues_and_reads_only(roles: dict[str, str]) -> None:
     with PgQueue(roles["producer"]) as producer:
         handle = producer.enqueue("somewhere.else", {"n": 1}, queue="default")
         assert handle.info().status == RunStatus.QUEUED
-        assert producer.enqueue_many("somewhere.else", [{"n": 2}, {"n": 3}], queue="default")[1].status() == RunStatus.QUEUED
+        handles = producer.enqueue_many("somewhere.else", [{"n": 2}, {"n": 3}], queue="default")
+        assert handles[1].status() == RunStatus.QUEUED
         with pytest.raises(REFUSED):
             producer.cancel(handle.id)
         with pytest.raises(REFUSED):
