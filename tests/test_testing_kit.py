@@ -262,7 +262,8 @@ def test_the_plugin_in_a_user_s_project(tmp_path: Path, pgqueue_server: TestServ
     """))
     env = {k: v for k, v in os.environ.items() if k not in ("PGQUEUE_DSN", "DATABASE_URL")}
     env["PGQUEUE_TEST_DSN"] = pgqueue_server.admin_dsn
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *_own_basetemp(tmp_path),
+                             str(tmp_path)],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
@@ -272,7 +273,8 @@ def test_the_fixture_without_the_ini_option_says_what_to_do(tmp_path: Path, pgqu
     (tmp_path / "test_bare.py").write_text("def test_it(pgqueue_app):\n    pass\n")
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     env = {**os.environ, "PGQUEUE_TEST_DSN": pgqueue_server.admin_dsn}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *_own_basetemp(tmp_path),
+                             str(tmp_path)],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
     assert result.returncode == 1
     assert "needs the ini option pgqueue_app = 'module:app'" in result.stdout
@@ -299,3 +301,10 @@ def test_bound_points_the_app_back_where_it_was(pgqueue_dsn: str) -> None:
         assert inside.dsn == pgqueue_dsn
         assert call(inside, ping) == "pong"
     assert other.dsn == "postgresql://nobody@db.invalid/elsewhere"
+
+
+def _own_basetemp(tmp_path: Path) -> list[str]:
+    """A pytest started by a test gets a temp folder of its own: with pytest's default one, it
+    would rotate the numbered folders of /tmp/pytest-of-<user> and delete the running suite's
+    (the embedded server's data folder with it)."""
+    return [f"--basetemp={tmp_path.parent / (tmp_path.name + '-inner')}"]
