@@ -8,7 +8,7 @@ the two handle classes only block or await.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .codec import decoded
@@ -16,6 +16,7 @@ from .database import DONE_CHANNEL
 from .errors import RunFailed
 from .runs import RunInfo, get_run_op
 from .status import RunStatus
+from .streams import Chunk, Following, Progress, follow_op, reader_channels, stream_state_op
 
 if TYPE_CHECKING:
     from .database import Database
@@ -95,6 +96,27 @@ class RunHandle(_HandleBase[R]):
                 for _ in conn.notifies(timeout=wait, stop_after=1):
                     pass
 
+    def progress(self) -> Progress | None:
+        """The latest progress the run reported (`ctx.progress`), or None."""
+        return self.db.execute(stream_state_op(self.id)).progress
+
+    def stream(self, offset: int = 0, *, timeout: float | None = None) -> Iterator[Chunk]:
+        """The chunks the run streams (`ctx.stream`), from `offset` (0: from the start, also
+        for a run that already finished), as they come; ends once the run is final and every
+        chunk was given. Each chunk carries its attempt: a retried run's stream holds the
+        earlier attempts' chunks, then the new attempt's. To resume after a disconnect, pass
+        the last chunk's offset + 1. TimeoutError after `timeout` seconds."""
+        following = Following(offset, timeout)
+        with self.db.listen(*reader_channels(self.id)) as conn:
+            while True:
+                page = self.db.execute(follow_op(self.id, following.offset))
+                yield from following.took(page)
+                if (wait := following.wait(page)) is None:
+                    return
+                if wait:
+                    for _ in conn.notifies(timeout=wait, stop_after=1):
+                        pass
+
 
 class AsyncRunHandle(_HandleBase[R]):
     """A run, seen from async code: the methods of `RunHandle`, awaited."""
@@ -118,3 +140,20 @@ class AsyncRunHandle(_HandleBase[R]):
                     return info
                 async for _ in conn.notifies(timeout=wait, stop_after=1):
                     pass
+
+    async def progress(self) -> Progress | None:
+        return (await self.db.execute_async(stream_state_op(self.id))).progress
+
+    async def stream(self, offset: int = 0, *, timeout: float | None = None) -> AsyncIterator[Chunk]:
+        """`RunHandle.stream` as an async iterator: `async for chunk in handle.stream(): ...`."""
+        following = Following(offset, timeout)
+        async with self.db.listen_async(*reader_channels(self.id)) as conn:
+            while True:
+                page = await self.db.execute_async(follow_op(self.id, following.offset))
+                for chunk in following.took(page):
+                    yield chunk
+                if (wait := following.wait(page)) is None:
+                    return
+                if wait:
+                    async for _ in conn.notifies(timeout=wait, stop_after=1):
+                        pass

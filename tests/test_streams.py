@@ -1,0 +1,154 @@
+"""Streaming and progress in-process: order, readers from an offset, limits, progress."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from conftest import bind, running_worker
+from pgqueue import PgQueue
+from pgqueue.errors import InvalidInput, RunNotFound
+from pgqueue.streams import Chunk
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def streams(dsn: str) -> Iterator[Any]:
+    import stream_app
+
+    bind(stream_app.app, dsn)
+    yield stream_app
+    bind(stream_app.app, None)
+
+
+def stored(dsn: str, run_id: int) -> list[tuple[int, int, Any]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute('SELECT "offset", attempt, data FROM pgqueue.stream_chunks WHERE run_id = %s'
+                            ' ORDER BY "offset"', (run_id,)).fetchall()
+
+
+def triples(chunks: list[Chunk]) -> list[tuple[int, int, Any]]:
+    return [(c.offset, c.attempt, c.data) for c in chunks]
+
+
+async def test_a_reader_following_a_run_gets_every_chunk_in_order(streams: Any, dsn: str) -> None:
+    handle = await streams.tokens.enqueue_async(n=200, pause=0.002)
+    got: list[Chunk] = []
+    async with running_worker(streams.app):
+        reading = asyncio.create_task(_collect(handle.stream(), got))
+        assert await handle.result(timeout=30) == 200
+        await asyncio.wait_for(reading, 30)  # ends by itself once the run is final
+    assert [c.data for c in got] == [f"t{i} " for i in range(200)]
+    assert [c.offset for c in got] == list(range(200)) and {c.attempt for c in got} == {1}
+    assert triples(got) == stored(dsn, handle.id)
+    progress = await handle.progress()
+    assert progress is not None
+    assert (progress.done, progress.total, progress.message) == (200, 200, "token 200 of 200")
+    assert progress.fraction == 1.0
+
+
+async def _collect(chunks: Any, into: list[Chunk]) -> None:
+    async for chunk in chunks:
+        into.append(chunk)
+
+
+async def test_late_readers_replay_from_the_start_or_an_offset(streams: Any, dsn: str) -> None:
+    handle = streams.json_chunks.enqueue(n=50)
+    async with running_worker(streams.app):
+        await asyncio.to_thread(handle.result, 30)
+    expected = [{"i": i, "partial": [i] * (i % 3)} for i in range(50)]
+    everything = await asyncio.to_thread(lambda: list(handle.stream()))
+    assert [c.data for c in everything] == expected
+    suffix = await asyncio.to_thread(lambda: list(handle.stream(37)))
+    assert [c.offset for c in suffix] == list(range(37, 50)) and [c.data for c in suffix] == expected[37:]
+    assert await asyncio.to_thread(lambda: list(handle.stream(50))) == []
+    progress = handle.progress()
+    assert progress is not None and (progress.done, progress.total, progress.message) == (50, None, "all sent")
+    assert progress.fraction is None
+
+
+async def test_chunks_streamed_before_a_durable_sleep_are_kept(streams: Any) -> None:
+    handle = await streams.stream_around_sleep.enqueue_async(n=3)
+    async with running_worker(streams.app):
+        assert await handle.result(timeout=30) == "ok"
+    chunks = [c async for c in handle.stream()]
+    # the run executed twice (before and after its sleep); the replay streams its first part again
+    assert [c.data for c in chunks] == ["before 0", "before 1", "before 2",
+                                        "before 0", "before 1", "before 2", "after"]
+    assert [c.offset for c in chunks] == list(range(7))
+
+
+async def test_sync_task_chunks_from_its_thread(streams: Any) -> None:
+    handle = await streams.sync_tokens.enqueue_async(n=300)
+    async with running_worker(streams.app, concurrency=2):
+        assert await handle.result(timeout=30) == 300
+    assert [c.data async for c in handle.stream()] == [f"t{i} " for i in range(300)]
+
+
+async def test_an_oversized_chunk_fails_the_run_with_a_clear_error(streams: Any) -> None:
+    handle = await streams.oversized.enqueue_async(size=70_000)
+    async with running_worker(streams.app):
+        info = await handle.wait(timeout=30)
+    assert info.status == "failed"
+    assert info.error is not None and info.error["type"] == "InputTooLarge"
+    assert "a stream chunk is 70002 bytes, over the limit of 65536 bytes" in info.error["message"]
+    assert [c.data async for c in handle.stream()] == ["small"]  # what came before it is kept
+
+
+async def test_chunks_per_run_are_bounded_by_the_database(streams: Any, dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE pgqueue.settings SET value = 10 WHERE name = 'max_stream_chunks'")
+    try:
+        handle = await streams.many.enqueue_async(n=25)
+        async with running_worker(streams.app):
+            info = await handle.wait(timeout=30)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("UPDATE pgqueue.settings SET value = 100000 WHERE name = 'max_stream_chunks'")
+    assert info.status == "failed" and info.error is not None
+    assert info.error["type"] == "StreamLimitExceeded"
+    assert "streamed more than 10 chunks" in info.error["message"]
+    assert [c.data async for c in handle.stream()] == list(range(10))
+
+
+def test_unknown_run_and_bad_offset_get_clear_errors(app: PgQueue) -> None:
+    with pytest.raises(RunNotFound, match="no run with id 987654321"):
+        list(app.get_run(987654321).stream())
+    with pytest.raises(RunNotFound):
+        app.get_run(987654321).progress()
+    with psycopg.connect(app.dsn) as conn, pytest.raises(psycopg.Error, match="no run with id 987654321"):
+        conn.execute("SELECT * FROM pgqueue.read_stream(987654321)")
+
+
+def test_negative_offset_is_refused(streams: Any) -> None:
+    handle = streams.json_chunks.enqueue(n=1)
+    with pytest.raises(InvalidInput, match="offset must be an int of 0 or more"):
+        list(handle.stream(-1))
+
+
+async def test_a_reader_times_out_on_a_run_that_does_not_end(streams: Any) -> None:
+    handle = await streams.tokens.enqueue_async(n=1)  # no worker: it never starts
+    with pytest.raises(TimeoutError):
+        async for _ in handle.stream(timeout=0.3):
+            pass
+
+
+def test_a_sync_reader_in_a_thread_follows_the_stream(streams: Any) -> None:
+    handle = streams.tokens.enqueue(n=100, pause=0.005)
+    got: list[Chunk] = []
+    reader = threading.Thread(target=lambda: got.extend(handle.stream(timeout=60)))
+    reader.start()
+
+    async def work() -> None:
+        async with running_worker(streams.app):
+            await asyncio.to_thread(handle.result, 30)
+    asyncio.run(work())
+    reader.join(60)
+    assert not reader.is_alive()
+    assert [c.data for c in got] == [f"t{i} " for i in range(100)]
