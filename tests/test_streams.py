@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from conftest import bind, running_worker
 from pgqueue import PgQueue
 from pgqueue.errors import InvalidInput, RunNotFound
+from pgqueue.sqlfiles import query
 from pgqueue.streams import Chunk
 
 pytestmark = pytest.mark.timeout(120)
@@ -152,3 +154,58 @@ def test_a_sync_reader_in_a_thread_follows_the_stream(streams: Any) -> None:
     reader.join(60)
     assert not reader.is_alive()
     assert [c.data for c in got] == [f"t{i} " for i in range(100)]
+
+
+# -- the fence: a zombie attempt writes nothing ------------------------------------------------
+
+FENCE_QUEUE = "stream_fences"
+
+
+def _claimed(conn: psycopg.Connection[Any]) -> tuple[int, int, str]:
+    """A run of its own queue claimed by a new worker id, its lease already run out."""
+    conn.execute("INSERT INTO pgqueue.tasks (name) VALUES ('fenced_stream') ON CONFLICT DO NOTHING")
+    [(run_id,)] = conn.execute("SELECT pgqueue.enqueue('fenced_stream', '{}', queue => %s)",
+                               (FENCE_QUEUE,)).fetchall()
+    worker = str(uuid.uuid4())
+    [(claimed, attempt)] = conn.execute("SELECT id, attempt FROM pgqueue.claim(%s, %s, 1, 30)",
+                                        (worker, [FENCE_QUEUE])).fetchall()
+    assert claimed == run_id
+    conn.execute("UPDATE pgqueue.runs SET lease_expires_at = now() - interval '1 second' WHERE id = %s", (run_id,))
+    return run_id, attempt, worker
+
+
+def _write(conn: psycopg.Connection[Any], worker: str, run_id: int, attempt: int, chunks: list[str]) -> tuple[Any, ...]:
+    row = conn.execute("SELECT written, taken_over, length FROM pgqueue.write_stream(%s, %s, %s, %s)",
+                       (worker, [run_id] * len(chunks), [attempt] * len(chunks), chunks)).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def _rescue(conn: psycopg.Connection[Any]) -> list[int]:
+    return [r[0] for r in conn.execute(query("worker.rescue"), {"max_recoveries": 10}).fetchall()]
+
+
+def test_a_zombie_attempt_streams_nothing_after_its_run_was_taken_over(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM pgqueue.ready WHERE queue = %s", (FENCE_QUEUE,))
+        run_id, attempt, zombie = _claimed(conn)
+        assert _write(conn, zombie, run_id, attempt, ['"a"', '"b"']) == (2, False, 2)
+        assert run_id in _rescue(conn)
+        heir = str(uuid.uuid4())
+        [(_, attempt2)] = conn.execute("SELECT id, attempt FROM pgqueue.claim(%s, %s, 1, 30)",
+                                       (heir, [FENCE_QUEUE])).fetchall()
+        assert _write(conn, zombie, run_id, attempt, ['"late"']) == (0, True, None)
+        assert _write(conn, heir, run_id, attempt2, ['"c"']) == (1, False, 3)
+        assert stored(dsn, run_id) == [(0, attempt, "a"), (1, attempt, "b"), (2, attempt2, "c")]
+
+
+def test_a_rescue_waits_for_chunks_being_written_then_takes_the_run(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as writer, psycopg.connect(dsn, autocommit=True) as rescuer:
+        writer.execute("DELETE FROM pgqueue.ready WHERE queue = %s", (FENCE_QUEUE,))
+        run_id, attempt, worker = _claimed(writer)
+        with writer.transaction():
+            assert _write(writer, worker, run_id, attempt, ['"kept"']) == (1, False, 1)
+            # the fence holds the run row: the rescue skips it (SKIP LOCKED) until the chunks commit
+            assert run_id not in _rescue(rescuer)
+        assert run_id in _rescue(rescuer)
+        assert stored(dsn, run_id) == [(0, attempt, "kept")]
