@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -16,6 +19,7 @@ from pgqueue import PgQueue
 from pgqueue.errors import InvalidInput, RunNotFound
 from pgqueue.sqlfiles import query
 from pgqueue.streams import Chunk
+from pgqueue_cli.tail_cmd import printable
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -209,3 +213,50 @@ def test_a_rescue_waits_for_chunks_being_written_then_takes_the_run(dsn: str) ->
             assert run_id not in _rescue(rescuer)
         assert run_id in _rescue(rescuer)
         assert stored(dsn, run_id) == [(0, attempt, "kept")]
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+
+def pgqueue_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pgqueue_cli", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+async def test_cli_tail_follows_a_run_then_replays_it_and_show_has_progress(streams: Any,
+                                                                           cli_env: dict[str, str]) -> None:
+    handle = await streams.tokens.enqueue_async(n=40, pause=0.01)
+    follower = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pgqueue_cli", "runs", "tail", str(handle.id), "--timeout", "60", env=cli_env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with running_worker(streams.app):
+        assert await handle.result(timeout=30) == 40
+        out, err = await asyncio.wait_for(follower.communicate(), 60)
+    expected = "".join(f"t{i} " for i in range(40))
+    assert (follower.returncode, out.decode(), err.decode()) == (0, expected, "")
+
+    again = await asyncio.to_thread(pgqueue_cli, "runs", "tail", str(handle.id), "--from", "38", "--json",
+                                    env=cli_env)
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(line) for line in again.stdout.splitlines()] == [
+        {"offset": 38, "attempt": 1, "data": "t38 "}, {"offset": 39, "attempt": 1, "data": "t39 "}]
+    stored_only = await asyncio.to_thread(pgqueue_cli, "runs", "tail", str(handle.id), "--no-follow", env=cli_env)
+    assert stored_only.stdout == expected
+
+    show = await asyncio.to_thread(pgqueue_cli, "runs", "show", str(handle.id), env=cli_env)
+    assert "progress  40/40 (100%)  token 40 of 40  (attempt 1," in show.stdout, show.stdout
+    assert f"stream    40 chunk(s)  (pgqueue runs tail {handle.id})" in show.stdout
+    shown = json.loads((await asyncio.to_thread(pgqueue_cli, "runs", "show", str(handle.id), "--json",
+                                                env=cli_env)).stdout)
+    assert shown["stream_chunks"] == 40 and shown["progress"]["message"] == "token 40 of 40"
+
+
+def test_cli_tail_of_an_unknown_run_is_one_line_of_error(cli_env: dict[str, str]) -> None:
+    result = pgqueue_cli("runs", "tail", "987654321", env=cli_env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("Error: no run with id 987654321")
+
+
+def test_streamed_text_cannot_drive_the_terminal() -> None:
+    assert printable("ok\n\tnext \x1b[2J\x07") == "ok\n\tnext \\x1b[2J\\x07"
