@@ -16,7 +16,7 @@ from .database import DONE_CHANNEL
 from .errors import RunFailed
 from .runs import RunInfo, get_run_op
 from .status import RunStatus
-from .streams import Chunk, Following, Progress, follow_op, reader_channels, stream_state_op
+from .streams import Chunk, Following, Page, Progress, follow_op, reader_channels, stream_state_op
 
 if TYPE_CHECKING:
     from .database import Database
@@ -106,11 +106,18 @@ class RunHandle(_HandleBase[R]):
         chunk was given. Each chunk carries its attempt: a retried run's stream holds the
         earlier attempts' chunks, then the new attempt's. To resume after a disconnect, pass
         the last chunk's offset + 1. TimeoutError after `timeout` seconds."""
+        for page in self.follow(offset, timeout=timeout):
+            yield from page.chunks
+
+    def follow(self, offset: int = 0, *, timeout: float | None = None) -> Iterator[Page]:
+        """`stream` page by page, each with the run's status and progress read with it (also
+        pages without chunks, at each signal or poll): for readers that show progress too."""
         following = Following(offset, timeout)
         with self.db.listen(*reader_channels(self.id)) as conn:
             while True:
                 page = self.db.execute(follow_op(self.id, following.offset))
-                yield from following.took(page)
+                following.took(page)
+                yield page
                 if (wait := following.wait(page)) is None:
                     return
                 if wait:
@@ -146,12 +153,18 @@ class AsyncRunHandle(_HandleBase[R]):
 
     async def stream(self, offset: int = 0, *, timeout: float | None = None) -> AsyncIterator[Chunk]:
         """`RunHandle.stream` as an async iterator: `async for chunk in handle.stream(): ...`."""
+        async for page in self.follow(offset, timeout=timeout):
+            for chunk in page.chunks:
+                yield chunk
+
+    async def follow(self, offset: int = 0, *, timeout: float | None = None) -> AsyncIterator[Page]:
+        """`RunHandle.follow` as an async iterator."""
         following = Following(offset, timeout)
         async with self.db.listen_async(*reader_channels(self.id)) as conn:
             while True:
                 page = await self.db.execute_async(follow_op(self.id, following.offset))
-                for chunk in following.took(page):
-                    yield chunk
+                following.took(page)
+                yield page
                 if (wait := following.wait(page)) is None:
                     return
                 if wait:

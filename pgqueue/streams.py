@@ -138,6 +138,8 @@ class Page:
     chunks: list[Chunk]
     #: the run was final before the chunks were read, and they were all of them
     ended: bool
+    #: the run's status and progress, read just before the chunks
+    state: StreamState
 
 
 def follow_op(run_id: int, offset: int) -> Op[Page]:
@@ -145,7 +147,7 @@ def follow_op(run_id: int, offset: int) -> Op[Page]:
     commits a run's chunks before its outcome, so a run seen final has all its chunks visible."""
     state = yield from stream_state_op(run_id)
     chunks = yield from read_chunks_op(run_id, offset)
-    return Page(chunks, state.final and len(chunks) < PAGE)
+    return Page(chunks, state.final and len(chunks) < PAGE, state)
 
 
 class Following:
