@@ -143,6 +143,19 @@ class RunContext:
             with engine_call(f"run {self.run_id}'s stream"):
                 self._stream.flush_sync(self.run_id, self.attempt)
 
+    def _stream_flush(self) -> Callable[[], Awaitable[None]] | None:
+        """What a step awaits before its checkpoint: storing what its function streamed."""
+        if self._stream is None:
+            return None
+        sink, run_id, attempt = self._stream, self.run_id, self.attempt
+        return lambda: sink.flush(run_id, attempt)
+
+    def _stream_flush_sync(self) -> Callable[[], None] | None:
+        if self._stream is None:
+            return None
+        sink, run_id, attempt = self._stream, self.run_id, self.attempt
+        return lambda: sink.flush_sync(run_id, attempt)
+
     # Each durable operation runs in one transaction; the twins below only block or await it.
     # The stream is flushed first: once the run suspends, this attempt may write nothing more.
 
@@ -176,11 +189,13 @@ class RunContext:
         failure propagates and the task's policy applies. `timeout`: seconds, async `fn` only.
         Calls in a loop get distinct keys (name#0, name#1, ...).
         """
-        return await run_step(self.database(), self.durable(), name, fn, args, retry, timeout)
+        return await run_step(self.database(), self.durable(), name, fn, args, retry, timeout,
+                              before_checkpoint=self._stream_flush())
 
     def step_sync(self, name: str, fn: Callable[..., T], *args: Any, retry: Retry | None = None) -> T:
         """`step` for sync tasks."""
-        return cast(T, run_step_sync(self.database(), self.durable(), name, fn, args, retry))
+        return cast(T, run_step_sync(self.database(), self.durable(), name, fn, args, retry,
+                                     before_checkpoint=self._stream_flush_sync()))
 
     async def step_in_transaction(self, name: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run `await fn(conn, *args)` in a transaction that also records the step: the
@@ -197,7 +212,8 @@ class RunContext:
                 conn = await stack.enter_async_context((await db.async_pool()).connection())
             with engine_call(what, conn):  # the commit, or the connection lost under `fn`
                 async with conn.transaction():
-                    return cast(T, await run_step(db, self.durable(), name, fn, (conn, *args), None, None, conn))
+                    return cast(T, await run_step(db, self.durable(), name, fn, (conn, *args), None, None, conn,
+                                                  self._stream_flush()))
         raise AssertionError("unreachable")
 
     def step_in_transaction_sync(self, name: str, fn: Callable[..., T], *args: Any) -> T:
@@ -207,7 +223,8 @@ class RunContext:
             with engine_call(what):
                 conn = stack.enter_context(db.pool().connection())
             with engine_call(what, conn), conn.transaction():
-                return cast(T, run_step_sync(db, self.durable(), name, fn, (conn, *args), None, conn))
+                return cast(T, run_step_sync(db, self.durable(), name, fn, (conn, *args), None, conn,
+                                             self._stream_flush_sync()))
         raise AssertionError("unreachable")
 
     # -- child runs ------------------------------------------------------------------------

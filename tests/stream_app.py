@@ -69,3 +69,21 @@ def sync_tokens(n: int, pause: float = 0.0) -> int:
         if pause:
             time.sleep(pause)
     return n
+
+
+async def generate(n: int) -> str:
+    """A step's function streaming what it produces (an LLM call, say)."""
+    ctx = current_run()
+    for i in range(n):
+        ctx.stream(f"step {i}")
+    return "generated"
+
+
+@app.task()
+async def stream_in_step(n: int) -> str:
+    """Streams from inside a step (once per run) and from its body (again at each execution)."""
+    ctx = current_run()
+    ctx.stream("body")
+    await ctx.step("generate", generate, n)
+    await ctx.sleep(0.1)
+    return "ok"

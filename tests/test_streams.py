@@ -90,6 +90,17 @@ async def test_chunks_streamed_before_a_durable_sleep_are_kept(streams: Any) -> 
     assert [c.offset for c in chunks] == list(range(7))
 
 
+async def test_what_a_step_streams_is_stored_once_replays_skip_it(streams: Any) -> None:
+    handle = await streams.stream_in_step.enqueue_async(n=3)
+    async with running_worker(streams.app):
+        assert await handle.result(timeout=30) == "ok"
+    chunks = [c async for c in handle.stream()]
+    # execution 1: body, the step's chunks (stored before its checkpoint), sleep; execution 2
+    # replays: the body streams again, the completed step does not run
+    assert [(c.attempt, c.data) for c in chunks] == [(1, "body"), (1, "step 0"), (1, "step 1"), (1, "step 2"),
+                                                     (2, "body")]
+
+
 async def test_sync_task_chunks_from_its_thread(streams: Any) -> None:
     handle = await streams.sync_tokens.enqueue_async(n=300)
     async with running_worker(streams.app, concurrency=2):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..database import CONNECTION_ERRORS, Database
-from ..errors import DatabaseInterrupted, InputTooLarge, StreamLimitExceeded
+from ..errors import DatabaseInterrupted, InputTooLarge, PgQueueError, StreamLimitExceeded
 from ..ops import Op, statement
 
 log = logging.getLogger("pgqueue.worker")
@@ -100,6 +100,20 @@ class StreamWriter:
             raise state.error
 
     def flush_sync(self, run_id: int, attempt: int) -> None:
+        with self._lock:
+            state = self._attempts.get((run_id, attempt))
+            idle = (run_id, attempt) not in self._progress and (state is None or state.processed >= state.queued)
+        if idle:
+            if state is not None and state.error is not None:
+                raise state.error
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:  # waiting here would block the loop that writes the chunks
+            raise PgQueueError("a sync step or flush_stream_sync() in an async task would wait for the stream on "
+                               "the event loop it blocks; use await ctx.step(...) / await ctx.flush_stream()")
         asyncio.run_coroutine_threadsafe(self.flush(run_id, attempt), self._loop).result()
 
     async def finish(self, run_id: int, attempt: int) -> None:
