@@ -109,8 +109,8 @@ class RunContext:
 
     def _sink(self) -> StreamSink:
         if self._stream is None:
-            raise PgQueueError("streaming and progress need a run executed by a worker (pgqueue.testing.drain "
-                               "runs tasks through the real worker)")
+            raise PgQueueError("streaming and progress need a run executed by a worker (in tests: "
+                               "pgqueue.testing.call or drain)")
         return self._stream
 
     def stream(self, chunk: Any) -> None:

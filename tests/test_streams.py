@@ -19,6 +19,7 @@ from pgqueue import PgQueue
 from pgqueue.errors import InvalidInput, RunNotFound
 from pgqueue.sqlfiles import query
 from pgqueue.streams import Chunk
+from pgqueue.testing import call
 from pgqueue_cli.tail_cmd import printable
 
 pytestmark = pytest.mark.timeout(120)
@@ -99,6 +100,15 @@ async def test_what_a_step_streams_is_stored_once_replays_skip_it(streams: Any) 
     # replays: the body streams again, the completed step does not run
     assert [(c.attempt, c.data) for c in chunks] == [(1, "body"), (1, "step 0"), (1, "step 1"), (1, "step 2"),
                                                      (2, "body")]
+
+
+def test_testing_call_streams_like_a_worker(streams: Any, dsn: str) -> None:
+    assert call(streams.app, streams.json_chunks, n=4) == 4
+    with psycopg.connect(dsn) as conn:
+        [(run_id,)] = conn.execute("SELECT max(id) FROM pgqueue.runs WHERE task = 'json_chunks'").fetchall()
+    assert [d for _, _, d in stored(dsn, run_id)] == [{"i": i, "partial": [i] * (i % 3)} for i in range(4)]
+    progress = streams.app.get_run(run_id).progress()
+    assert progress is not None and progress.message == "all sent"
 
 
 async def test_sync_task_chunks_from_its_thread(streams: Any) -> None:
