@@ -16,9 +16,10 @@ import pytest
 
 from conftest import bind, running_worker
 from pgqueue import PgQueue
-from pgqueue.errors import InvalidInput, RunNotFound
+from pgqueue.dashboard.sse import first_offset
+from pgqueue.errors import InputTooLarge, InvalidInput, RunNotFound
 from pgqueue.sqlfiles import query
-from pgqueue.streams import Chunk
+from pgqueue.streams import Chunk, check_progress, encode_chunk
 from pgqueue.testing import call
 from pgqueue_cli.tail_cmd import printable
 
@@ -281,3 +282,41 @@ def test_cli_tail_of_an_unknown_run_is_one_line_of_error(cli_env: dict[str, str]
 
 def test_streamed_text_cannot_drive_the_terminal() -> None:
     assert printable("ok\n\tnext \x1b[2J\x07") == "ok\n\tnext \\x1b[2J\\x07"
+
+
+# -- the pure parts ----------------------------------------------------------------------------
+
+
+def test_chunks_and_progress_are_checked_before_they_are_queued() -> None:
+    assert encode_chunk("héllo", 100) == '"héllo"' and encode_chunk({"a": [1, None]}, 100) == '{"a":[1,null]}'
+    with pytest.raises(InvalidInput, match="a stream chunk must be a str or a JSON value"):
+        encode_chunk({1, 2}, 100)
+    with pytest.raises(InvalidInput, match="a stream chunk must be a str or a JSON value"):
+        encode_chunk(float("nan"), 100)
+    with pytest.raises(InputTooLarge, match="a stream chunk is 8 bytes, over the limit of 6 bytes"):
+        encode_chunk("ééé", 6)  # UTF-8 bytes of the JSON text, as the database counts them
+    deep: Any = []
+    for _ in range(70):
+        deep = [deep]
+    with pytest.raises(InvalidInput, match="nests objects and arrays 71 levels deep, over the limit of 64"):
+        encode_chunk(deep, 10_000)
+    check_progress(3, 10, "ok")
+    check_progress(0.5, None, None)
+    for done, total, message, fragment in [(float("nan"), 1, None, "done must be a finite number"),
+                                           (1, float("inf"), None, "total must be a finite number"),
+                                           (True, 1, None, "done must be a finite number"),
+                                           ("3", 1, None, "done must be a finite number"),
+                                           (1, 1, 5, "message must be a str"),
+                                           (1, 1, "x" * 1001, "at most 1000 characters")]:
+        with pytest.raises(InvalidInput, match=fragment):
+            check_progress(done, total, message)
+
+
+def test_sse_offsets_from_the_query_or_last_event_id() -> None:
+    assert first_offset({}, {}) == 0
+    assert first_offset({"offset": "12"}, {}) == 12
+    assert first_offset({"offset": "12"}, {"last-event-id": "40"}) == 41  # a reconnecting browser wins
+    for params, headers in [({"offset": "-1"}, {}), ({"offset": "1e3"}, {}), ({}, {"last-event-id": "x"}),
+                           ({"offset": "١٢"}, {})]:
+        with pytest.raises(ValueError):
+            first_offset(params, headers)
