@@ -20,6 +20,7 @@ from .errors import (
     RunNotFound,
     SchemaMissing,
     SchemaOutdated,
+    StreamLimitExceeded,
     TaskCancelled,
     TaskDefinitionError,
     UnknownTask,
@@ -31,6 +32,7 @@ from .hooks import AttemptFinished, AttemptStarted, Hooks, RunFinished
 from .retry import Retry
 from .runs import RunInfo
 from .status import RunStatus
+from .streams import Chunk, Progress
 from .task import Task, TaskCall
 from .workflow import Workflow
 
@@ -40,6 +42,7 @@ __all__ = [
     "AttemptStarted",
     "ChildRunError",
     "ChildRunFailed",
+    "Chunk",
     "Concurrency",
     "ConfigurationError",
     "DatabaseInterrupted",
@@ -51,6 +54,7 @@ __all__ = [
     "NonDeterminismError",
     "PgQueue",
     "PgQueueError",
+    "Progress",
     "RateLimit",
     "RateLimited",
     "Retry",
@@ -65,6 +69,7 @@ __all__ = [
     "Schedule",
     "SchemaMissing",
     "SchemaOutdated",
+    "StreamLimitExceeded",
     "Task",
     "TaskCall",
     "TaskCancelled",

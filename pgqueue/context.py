@@ -18,6 +18,7 @@ from .errors import ConfigurationError, PgQueueError, TaskCancelled
 from .ops import Op
 from .retry import Retry
 from .steps import run_step, run_step_sync
+from .streams import StreamSink, check_progress, encode_chunk
 
 if TYPE_CHECKING:
     from .task import Task
@@ -45,6 +46,7 @@ class RunContext:
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _durable: Durable | None = field(default=None, repr=False)
     _writer: CheckpointWriter | None = field(default=None, repr=False)
+    _stream: StreamSink | None = field(default=None, repr=False)
     _logs: list[str] = field(default_factory=list, repr=False)
     _log_bytes: int = field(default=0, repr=False)
     _logs_dropped: int = field(default=0, repr=False)
@@ -103,14 +105,68 @@ class RunContext:
             raise PgQueueError("durable steps need a run executed by a worker")
         return self.db
 
+    # -- streaming and progress --------------------------------------------------------------
+
+    def _sink(self) -> StreamSink:
+        if self._stream is None:
+            raise PgQueueError("streaming and progress need a run executed by a worker (in tests: "
+                               "pgqueue.testing.call or drain)")
+        return self._stream
+
+    def stream(self, chunk: Any) -> None:
+        """Append `chunk` (a str, e.g. LLM tokens, or any JSON value, e.g. partial JSON) to the
+        run's stream, for `handle.stream()`, `pgqueue runs tail` and the dashboard to show as it
+        comes. Returns at once (from async or sync code): the worker writes chunks in batches,
+        in order, before the run suspends or finishes. A chunk over the size limit (64 KiB of
+        JSON by default) raises InputTooLarge; past the chunk count limit (100,000 per run by
+        default) a later call raises StreamLimitExceeded."""
+        sink = self._sink()
+        sink.add(self.run_id, self.attempt, encode_chunk(chunk, sink.max_chunk_bytes))
+
+    def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
+        """Report progress: `done` out of `total` (None: unknown), with a short `message`
+        (at most 1,000 characters). Only the latest report is kept; returns at once."""
+        check_progress(done, total, message)
+        self._sink().set_progress(self.run_id, self.attempt, float(done),
+                                  None if total is None else float(total), message)
+
+    async def flush_stream(self) -> None:
+        """Wait until what this attempt streamed so far is stored (readers can see it); raises
+        what refused it."""
+        if self._stream is not None:
+            with engine_call(f"run {self.run_id}'s stream"):
+                await self._stream.flush(self.run_id, self.attempt)
+
+    def flush_stream_sync(self) -> None:
+        """`flush_stream` for sync tasks."""
+        if self._stream is not None:
+            with engine_call(f"run {self.run_id}'s stream"):
+                self._stream.flush_sync(self.run_id, self.attempt)
+
+    def _stream_flush(self) -> Callable[[], Awaitable[None]] | None:
+        """What a step awaits before its checkpoint: storing what its function streamed."""
+        if self._stream is None:
+            return None
+        sink, run_id, attempt = self._stream, self.run_id, self.attempt
+        return lambda: sink.flush(run_id, attempt)
+
+    def _stream_flush_sync(self) -> Callable[[], None] | None:
+        if self._stream is None:
+            return None
+        sink, run_id, attempt = self._stream, self.run_id, self.attempt
+        return lambda: sink.flush_sync(run_id, attempt)
+
     # Each durable operation runs in one transaction; the twins below only block or await it.
+    # The stream is flushed first: once the run suspends, this attempt may write nothing more.
 
     async def _durably(self, op: Op[T]) -> T:
+        await self.flush_stream()
         with engine_call(f"run {self.run_id}'s durable operation"):
             done = await self.database().execute_async(op, transaction=True)
         return raise_if_suspended(done)
 
     def _durably_sync(self, op: Op[T]) -> T:
+        self.flush_stream_sync()
         with engine_call(f"run {self.run_id}'s durable operation"):
             done = self.database().execute(op, transaction=True)
         return raise_if_suspended(done)
@@ -133,11 +189,13 @@ class RunContext:
         failure propagates and the task's policy applies. `timeout`: seconds, async `fn` only.
         Calls in a loop get distinct keys (name#0, name#1, ...).
         """
-        return await run_step(self.database(), self.durable(), name, fn, args, retry, timeout)
+        return await run_step(self.database(), self.durable(), name, fn, args, retry, timeout,
+                              before_checkpoint=self._stream_flush())
 
     def step_sync(self, name: str, fn: Callable[..., T], *args: Any, retry: Retry | None = None) -> T:
         """`step` for sync tasks."""
-        return cast(T, run_step_sync(self.database(), self.durable(), name, fn, args, retry))
+        return cast(T, run_step_sync(self.database(), self.durable(), name, fn, args, retry,
+                                     before_checkpoint=self._stream_flush_sync()))
 
     async def step_in_transaction(self, name: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run `await fn(conn, *args)` in a transaction that also records the step: the
@@ -154,7 +212,8 @@ class RunContext:
                 conn = await stack.enter_async_context((await db.async_pool()).connection())
             with engine_call(what, conn):  # the commit, or the connection lost under `fn`
                 async with conn.transaction():
-                    return cast(T, await run_step(db, self.durable(), name, fn, (conn, *args), None, None, conn))
+                    return cast(T, await run_step(db, self.durable(), name, fn, (conn, *args), None, None, conn,
+                                                  self._stream_flush()))
         raise AssertionError("unreachable")
 
     def step_in_transaction_sync(self, name: str, fn: Callable[..., T], *args: Any) -> T:
@@ -164,7 +223,8 @@ class RunContext:
             with engine_call(what):
                 conn = stack.enter_context(db.pool().connection())
             with engine_call(what, conn), conn.transaction():
-                return cast(T, run_step_sync(db, self.durable(), name, fn, (conn, *args), None, conn))
+                return cast(T, run_step_sync(db, self.durable(), name, fn, (conn, *args), None, conn,
+                                             self._stream_flush_sync()))
         raise AssertionError("unreachable")
 
     # -- child runs ------------------------------------------------------------------------

@@ -69,6 +69,11 @@ class InputTooLarge(InvalidInput):
     """A run's input is larger than the configured limit."""
 
 
+class StreamLimitExceeded(InputTooLarge):
+    """A run streamed more chunks than `pgqueue.max_stream_chunks()` allows; the rest of its
+    stream was dropped."""
+
+
 # -- runs -----------------------------------------------------------------------------------
 
 class RunNotFound(PgQueueError):

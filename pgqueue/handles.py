@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .codec import decoded
@@ -18,6 +18,7 @@ from .database import DONE_CHANNEL
 from .errors import RunFailed
 from .runs import RunInfo, get_run_op
 from .status import RunStatus
+from .streams import Chunk, Following, Page, Progress, follow_op, reader_channels, stream_state_op
 
 if TYPE_CHECKING:
     from .database import Database
@@ -100,6 +101,34 @@ class RunHandle(_HandleBase[R]):
                 for _ in conn.notifies(timeout=wait, stop_after=1):
                     pass
 
+    def progress(self) -> Progress | None:
+        """The latest progress the run reported (`ctx.progress`), or None."""
+        return self.db.execute(stream_state_op(self.id)).progress
+
+    def stream(self, offset: int = 0, *, timeout: float | None = None) -> Iterator[Chunk]:
+        """The chunks the run streams (`ctx.stream`), from `offset` (0: from the start, also
+        for a run that already finished), as they come; ends once the run is final and every
+        chunk was given. Each chunk carries its attempt: a retried run's stream holds the
+        earlier attempts' chunks, then the new attempt's. To resume after a disconnect, pass
+        the last chunk's offset + 1. TimeoutError after `timeout` seconds."""
+        for page in self.follow(offset, timeout=timeout):
+            yield from page.chunks
+
+    def follow(self, offset: int = 0, *, timeout: float | None = None) -> Iterator[Page]:
+        """`stream` page by page, each with the run's status and progress read with it (also
+        pages without chunks, at each signal or poll): for readers that show progress too."""
+        following = Following(offset, timeout)
+        with self.db.listen(*reader_channels(self.id)) as conn:
+            while True:
+                page = self.db.execute(follow_op(self.id, following.offset))
+                following.took(page)
+                yield page
+                if (wait := following.wait(page)) is None:
+                    return
+                if wait:
+                    for _ in conn.notifies(timeout=wait, stop_after=1):
+                        pass
+
 
 class AsyncRunHandle(_HandleBase[R]):
     """A run, seen from async code: the methods of `RunHandle`, awaited."""
@@ -126,3 +155,26 @@ class AsyncRunHandle(_HandleBase[R]):
                     continue
                 async for _ in conn.notifies(timeout=wait, stop_after=1):
                     pass
+
+    async def progress(self) -> Progress | None:
+        return (await self.db.execute_async(stream_state_op(self.id))).progress
+
+    async def stream(self, offset: int = 0, *, timeout: float | None = None) -> AsyncIterator[Chunk]:
+        """`RunHandle.stream` as an async iterator: `async for chunk in handle.stream(): ...`."""
+        async for page in self.follow(offset, timeout=timeout):
+            for chunk in page.chunks:
+                yield chunk
+
+    async def follow(self, offset: int = 0, *, timeout: float | None = None) -> AsyncIterator[Page]:
+        """`RunHandle.follow` as an async iterator."""
+        following = Following(offset, timeout)
+        async with self.db.listen_async(*reader_channels(self.id)) as conn:
+            while True:
+                page = await self.db.execute_async(follow_op(self.id, following.offset))
+                following.took(page)
+                yield page
+                if (wait := following.wait(page)) is None:
+                    return
+                if wait:
+                    async for _ in conn.notifies(timeout=wait, stop_after=1):
+                        pass

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast, get_type_hints
 
@@ -92,7 +92,10 @@ def _step(durable: Durable, name: str, fn: Callable[..., Any], retry: Retry | No
 
 async def run_step(db: Database, durable: Durable, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
                    retry: Retry | None, timeout: float | None = None,
-                   connection: psycopg.AsyncConnection[Any] | None = None) -> Any:
+                   connection: psycopg.AsyncConnection[Any] | None = None,
+                   before_checkpoint: Callable[[], Awaitable[None]] | None = None) -> Any:
+    """`before_checkpoint`: awaited once the function returned, before its checkpoint (the run
+    context stores what the function streamed: a replay, which skips the step, cannot redo it)."""
     steps = _step(durable, name, fn, retry)
     try:
         effect = next(steps)
@@ -104,6 +107,8 @@ async def run_step(db: Database, durable: Durable, name: str, fn: Callable[..., 
                         answer = await asyncio.wait_for(answer, timeout)
                 else:
                     with engine_call(f"step {name!r} of run {durable.fence['run']}"):
+                        if before_checkpoint is not None and isinstance(effect, Checkpoint):
+                            await before_checkpoint()
                         answer = await (_checkpoint(db, durable, effect, connection) if isinstance(effect, Checkpoint)
                                         else db.execute_async(effect, connection))
             except BaseException as exc:  # thrown into the step, which decides (and re-raises)
@@ -115,7 +120,8 @@ async def run_step(db: Database, durable: Durable, name: str, fn: Callable[..., 
 
 
 def run_step_sync(db: Database, durable: Durable, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
-                  retry: Retry | None, connection: psycopg.Connection[Any] | None = None) -> Any:
+                  retry: Retry | None, connection: psycopg.Connection[Any] | None = None,
+                  before_checkpoint: Callable[[], None] | None = None) -> Any:
     steps = _step(durable, name, fn, retry)
     try:
         effect = next(steps)
@@ -125,6 +131,8 @@ def run_step_sync(db: Database, durable: Durable, name: str, fn: Callable[..., A
                     answer = fn(*args)
                 else:
                     with engine_call(f"step {name!r} of run {durable.fence['run']}"):
+                        if before_checkpoint is not None and isinstance(effect, Checkpoint):
+                            before_checkpoint()
                         answer = db.execute(_checkpoint_op(durable, effect) if isinstance(effect, Checkpoint)
                                             else effect, connection)
             except BaseException as exc:

@@ -45,7 +45,8 @@ CREATE TABLE pgqueue.schema_functions (
 -- Limits enforced by the enqueue and payload functions (sql/functions/payload.sql); writable
 -- only by the schema owner, so that a producer cannot lift them for its session.
 CREATE TABLE pgqueue.settings (
-    name  text PRIMARY KEY CHECK (name IN ('max_input_bytes', 'max_metadata_bytes')),
+    name  text PRIMARY KEY CHECK (name IN ('max_input_bytes', 'max_metadata_bytes', 'max_stream_chunk_bytes',
+                                           'max_stream_chunks')),
     value bigint NOT NULL CHECK (value > 0)
 );
 
@@ -246,6 +247,34 @@ CREATE TABLE pgqueue.steps (
     -- of a wait step: the event it took; the run's place in its mailbox of that (name, key)
     event_id    bigint,
     PRIMARY KEY (run_id, step_key)
+);
+
+-- Streamed output and progress of runs (sql/functions/streams.sql) ---------------------
+
+-- One row per run that streamed or reported progress: the stream's length (the offset of its
+-- next chunk, which also bounds the chunks a run may write) and the latest progress. The chunk
+-- writer locks this row, so chunks of one run get gapless offsets in write order.
+CREATE TABLE pgqueue.streams (
+    run_id           bigint PRIMARY KEY,
+    chunks           bigint NOT NULL DEFAULT 0,
+    -- the attempt that wrote last (chunks or progress)
+    attempt          integer NOT NULL,
+    progress_done    double precision,
+    progress_total   double precision,
+    progress_message text,
+    progress_at      timestamptz,
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+
+-- The chunks of a run's stream, in order: offsets 0, 1, 2, ... across all its attempts; each
+-- chunk says which attempt wrote it (a retry appends after what earlier attempts wrote).
+CREATE TABLE pgqueue.stream_chunks (
+    run_id     bigint NOT NULL,
+    "offset"   bigint NOT NULL,
+    attempt    integer NOT NULL,
+    data       jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, "offset")
 );
 
 -- Events ---------------------------------------------------------------------------------

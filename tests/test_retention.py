@@ -259,9 +259,28 @@ def test_a_pruned_runs_idempotency_key_can_be_used_again(app: PgQueue, conn: Con
     again = app.enqueue("keyed", {}, idempotency_key="invoice-42")
     assert (again.id, again.created) == (first, False)  # kept: the key still answers with the run
     backdate(conn, 7, [first])
-    assert prune_until_done(conn)["runs"] == 1
+    prune_until_done(conn)
     fresh = app.enqueue("keyed", {}, idempotency_key="invoice-42")
     assert fresh.created and fresh.id != first
+
+
+def test_a_pruned_runs_stream_and_progress_go_with_it(conn: Conn, reset_policies: None) -> None:
+    conn.execute("INSERT INTO pgqueue.tasks (name) VALUES ('streamer') ON CONFLICT DO NOTHING")
+    old = _finished_run(conn, "streamer", "succeeded", "8 days")
+    recent = _finished_run(conn, "streamer", "succeeded", "1 day")
+    for run_id in (old, recent):  # what the worker's stream writer leaves behind
+        conn.execute("INSERT INTO pgqueue.streams (run_id, chunks, attempt, progress_done, progress_at)"
+                     " VALUES (%s, 3, 1, 3, now())", (run_id,))
+        conn.execute("INSERT INTO pgqueue.stream_chunks (run_id, \"offset\", attempt, data)"
+                     " SELECT %s, o, 1, to_jsonb(o) FROM generate_series(0, 2) AS o", (run_id,))
+
+    def left(table: str) -> dict[int, int]:
+        return dict(conn.execute(sql.SQL("SELECT run_id, count(*) FROM pgqueue.{} WHERE run_id = ANY(%s)"
+                                         " GROUP BY run_id").format(sql.Identifier(table)), ([old, recent],)))
+
+    prune_until_done(conn)
+    assert not _exists(conn, old) and _exists(conn, recent)
+    assert left("stream_chunks") == {recent: 3} and left("streams") == {recent: 1}
 
 
 def test_old_events_no_run_waits_for_expire(app: PgQueue, conn: Conn, reset_policies: None) -> None:

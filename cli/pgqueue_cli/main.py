@@ -24,6 +24,7 @@ from .loading import load_app
 from .retention_cmd import prune_cmd, retention_group
 from .runs_cmd import event_group, queue_group, runs_group
 from .status_cmd import status_cmd, top_cmd
+from .tail_cmd import tail_cmd
 from .wait_cmd import wait_cmd
 from .worker_cmd import worker_cmd
 
@@ -37,6 +38,7 @@ def main() -> None:
 
 main.add_command(worker_cmd)
 runs_group.add_command(wait_cmd)
+runs_group.add_command(tail_cmd)
 main.add_command(runs_group)
 main.add_command(status_cmd)
 main.add_command(top_cmd)

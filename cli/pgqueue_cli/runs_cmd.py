@@ -11,8 +11,10 @@ import click
 from pgqueue import PgQueue
 from pgqueue.runs import StepInfo, list_runs_op, run_detail_op
 from pgqueue.status import NAMES
+from pgqueue.streams import stream_state_op
 
 from .common import cell, dsn_option, friendly_errors, json_option, parse_when, print_json, status_text, table
+from .tail_cmd import progress_text
 
 
 @click.group("runs")
@@ -52,9 +54,11 @@ def show_cmd(run_id: int, as_json: bool, dsn: str | None) -> None:
     """A run with its input, result or error, and every attempt."""
     with PgQueue(dsn) as app:
         info, attempts, steps = app.db.execute(run_detail_op(run_id))
+        stream = app.db.execute(stream_state_op(run_id))
     if as_json:
         print_json({**dataclasses.asdict(info), "attempts": [dataclasses.asdict(a) for a in attempts],
-                    "steps": [dataclasses.asdict(s) for s in steps]})
+                    "steps": [dataclasses.asdict(s) for s in steps], "stream_chunks": stream.chunks,
+                    "progress": dataclasses.asdict(stream.progress) if stream.progress else None})
         return
     click.echo(click.style(f"run {info.id}", bold=True) + f"  {info.task}  " + status_text(info.status))
     fields: list[tuple[str, object]] = [
@@ -71,6 +75,10 @@ def show_cmd(run_id: int, as_json: bool, dsn: str | None) -> None:
         fields.append(("parent", f"run {info.parent_id}"))
     if info.children_total:
         fields.append(("children", f"{info.children_total - info.children_pending}/{info.children_total} done"))
+    if stream.progress is not None:
+        fields.append(("progress", progress_text(stream.progress)))
+    if stream.chunks:
+        fields.append(("stream", f"{stream.chunks} chunk(s)  (pgqueue runs tail {info.id})"))
     fields.append(("input", json.dumps(info.input)))
     if info.result is not None:
         fields.append(("result", json.dumps(info.result)))

@@ -18,7 +18,8 @@ FUNCTIONS = Path(__file__).resolve().parents[2] / "sql" / "functions"
 PUBLIC = (
     "enqueue", "enqueue_many", "send_event", "cancel_run", "retry_run", "replay_run", "reschedule_run",
     "pause_queue", "resume_queue", "set_concurrency_limit", "delete_concurrency_limit", "set_rate_limit",
-    "hold_rate_limit", "set_retention", "unset_retention", "prune", "prune_all", "claim",
+    "hold_rate_limit", "set_retention", "unset_retention", "prune", "prune_all", "claim", "read_stream",
+    "stream_channel",
 )
 
 _DEFINITION = re.compile(r"^CREATE OR REPLACE (FUNCTION|PROCEDURE) pgqueue\.(\w+)\(", re.MULTILINE)

@@ -22,6 +22,7 @@ from typing import Any
 
 from .pages import Dashboard
 from .routes import MAX_FORM, BadRequest, Request, Response, content_length, environment, respond, text
+from .sse import async_events
 
 log = logging.getLogger("pgqueue.dashboard")
 
@@ -77,7 +78,36 @@ class DashboardASGI:
         request = Request(scope["method"], route_path(scope), scope.get("query_string", b"").decode("latin-1"),
                           headers, read_body, root)
         response = await loop.run_in_executor(self._pool(), respond, self.dash, self.env, request)
+        if response.events is not None and scope["method"] != "HEAD":
+            return await self._send_events(response, receive, send)
         await _send(send, response)
+
+    async def _send_events(self, response: Response, receive: Receive, send: Send) -> None:
+        """Send the events from the event loop (holding no page thread) until the stream ends
+        or the client disconnects."""
+        stream = response.events
+        assert stream is not None
+        await _send(send, response, more=True)
+
+        async def relay() -> None:
+            async for data in async_events(self.dash.app.db, stream):
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        relaying, leaving = asyncio.ensure_future(relay()), asyncio.ensure_future(disconnected())
+        try:
+            await asyncio.wait([relaying, leaving], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (relaying, leaving):
+                task.cancel()
+            await asyncio.gather(relaying, leaving, return_exceptions=True)
+        if relaying.done() and not relaying.cancelled() and relaying.exception() is not None:
+            log.warning("stream of run %d ended with an error: %s", stream.run_id, relaying.exception())
+        if not leaving.done() or leaving.cancelled():
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._threads is None:
@@ -145,8 +175,8 @@ async def _read_body(scope: Scope, receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-async def _send(send: Send, response: Response) -> None:
+async def _send(send: Send, response: Response, more: bool = False) -> None:
     headers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
                for name, value in response.all_headers() if name.lower() not in _HOP_BY_HOP]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    await send({"type": "http.response.body", "body": response.body})
+    await send({"type": "http.response.body", "body": response.body, "more_body": more})

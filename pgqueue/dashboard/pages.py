@@ -16,6 +16,7 @@ from ..cron import list_op as cron_list_op
 from ..cron import ticks_after
 from ..errors import ConfigurationError, PgQueueError
 from ..status import FINAL, NAMES, UNSUCCESSFUL
+from ..streams import StreamState, stream_state_op
 from . import charts
 from .auth import Auth
 from .queries import RunFilters, limits_op, list_runs_op, overview_op, run_page_op, workers_op
@@ -130,7 +131,7 @@ def run_detail(dash: Dashboard, run_id: int) -> Page:
     links = {n["node"]: n["id"] for n in page.nodes}
     done = sum(n for status, n in page.children_by_status.items() if status in FINAL)
     return 200, "run.html", {
-        "page": page, "info": info, "now": now,
+        "page": page, "info": info, "now": now, "stream": stream_state(dash, run_id),
         "timeline": charts.step_timeline(page.steps, now),
         "dag": charts.dag(graph, states, links) if graph else None,
         "children_done": done,
@@ -174,3 +175,8 @@ def limits(dash: Dashboard, query: Mapping[str, str]) -> Page:
 
 
 PAGES = {"/": overview, "/runs": runs_list, "/workers": workers, "/cron": cron, "/limits": limits}
+
+
+def stream_state(dash: Dashboard, run_id: int) -> StreamState:
+    """The run's stream length and progress (RunNotFound for an unknown run)."""
+    return dash.app.db.execute(stream_state_op(run_id))

@@ -29,6 +29,8 @@ from ..retention import format_age
 from . import pages
 from .actions import cron_action, queue_action, run_action
 from .pages import Dashboard
+from .sse import CONTENT_TYPE as SSE_TYPE
+from .sse import EventStream, first_offset
 
 log = logging.getLogger("pgqueue.dashboard")
 HERE = Path(__file__).resolve().parent
@@ -42,6 +44,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; style-src 'self'; img-src 'self' data:",
 }
 _RUN = re.compile(r"^/runs/(\d+)$")
+_RUN_STREAM = re.compile(r"^/runs/(\d+)/stream$")
 _RUN_ACTION = re.compile(r"^/runs/(\d+)/(\w+)$")
 _NAMED_ACTION = re.compile(r"^/(queues|cron)/([^/]+)/(\w+)$")
 NAV = (("/", "Overview"), ("/runs", "Runs"), ("/workers", "Workers"), ("/cron", "Cron"), ("/limits", "Limits"))
@@ -110,10 +113,12 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
     #: close the connection after it (the request's body, if any, was not read)
     close: bool = False
+    #: Server-Sent Events of a run's stream follow `body` (the server writes them, see sse.py)
+    events: EventStream | None = None
 
     def all_headers(self) -> list[tuple[str, str]]:
-        return [("Content-Type", self.content_type), ("Content-Length", str(len(self.body))),
-                *SECURITY_HEADERS.items(), *self.headers.items()]
+        length = [] if self.events is not None else [("Content-Length", str(len(self.body)))]
+        return [("Content-Type", self.content_type), *length, *SECURITY_HEADERS.items(), *self.headers.items()]
 
 
 def text(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
@@ -231,10 +236,22 @@ class _Exchange:
         run = _RUN.match(path)
         if run:
             return self._render(*pages.run_detail(dash, int(run[1])))
+        stream = _RUN_STREAM.match(path)
+        if stream:
+            return self._events(int(stream[1]))
         page = pages.PAGES.get(path.rstrip("/") or "/")
         if page is None:
             return self._error(404, f"no page at {path}")
         return self._render(*page(dash, self.request.query))
+
+    def _events(self, run_id: int) -> Response:
+        try:
+            offset = first_offset(self.request.query, self.request.headers)
+        except ValueError as exc:
+            return text(400, f"{exc}\n")
+        pages.stream_state(self.dash, run_id)  # an unknown run: 404 now, not an empty stream
+        return Response(200, b"", SSE_TYPE, {"X-Accel-Buffering": "no"}, close=True,
+                        events=EventStream(run_id, offset))
 
     def _post(self) -> Response:
         dash, path = self.dash, self.request.path

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from .pages import Dashboard
 from .routes import BadRequest, Request, Response, content_length, environment, respond
+from .sse import sync_events
 
 log = logging.getLogger("pgqueue.dashboard")
 #: seconds a client may take to send a request (or stay idle between two): a slow client must
@@ -78,6 +79,21 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(response.body)
+        if response.events is not None and self.command != "HEAD":
+            self._send_events(response)
+
+    def _send_events(self, response: Response) -> None:
+        """Write the events as they come, until the stream ends or the client goes away."""
+        assert response.events is not None
+        events = sync_events(self.server.dash.app.db, response.events)
+        try:
+            for data in events:
+                self.wfile.write(data)
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            log.debug("%s left the stream of run %d", self.address_string(), response.events.run_id)
+        finally:
+            events.close()  # ends the listening connection now, not at garbage collection
 
 
 def make_server(dash: Dashboard, host: str, port: int, timeout: float = REQUEST_TIMEOUT) -> DashboardServer:

@@ -13,6 +13,7 @@ went to sleep or waits (for an event, its children): send the event or move the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from ..task import Task
 from ..worker.claimer import Claimed, claim_op
 from ..worker.completer import complete_op
 from ..worker.executor import Executor
+from ..worker.stream_writer import StreamWriter, limits_op
 from .drain import run_in_own_loop
 
 P = ParamSpec("P")
@@ -64,9 +66,15 @@ async def call_async(app: PgQueue, task: Task[P, R], *args: P.args, **kwargs: P.
     except ConfigurationError:
         await app.db.execute_async(cancel_op(handle.id))  # not left behind on the private queue
         raise
-    ctx = RunContext(run.id, run.task, run.attempt, worker_id, app.db)
-    with ThreadPoolExecutor(1, thread_name_prefix="pgqueue-testing-call") as threads:
-        outcome = await Executor(app, threads).execute(run, ctx)
+    streams = StreamWriter(app.db, worker_id, *await app.db.execute_async(limits_op()))
+    writing = asyncio.create_task(streams.serve())  # ctx.stream / ctx.progress, as in a worker
+    ctx = RunContext(run.id, run.task, run.attempt, worker_id, app.db, _stream=streams)
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="pgqueue-testing-call") as threads:
+            outcome = await Executor(app, threads).execute(run, ctx)
+        await streams.finish(run.id, run.attempt)
+    finally:
+        writing.cancel()
     if outcome is None:
         status = (await app.db.execute_async(get_run_op(run.id))).status
         raise RunSuspended(run.id, status)

@@ -45,6 +45,7 @@ from .rescuer import Rescuer
 from .service import DB_ERRORS, Backoff, Service
 from .settings import WorkerSettings
 from .step_writer import StepWriter
+from .stream_writer import StreamWriter, limits_op
 
 log = logging.getLogger("pgqueue.worker")
 
@@ -83,6 +84,7 @@ class Worker:
                                     max_interruptions=self.settings.max_interruptions, on_recorded=self._recorded)
         self._hook_calls: set[asyncio.Task[None]] = set()
         self._steps: StepWriter | None = None
+        self._streams: StreamWriter | None = None
         self.metrics = Metrics()
         self._task_logs = TaskLogHandler()
         self.started = asyncio.Event()
@@ -119,6 +121,7 @@ class Worker:
             _warn_unserved(self.app, settings.queues)
             max_payload = await self.db.execute_async(_max_payload_op())
             self._steps = StepWriter(self.db, self.id, max_payload)
+            self._streams = StreamWriter(self.db, self.id, *await self.db.execute_async(limits_op()))
             self._executor.max_payload = max_payload
             await self._serve_with_services(self._steps)
             try:
@@ -143,6 +146,7 @@ class Worker:
               if settings.prune_interval > 0 else []),
             self._completer,
             steps,
+            *([self._streams] if self._streams is not None else []),
         ]
         background = [asyncio.create_task(service.serve(), name=type(service).__name__) for service in services]
         metrics_server = None
@@ -292,7 +296,8 @@ class Worker:
             self._start(*taken)
 
     def _start(self, run: Claimed, cancelled: bool) -> None:
-        ctx = RunContext(run.id, run.task, run.attempt, self.id, self.app.db, _writer=self._steps)
+        ctx = RunContext(run.id, run.task, run.attempt, self.id, self.app.db, _writer=self._steps,
+                         _stream=self._streams)
         if cancelled:  # asked while the run waited in hand: the executor records it cancelled
             ctx.request_cancel()
         self.metrics.inc("pgqueue_runs_started_total", task=run.task, queue=run.queue or "")
@@ -306,6 +311,8 @@ class Worker:
             if hooks.before:
                 await fire(hooks.before, AttemptStarted(run.id, run.task, run.attempt, run.queue, self.id))
             outcome = await self._executor.execute(run, ctx)
+            if self._streams is not None:  # its chunks are stored before its outcome
+                await self._streams.finish(run.id, run.attempt)
             took = time.monotonic() - started
             self.metrics.observe("pgqueue_run_seconds", took, task=run.task, queue=run.queue or "")
             self.metrics.inc("pgqueue_runs_finished_total", task=run.task, queue=run.queue or "",

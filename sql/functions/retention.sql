@@ -2,7 +2,8 @@
 --
 -- A run is pruned with its whole tree: a root run (parent_id IS NULL) and every run below it
 -- (root_id = the root's id, at any depth), with their attempts (and the task logs kept in them),
--- steps, event waits, ready entries and the cron ticks that started them. A tree is pruned only
+-- steps, event waits, ready entries, streamed output and progress, and the cron ticks that
+-- started them. A tree is pruned only
 -- when the root and every run in it are final and older than their own policy: a finished child
 -- of a running workflow is kept (its result is still needed), an unfinished run never goes.
 --
@@ -237,6 +238,9 @@ BEGIN
     GET DIAGNOSTICS v_waits = ROW_COUNT;
     DELETE FROM pgqueue.cron_ticks t WHERE t.run_id = ANY(v_ids);
     GET DIAGNOSTICS v_ticks = ROW_COUNT;
+    -- streamed output and progress (not counted in the result: one row per chunk)
+    DELETE FROM pgqueue.stream_chunks c WHERE c.run_id = ANY(v_ids);
+    DELETE FROM pgqueue.streams s WHERE s.run_id = ANY(v_ids);
     -- a final run has no entry in `ready`; one left by a bug would point at nothing
     DELETE FROM pgqueue.ready q WHERE q.run_id = ANY(v_ids);
 

@@ -17,6 +17,40 @@
     if (link && window.history.length > 1) { event.preventDefault(); window.history.back(); }
   });
 
+  // A run's output (run page): its stream's events, appended as they come (as text, never as HTML).
+  var box = document.getElementById("stream");
+  if (box && window.EventSource) {
+    var output = document.getElementById("stream-output");
+    var shown = document.getElementById("stream-state");
+    var bar = document.getElementById("stream-progress");
+    var attempt = null, count = 0;
+    var source = new EventSource(box.getAttribute("data-stream"));
+    source.addEventListener("chunk", function (event) {
+      var chunk = JSON.parse(event.data);
+      if (attempt !== null && chunk.attempt !== attempt) {
+        output.appendChild(document.createTextNode("\n--- attempt " + chunk.attempt + " ---\n"));
+      }
+      attempt = chunk.attempt;
+      var text = typeof chunk.data === "string" ? chunk.data : JSON.stringify(chunk.data) + "\n";
+      output.appendChild(document.createTextNode(text));
+      output.scrollTop = output.scrollHeight;
+      count = chunk.offset + 1;
+      shown.textContent = count + " chunk(s), streaming";
+    });
+    source.addEventListener("progress", function (event) {
+      var p = JSON.parse(event.data), meter = bar.querySelector("progress");
+      bar.hidden = false;
+      if (p.total) { meter.max = p.total; meter.value = p.done; } else { meter.removeAttribute("value"); }
+      bar.querySelector(".message").textContent =
+        p.done + (p.total !== null ? "/" + p.total : "") + (p.message ? " · " + p.message : "");
+    });
+    source.addEventListener("end", function (event) {
+      source.close();  // else the browser reconnects
+      shown.textContent = count + " chunk(s), run " + JSON.parse(event.data).status;
+      box.setAttribute("data-ended", "true");
+    });
+  }
+
   // Live updates: every 2 s, while the tab is visible, fetch this page's live block and swap it in.
   var live = document.getElementById("live");
   var period = live && Number(live.getAttribute("data-live"));
