@@ -125,7 +125,9 @@ class RunHandle(_HandleBase[R]):
                 yield page
                 if (wait := following.wait(page)) is None:
                     return
-                if wait:
+                if wait and conn is None:  # listening is off (PGQUEUE_LISTEN_DSN=off): poll
+                    time.sleep(wait)
+                elif wait:
                     for _ in conn.notifies(timeout=wait, stop_after=1):
                         pass
 
@@ -175,6 +177,8 @@ class AsyncRunHandle(_HandleBase[R]):
                 yield page
                 if (wait := following.wait(page)) is None:
                     return
-                if wait:
+                if wait and conn is None:
+                    await asyncio.sleep(wait)
+                elif wait:
                     async for _ in conn.notifies(timeout=wait, stop_after=1):
                         pass
