@@ -127,7 +127,7 @@ class RunHandle(_HandleBase[R]):
                     return
                 if wait and conn is None:  # listening is off (PGQUEUE_LISTEN_DSN=off): poll
                     time.sleep(wait)
-                elif wait:
+                elif wait and conn is not None:
                     for _ in conn.notifies(timeout=wait, stop_after=1):
                         pass
 
@@ -179,6 +179,6 @@ class AsyncRunHandle(_HandleBase[R]):
                     return
                 if wait and conn is None:
                     await asyncio.sleep(wait)
-                elif wait:
+                elif wait and conn is not None:
                     async for _ in conn.notifies(timeout=wait, stop_after=1):
                         pass
