@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -17,14 +18,28 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def friendly_errors(fn: F) -> F:
-    """Turn pgqueue's errors into one line on stderr and exit status 1, never a traceback."""
+    """Turn pgqueue's errors into one line on stderr and exit status 1, never a traceback.
+
+    Before the command exits, the connection pools it opened are closed by a collection, while
+    the interpreter still runs: left to the interpreter's exit (an error's traceback keeps the
+    command's frames, and the app, alive until then), psycopg_pool's `__del__` may print a
+    traceback of its own after the one-line error.
+    """
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except PgQueueError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(1)
+            failure = click.ClickException(str(exc))
+        except click.ClickException as exc:
+            failure = exc
+        else:
+            gc.collect()
+            return result
+        failure.__traceback__ = failure.__context__ = failure.__cause__ = None
+        gc.collect()
+        failure.show()
+        sys.exit(failure.exit_code)
     return wrapper  # type: ignore[return-value]
 
 
