@@ -233,10 +233,11 @@ class Worker:
             stale = self._ahead.stale()
             if stale:
                 await self._give_back(_release_op(self.id, stale), stale, "releasing runs claimed ahead")
-            # runs in hand count until their outcome is written, not until their code returns:
-            # else claims outrun the completer and the held runs (and every batch) grow without bound
-            held = len(self._running) + len(self._ahead) + self._completer.backlog()
+            # outcomes waiting to be written count only past a capacity's worth: counting them all
+            # made every slot wait for the completer's round trip as well as the claim's; not
+            # counting them would let claims outrun the completer, and every batch grow unbounded
             capacity = settings.concurrency + self._ahead.wanted()
+            held = len(self._running) + len(self._ahead) + max(0, self._completer.backlog() - capacity)
             free = capacity - held
             # while runs in hand keep the slots fed, wait to claim a batch worth a round trip
             if free <= 0 or (self._ahead and free < capacity // 2):
