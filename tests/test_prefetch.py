@@ -57,7 +57,8 @@ def test_runs_held_too_long_are_taken_out_of_hand_and_cancellations_are_remember
 
 
 def test_prefetch_setting_is_checked() -> None:
-    assert WorkerSettings(concurrency=10).prefetch_limit() == 10
+    assert WorkerSettings(concurrency=10).prefetch_limit() == 50
+    assert WorkerSettings(concurrency=80).prefetch_limit() == 80
     assert WorkerSettings(concurrency=500).prefetch_limit() == 100
     assert WorkerSettings(concurrency=10, prefetch=0).prefetch_limit() == 0
     with pytest.raises(Exception, match="prefetch must be >= 0"):

@@ -33,7 +33,7 @@ def _queues(value: str) -> list[str]:
               show_envvar=True, help="Most runs claimed per round trip (0: all free slots).")
 @click.option("--prefetch", type=click.IntRange(min=0), default=None, envvar="PGQUEUE_PREFETCH", show_envvar=True,
               help="Most claimed runs kept in hand ahead of free slots, fewer when runs are slow "
-                   "(default: the concurrency, at most 100; 0: off).")
+                   "(default: the concurrency, at least 50 and at most 100; 0: off).")
 @click.option("--name", default=None, envvar="PGQUEUE_WORKER_NAME", show_envvar=True,
               help="Worker name (default host-pid).")
 @click.option("--lease", type=click.FloatRange(min=0.5), default=30.0, envvar="PGQUEUE_LEASE", show_envvar=True,

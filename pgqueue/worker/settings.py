@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigurationError
 
+#: least default `prefetch`
+DEFAULT_PREFETCH = 50
+
 
 @dataclass
 class WorkerSettings:
@@ -18,8 +21,8 @@ class WorkerSettings:
     #: most runs claimed per round trip (0: as many as there are free slots)
     batch_size: int = 0
     #: most claimed runs kept in hand ahead of free slots, so that a slot that frees never waits
-    #: for a claim's round trip (None: as many as `concurrency`, at most 100; 0: off). The worker
-    #: keeps fewer when runs are slow (see worker/prefetch.py); they stay leased to it meanwhile
+    #: for a claim's round trip (None: the concurrency, at least 50 and at most 100; 0: off).
+    #: The worker keeps fewer when runs are slow (see worker/prefetch.py); they stay leased to it
     prefetch: int | None = None
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     #: seconds a claimed run stays leased without a heartbeat
@@ -64,4 +67,6 @@ class WorkerSettings:
                 "or leases expire between heartbeats")
 
     def prefetch_limit(self) -> int:
-        return min(self.concurrency, 100) if self.prefetch is None else self.prefetch
+        # at least 50 by default: a small concurrency must not cap the batch (a claim's round trip
+        # is paid per batch), while the pace-based count keeps runs in hand few when runs are slow
+        return min(max(self.concurrency, DEFAULT_PREFETCH), 100) if self.prefetch is None else self.prefetch
