@@ -42,7 +42,7 @@ def identity(n: int) -> int:
     return n
 
 
-async def drain(dsn: str, runs: int, concurrency: int, steps: int) -> tuple[float, float]:
+async def drain(dsn: str, runs: int, concurrency: int, steps: int) -> tuple[float, float, float]:
     app = PgQueue(dsn)
 
     @app.task
@@ -58,7 +58,9 @@ async def drain(dsn: str, runs: int, concurrency: int, steps: int) -> tuple[floa
     await worker.serve()
     rate, cpu_s = runs / (time.perf_counter() - started), time.process_time() - cpu
     await app.aclose()
-    return rate, cpu_s
+    counters = worker.metrics.counters
+    trips = sum(counters["pgqueue_claims_total"].values()) + sum(counters["pgqueue_outcome_writes_total"].values())
+    return rate, cpu_s, trips / runs
 
 
 def main() -> None:
@@ -71,10 +73,11 @@ def main() -> None:
     with bench_server(args.dsn) as server, fresh_database(server, "inprocess") as dsn:
         data_dir = server.embedded.data_dir.resolve() if server.embedded else None
         before = server_cpu_seconds(data_dir) if data_dir else 0.0
-        rate, cpu = asyncio.run(drain(dsn, args.runs, args.concurrency, args.steps))
+        rate, cpu, trips = asyncio.run(drain(dsn, args.runs, args.concurrency, args.steps))
         server_cpu = server_cpu_seconds(data_dir) - before if data_dir else None
     line = (f"{args.runs:,} runs, concurrency {args.concurrency}, {args.steps} step(s): "
-            f"{rate:,.0f} jobs/s, worker CPU {cpu:.2f} s ({cpu / args.runs * 1e6:.0f} µs/run)")
+            f"{rate:,.0f} jobs/s, {trips:.3f} claim and outcome round trips per run, "
+            f"worker CPU {cpu:.2f} s ({cpu / args.runs * 1e6:.0f} µs/run)")
     if server_cpu is not None:
         line += f", PostgreSQL CPU {server_cpu:.2f} s ({server_cpu / args.runs * 1e6:.0f} µs/run)"
     print(line)

@@ -31,6 +31,7 @@ HELP = {
     "pgqueue_runs_finished_total": "Attempts finished by this worker, by task, queue and outcome.",
     "pgqueue_claims_total": "Claim round trips of this worker.",
     "pgqueue_claim_seconds": "Duration of claim round trips.",
+    "pgqueue_outcome_writes_total": "Round trips that recorded a batch of attempt outcomes.",
     "pgqueue_run_seconds": "Duration of attempts, by task.",
     "pgqueue_heartbeats_total": "Heartbeats written by this worker.",
     "pgqueue_queue_runs": "Runs per queue and state (from the database).",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -50,6 +51,9 @@ async def test_worker_serves_metrics(worker_tasks: Any) -> None:
     assert 'pgqueue_runs_finished_total{outcome="failed",queue="default",task="refuses"} 1' in body
     assert 'pgqueue_queue_runs{queue="default",state="scheduled"} 1' in body
     assert "# TYPE pgqueue_claim_seconds histogram" in body
+    # six outcomes, recorded in at least one round trip and at most one each
+    writes = re.search(r"^pgqueue_outcome_writes_total (\S+)$", body, re.M)
+    assert writes is not None and 1 <= float(writes.group(1)) <= 6, body
     assert 'pgqueue_run_seconds_count{queue="default",task="record"} 5' in body
     assert "pgqueue_workers_alive 1" in body
     worker_tasks.app.cancel(waiting.id)

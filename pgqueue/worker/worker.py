@@ -337,6 +337,7 @@ class Worker:
 
     def _recorded(self, batch: list[Outcome], applied: dict[int, Recorded]) -> None:
         """Outcomes the completer wrote: log final failures, start the run hooks."""
+        self.metrics.inc("pgqueue_outcome_writes_total")
         hooks = self.app.hooks
         with_hooks = hooks.wants_runs()
         for outcome in batch:
