@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,7 +42,9 @@ class RunContext:
     attempt: int
     worker_id: str
     db: Database | None = field(default=None, repr=False)
-    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    # a plain flag, not a threading.Event (a lock and a condition built per run): it is only
+    # set by the worker and read by the task, and nothing waits on it
+    _cancel: bool = field(default=False, repr=False)
     _durable: Durable | None = field(default=None, repr=False)
     _writer: CheckpointWriter | None = field(default=None, repr=False)
     _stream: StreamSink | None = field(default=None, repr=False)
@@ -75,7 +76,7 @@ class RunContext:
     @property
     def cancel_requested(self) -> bool:
         """True once someone asked to cancel this run; sync tasks should check it and return."""
-        return self._cancel.is_set()
+        return self._cancel
 
     def heartbeat(self) -> None:
         """Say the attempt is alive. With the task's `heartbeat_timeout`, an attempt silent for
@@ -88,12 +89,12 @@ class RunContext:
         return time.monotonic() - self._last_heartbeat
 
     def raise_if_cancelled(self) -> None:
-        if self._cancel.is_set():
+        if self._cancel:
             raise TaskCancelled(f"run {self.run_id} was cancelled")
 
     def request_cancel(self) -> None:
         """Set by the worker when someone asked to cancel the run (or its lease was lost)."""
-        self._cancel.set()
+        self._cancel = True
 
     def durable(self) -> Durable:
         if self._durable is None:

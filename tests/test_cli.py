@@ -124,3 +124,29 @@ def test_one_off_scheduled_runs_list_reschedule_cancel(cli_env: dict[str, str], 
     assert "cancelled" in pgqueue("runs", "cancel", str(run_id), env=cli_env).stdout
     assert_one_line_error(pgqueue("runs", "reschedule", str(run_id), "--delay", "5", env=cli_env),
                           "only queued runs can be rescheduled")
+
+
+def test_a_pool_finalized_on_its_own_thread_prints_nothing() -> None:
+    """The report Python prints when the collector runs ConnectionPool.__del__ on one of the
+    pool's own threads (its join then raises) is dropped; any other unraisable exception is still
+    reported. Real unraisable exceptions, raised by finalizers in a fresh interpreter."""
+    script = """if True:
+        import sys
+        from pgqueue_cli.common import quiet_pool_finalizer
+        sys.unraisablehook = quiet_pool_finalizer
+
+        class ConnectionPool:  # as psycopg_pool's, whose __del__ joins the pool's threads
+            def __del__(self):
+                raise RuntimeError("cannot join current thread")
+
+        class Other:
+            def __del__(self):
+                raise RuntimeError("cannot join current thread (elsewhere)")
+
+        ConnectionPool()
+        Other()
+        print("done")
+    """
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout == "done\n", result
+    assert "ConnectionPool" not in result.stderr and "(elsewhere)" in result.stderr, result.stderr

@@ -16,6 +16,18 @@ from pgqueue import PgQueueError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+def quiet_pool_finalizer(unraisable: Any) -> None:
+    """An unraisable-exception hook that drops one known harmless report, and passes on the rest.
+
+    A command drops its app's connection pools without closing them. psycopg_pool's
+    `ConnectionPool.__del__` joins the pool's threads, and when the collector happens to run it on
+    one of those threads, the join raises "cannot join current thread" and Python prints its
+    traceback after the command's own output. The pool is being thrown away either way."""
+    exc, source = unraisable.exc_value, getattr(unraisable.object, "__qualname__", "")
+    if isinstance(exc, RuntimeError) and "join current thread" in str(exc) and source == "ConnectionPool.__del__":
+        return
+    sys.__unraisablehook__(unraisable)
+
 
 def friendly_errors(fn: F) -> F:
     """Turn pgqueue's errors into one line on stderr and exit status 1, never a traceback.

@@ -16,7 +16,7 @@ from pgqueue.embedded import EmbeddedServer
 from pgqueue.migrations import apply_roles, check_schema, migrate, pending
 from pgqueue.sqlfiles import roles_sql
 
-from .common import dsn_option, friendly_errors, parse_when
+from .common import dsn_option, friendly_errors, parse_when, quiet_pool_finalizer
 from .cron_cmd import cron_group
 from .dashboard_cmd import dashboard_cmd
 from .limits_cmd import limits_group
@@ -34,6 +34,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 @click.version_option(package_name="pgqueue")
 def main() -> None:
     """pgqueue: durable tasks and workflows on PostgreSQL."""
+    sys.unraisablehook = quiet_pool_finalizer
 
 
 main.add_command(worker_cmd)
