@@ -150,7 +150,7 @@ def test_a_batch_of_checkpoints_waits_for_a_rescue_then_writes_nothing(app: PgQu
         assert run_id in rescue(app, rescuer)
         thread = threading.Thread(target=lambda: written.append(app.db.execute(record_steps_op(worker, batch))))
         thread.start()
-        _wait_until_blocked(conn, "INSERT INTO pgqueue.steps")
+        _wait_until_blocked(conn, "pgqueue.record_steps(")
         rescuer.commit()
         thread.join(30)
     loop.close()

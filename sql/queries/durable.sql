@@ -164,26 +164,12 @@ SELECT pgqueue.cancel_run(id)
  WHERE parent_id = %(run)s AND status IN ('queued', 'running', 'sleeping', 'waiting')
 
 -- name: record_steps
--- The step checkpoints of many runs of one worker in one statement (see pgqueue/_stepwriter.py);
--- each row is fenced like record_step: the rows returned are the ones written.
-INSERT INTO pgqueue.steps AS s (run_id, step_key, seq, name, status, output, error, attempts,
-                                started_at, finished_at)
-SELECT i.run_id, i.step_key, i.seq, i.name, i.status, i.output::jsonb, i.error::jsonb, 1,
-       now() - make_interval(secs => i.duration), now()
-  FROM unnest(%(runs)s::bigint[], %(attempts)s::int[], %(keys)s::text[], %(seqs)s::int[], %(names)s::text[],
-              %(statuses)s::text[], %(outputs)s::text[], %(errors)s::text[], %(durations)s::float8[])
-       AS i(run_id, attempt, step_key, seq, name, status, output, error, duration)
- -- each checkpoint finds its run by id: the planner, expecting almost no running runs, would
- -- otherwise scan every running run and join each with every checkpoint
- CROSS JOIN LATERAL (
-    SELECT 1 FROM pgqueue.runs r
-     WHERE r.id = i.run_id AND r.attempt = i.attempt AND r.status = 'running' AND r.worker_id = %(worker)s
-       FOR SHARE  -- see the fence at the top of this file
- ) AS fence
-ON CONFLICT (run_id, step_key) DO UPDATE
-   SET status = excluded.status, output = excluded.output, error = excluded.error,
-       attempts = s.attempts + 1, started_at = excluded.started_at, finished_at = excluded.finished_at
-RETURNING s.run_id, s.step_key, s.attempts
+-- The step checkpoints of many runs of one worker in one statement (pgqueue.record_steps, in
+-- sql/functions/steps.sql); each is fenced like record_step: the rows returned are the ones written.
+SELECT run_id, step_key, attempts
+  FROM pgqueue.record_steps(%(worker)s, %(runs)s::bigint[], %(attempts)s::int[], %(keys)s::text[],
+                            %(seqs)s::int[], %(names)s::text[], %(statuses)s::text[], %(outputs)s::text[],
+                            %(errors)s::text[], %(durations)s::float8[])
 
 -- name: max_payload
 SELECT pgqueue.max_input_bytes()
