@@ -50,7 +50,7 @@ BEGIN
     IF p.pin_version AND v_ver IS NOT NULL THEN
         v_needs := v_needs || ('@version=' || v_ver);
     END IF;
-    NEW.needs := ARRAY(SELECT DISTINCT x FROM unnest(v_needs) x ORDER BY x COLLATE "C");
+    NEW.needs := ARRAY(SELECT DISTINCT x COLLATE "C" FROM unnest(v_needs) x ORDER BY 1);
     NEW.slots := nullif(p.slots, 1);
     v_plain := p.preferred_labels;
     IF cardinality(v_plain) > 0 OR (p.sticky AND v_last IS NOT NULL) THEN
