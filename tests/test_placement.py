@@ -187,6 +187,8 @@ async def _drained(conn: psycopg.AsyncConnection[Any], queue: str) -> bool:
 
 
 async def test_required_labels_are_never_violated_over_10000_runs(placed: PgQueue, dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as sync:
+        _register(sync)  # what the first worker of the deploy does before the runs come
     tasks = [plain, on_gpu, on_llama, on_both]
     for task in tasks:
         task.enqueue_many([{"i": i} for i in range(2500)])

@@ -17,27 +17,37 @@
 -- best first (priority, then run_at, then id). Runs taking more slots than WANTED are left.
 CREATE OR REPLACE FUNCTION pgqueue.placed_candidates(served text[], labels text[], wanted integer)
 RETURNS bigint[]
-LANGUAGE sql STABLE AS $$
-    WITH RECURSIVE groups AS (
-        (SELECT r.queue, r.needs FROM pgqueue.ready r
-          WHERE r.needs IS NOT NULL AND r.queue = ANY (served)
-          ORDER BY r.queue, r.needs LIMIT 1)
-        UNION ALL
-        SELECT n.queue, n.needs FROM groups g CROSS JOIN LATERAL (
-            SELECT r.queue, r.needs FROM pgqueue.ready r
-             WHERE r.needs IS NOT NULL AND r.queue = ANY (served) AND (r.queue, r.needs) > (g.queue, g.needs)
-             ORDER BY r.queue, r.needs LIMIT 1) AS n
-    )
-    SELECT coalesce(array_agg(c.run_id ORDER BY c.priority DESC, c.run_at, c.run_id), '{}') FROM (
-        SELECT w.run_id, w.priority, w.run_at FROM groups g CROSS JOIN LATERAL (
-            SELECT r.run_id, r.priority, r.run_at, r.prefers, r.prefer_until, r.slots FROM pgqueue.ready r
-             WHERE g.needs <@ labels AND r.queue = g.queue AND r.needs = g.needs AND r.run_at <= now()
-             ORDER BY r.priority DESC, r.run_at, r.run_id
-             LIMIT greatest(wanted * 20, 1000)) AS w
-         WHERE (w.prefers IS NULL OR w.prefer_until <= now() OR w.prefers <@ labels)
-           AND coalesce(w.slots, 1) <= wanted
+LANGUAGE plpgsql STABLE
+SET plan_cache_mode = force_generic_plan  -- as the claim: planning anew each call costs more than running
+AS $$
+BEGIN
+    RETURN ARRAY(
+        -- the distinct needs of each served queue, one index probe each (a skip scan)
+        WITH RECURSIVE groups AS (
+            SELECT q.name AS queue, f.needs FROM unnest(served) AS q(name) CROSS JOIN LATERAL (
+                SELECT r.needs FROM pgqueue.ready r
+                 WHERE r.queue = q.name AND r.needs IS NOT NULL ORDER BY r.needs LIMIT 1) AS f
+            UNION ALL
+            SELECT g.queue, n.needs FROM groups g CROSS JOIN LATERAL (
+                SELECT r.needs FROM pgqueue.ready r
+                 WHERE r.queue = g.queue AND r.needs IS NOT NULL AND r.needs > g.needs
+                 ORDER BY r.needs LIMIT 1) AS n
+        )
+        SELECT w.run_id FROM groups g CROSS JOIN LATERAL (
+            -- in claim order, stopping at the window's end (the row_number run condition) or
+            -- once enough are found, whichever comes first
+            SELECT v.run_id, v.priority, v.run_at FROM (
+                SELECT r.run_id, r.priority, r.run_at, r.prefers, r.prefer_until, r.slots,
+                       row_number() OVER (ORDER BY r.priority DESC, r.run_at, r.run_id) AS n
+                  FROM pgqueue.ready r
+                 WHERE g.needs <@ labels AND r.queue = g.queue AND r.needs = g.needs AND r.run_at <= now()) AS v
+             WHERE v.n <= greatest(wanted * 20, 1000)
+               AND (v.prefers IS NULL OR v.prefer_until <= now() OR v.prefers <@ labels)
+               AND coalesce(v.slots, 1) <= wanted
+             LIMIT 2 * wanted) AS w
          ORDER BY w.priority DESC, w.run_at, w.run_id
-         LIMIT 2 * wanted) AS c;
+         LIMIT 2 * wanted);
+END
 $$;
 
 -- Of RUN_IDS (in claim order, locked by this claim), those that fit in FREE slots: each takes its
