@@ -79,3 +79,15 @@ CREATE OR REPLACE FUNCTION pgqueue.claim_labels(worker uuid, labels text[]) RETU
 LANGUAGE sql IMMUTABLE AS $$
     SELECT coalesce(labels, '{}') || ('@worker=' || worker::text);
 $$;
+
+-- Whether a live worker has LABELS (and is STICKY_TO, when given): whether a preferred run is
+-- worth waiting for. SECURITY DEFINER: producers enqueue (and so fire the trigger that asks)
+-- without the right to read the workers table.
+CREATE OR REPLACE FUNCTION pgqueue.preferred_worker_alive(labels text[], sticky_to uuid) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM pgqueue.workers w
+         WHERE w.stopped_at IS NULL AND w.heartbeat_at > now() - make_interval(secs => w.lease_s)
+           AND w.labels @> preferred_worker_alive.labels
+           AND (preferred_worker_alive.sticky_to IS NULL OR w.id = preferred_worker_alive.sticky_to));
+$$;

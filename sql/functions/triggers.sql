@@ -57,10 +57,7 @@ BEGIN
         NEW.prefers := v_plain || CASE WHEN p.sticky AND v_last IS NOT NULL
                                        THEN ARRAY['@worker=' || v_last] ELSE '{}' END;
         -- the wait only makes sense while a worker it prefers is alive: else any worker, now
-        SELECT EXISTS (
-            SELECT 1 FROM pgqueue.workers w
-             WHERE w.stopped_at IS NULL AND w.heartbeat_at > now() - make_interval(secs => w.lease_s)
-               AND w.labels @> v_plain AND (NOT p.sticky OR v_last IS NULL OR w.id = v_last)) INTO v_alive;
+        v_alive := pgqueue.preferred_worker_alive(v_plain, CASE WHEN p.sticky THEN v_last END);
         NEW.prefer_until := CASE WHEN v_alive THEN greatest(NEW.run_at, now()) + p.prefer_wait ELSE now() END;
     END IF;
     RETURN NEW;
