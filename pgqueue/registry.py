@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from . import placement
 from .codec import InputCodec
 from .cron import Schedule, sync_op
 from .errors import TaskDefinitionError, UnknownTask
@@ -64,7 +65,9 @@ class TaskRegistry:
              concurrency: Concurrency | None = None,
              rate_limits: Sequence[RateLimit] | RateLimit = (), max_retry_later: int = 100,
              deadline: float | None = None, heartbeat_timeout: float | None = None,
-             retention: RetentionSpec | None = None) -> TaskDecorator: ...
+             retention: RetentionSpec | None = None, required_labels: Mapping[str, str] | None = None,
+             preferred_labels: Mapping[str, str] | None = None, prefer_wait: float = 2.0, slots: int = 1,
+             sticky: bool = False, pin_version: bool = False) -> TaskDecorator: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Declare a task. Use as `@app.task` or `@app.task(queue=..., retry=..., ...)`.
@@ -81,6 +84,9 @@ class TaskRegistry:
         attempt fails (and is retried per `retry`).
         retention: how long its finished runs are kept — seconds or a timedelta, or a mapping
         such as `{"succeeded": timedelta(hours=1)}` (other statuses keep the defaults).
+        Placement (docs/placement.md): required_labels / preferred_labels (`{"gpu": "a100"}`),
+        prefer_wait (seconds a preferred or sticky run waits for its worker), slots (worker
+        slots a run takes), sticky, pin_version.
         """
         if fn is not None:
             return self.register(fn)
@@ -156,5 +162,6 @@ class TaskRegistry:
                     raise TaskDefinitionError(
                         f"task {s.name!r} uses rate limit {rule.name!r}, which is not declared: add "
                         f"app.rate_limit({rule.name!r}, limit=..., per=...)")
+        yield from placement.register_op([task.settings for task in self.tasks.values()])
         yield from sync_limits_op(limits, list(self.rate_limits.values()))
         yield from sync_op(list(self.schedules.values()))

@@ -16,6 +16,7 @@ from .errors import ConfigurationError, TaskDefinitionError
 from .flow import Concurrency, RateLimit, flow_columns
 from .handles import AsyncRunHandle, RunHandle
 from .ops import Op
+from .placement import DEFAULT_PREFER_WAIT, task_placement
 from .retention import RetentionSpec, task_retention
 from .retry import Retry
 
@@ -53,9 +54,19 @@ class TaskSettings:
     #: how long finished runs are kept: seconds or a timedelta for every final status, or a
     #: mapping of some statuses to ages (the others keep the defaults); None: the defaults
     retention: RetentionSpec | None = None
+    #: placement on workers (pgqueue/placement.py, docs/placement.md): labels a worker must have,
+    #: labels it prefers (for prefer_wait seconds), the worker slots a run takes, whether later
+    #: attempts prefer the last worker, whether a started run stays on the version that started it
+    required_labels: Mapping[str, str] | None = None
+    preferred_labels: Mapping[str, str] | None = None
+    prefer_wait: float = DEFAULT_PREFER_WAIT
+    slots: int = 1
+    sticky: bool = False
+    pin_version: bool = False
 
     def __post_init__(self) -> None:
         task_retention(self.name, self.retention)  # refuses a bad age or status now
+        task_placement(self)  # refuses bad labels or slots now
         if self.concurrency is not None and not isinstance(self.concurrency, Concurrency):
             raise TaskDefinitionError(
                 f"task {self.name!r}: concurrency= takes pgqueue.Concurrency(key=..., max_running=...), "

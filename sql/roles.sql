@@ -48,4 +48,6 @@ REVOKE INSERT, UPDATE, DELETE ON pgqueue.schema_migrations, pgqueue.schema_funct
 GRANT SELECT ON pgqueue.schema_migrations, pgqueue.schema_functions, pgqueue.settings, pgqueue.tasks, pgqueue.ready,
     pgqueue.queues, pgqueue.concurrency_limits, pgqueue.rate_limits, pgqueue.runs, pgqueue.attempts,
     pgqueue.steps TO pgqueue_producer;
+-- the placement a new run gets (the trigger on ready reads its task's)
+GRANT SELECT ON pgqueue.task_placement TO pgqueue_producer;
 GRANT INSERT ON pgqueue.runs, pgqueue.ready TO pgqueue_producer;

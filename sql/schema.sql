@@ -121,7 +121,12 @@ CREATE TABLE pgqueue.runs (
     -- not failures of the task's code, bounded like recoveries
     interruptions     integer NOT NULL DEFAULT 0,
     -- the run fails as DeadlineExceeded after this, whatever attempt it is at
-    deadline_at       timestamptz
+    deadline_at       timestamptz,
+    -- placement (sql/functions/placement.sql), set by the claim for placed runs only (worker_id
+    -- is cleared when an attempt ends): the worker of its last attempt (sticky runs), and the
+    -- version of the worker that started it (pinned runs)
+    last_worker       uuid,
+    started_version   text
 ) WITH (
     fillfactor = 90,
     autovacuum_vacuum_scale_factor = 0.02,
@@ -177,7 +182,16 @@ CREATE TABLE pgqueue.ready (
     concurrency_key text,
     -- a keyed run's place in the round-robin across keys (set by the trigger below; the claim
     -- order is described at the top of sql/functions/claim.sql)
-    fair_seq        bigint
+    fair_seq        bigint,
+    -- placement, set by the trigger ready_placement below from task_placement and the run; NULL
+    -- `needs` means none (the run is claimed as if placement did not exist):
+    -- labels a worker must have ('name=value', and '@version=V' for a pinned run), sorted
+    needs           text[],
+    -- labels the run prefers ('name=value', and '@worker=<id>' for a sticky run), until prefer_until
+    prefers         text[],
+    prefer_until    timestamptz,
+    -- worker slots the run takes (NULL: 1)
+    slots           integer
 ) WITH (
     fillfactor = 100,
     -- insert-then-delete churn: vacuum early and without throttling
@@ -189,11 +203,15 @@ CREATE TABLE pgqueue.ready (
 );
 
 -- Two claim indexes, each exactly a claim order: unkeyed runs by age (higher priority first,
--- then earlier run_at, then older run), keyed runs in round-robin order.
+-- then earlier run_at, then older run), keyed runs in round-robin order. Placed runs are left
+-- out: a worker never reads past runs it may not take.
 CREATE INDEX ready_claim ON pgqueue.ready (queue, priority DESC, run_at, run_id)
-    WHERE concurrency_key IS NULL;
+    WHERE concurrency_key IS NULL AND needs IS NULL;
 CREATE INDEX ready_claim_fair ON pgqueue.ready (queue, priority DESC, fair_seq, run_at, run_id)
-    WHERE concurrency_key IS NOT NULL;
+    WHERE concurrency_key IS NOT NULL AND needs IS NULL;
+-- placed runs, grouped by what a worker must have to take them (sql/functions/placement.sql)
+CREATE INDEX ready_placed ON pgqueue.ready (queue, needs, priority DESC, run_at, run_id)
+    WHERE needs IS NOT NULL;
 -- the last queued run of a key (its next sequence number) and the queued runs of a key
 CREATE INDEX ready_key ON pgqueue.ready (task, concurrency_key, fair_seq) WHERE concurrency_key IS NOT NULL;
 
@@ -201,6 +219,9 @@ CREATE INDEX ready_key ON pgqueue.ready (task, concurrency_key, fair_seq) WHERE 
 -- Rows without a key skip the trigger: its WHEN is checked without calling the function.
 CREATE TRIGGER ready_fair_seq BEFORE INSERT ON pgqueue.ready
     FOR EACH ROW WHEN (NEW.concurrency_key IS NOT NULL) EXECUTE FUNCTION pgqueue.ready_fair_seq();
+-- A run entering `ready` gets its task's placement (sql/functions/triggers.sql).
+CREATE TRIGGER ready_placement BEFORE INSERT ON pgqueue.ready
+    FOR EACH ROW EXECUTE FUNCTION pgqueue.ready_placement();
 
 -- The candidates a claim considers (pgqueue.claim keeps them in an array of this type).
 CREATE TYPE pgqueue.claim_candidate AS (
@@ -357,7 +378,10 @@ CREATE TABLE pgqueue.workers (
     lease_s      double precision NOT NULL,
     started_at   timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now(),
-    stopped_at   timestamptz
+    stopped_at   timestamptz,
+    -- what it advertises for placement: 'name=value' labels, and its code version
+    labels       text[] NOT NULL DEFAULT '{}',
+    version      text
 );
 
 CREATE TABLE pgqueue.queues (
@@ -381,6 +405,27 @@ CREATE TABLE pgqueue.concurrency_limits (
     -- on a bigger plan) are marked 'runtime' and never overwritten by code
     source      text NOT NULL DEFAULT 'code' CHECK (source IN ('code', 'runtime')),
     PRIMARY KEY (name, key)
+);
+
+-- Placement (sql/functions/placement.sql) -----------------------------------------------
+
+-- What a task declared about where its runs go (written by workers at start, like pgqueue.tasks);
+-- a task without a row has no placement, and its ready rows carry none.
+CREATE TABLE pgqueue.task_placement (
+    task             text PRIMARY KEY,
+    -- 'name=value' entries, sorted: a worker must have all of them
+    required_labels  text[] NOT NULL DEFAULT '{}',
+    -- 'name=value' entries, sorted: a worker with all of them takes the run first
+    preferred_labels text[] NOT NULL DEFAULT '{}',
+    -- how long a preferred or sticky run waits for its preferred worker before any worker takes it
+    prefer_wait      interval NOT NULL DEFAULT '2 seconds' CHECK (prefer_wait >= interval '0'),
+    -- the worker slots one run takes
+    slots            integer NOT NULL DEFAULT 1 CHECK (slots BETWEEN 1 AND 10000),
+    -- later attempts and wake-ups prefer the worker of the run's last attempt
+    sticky           boolean NOT NULL DEFAULT false,
+    -- once started, only workers of the version that started it take the run again
+    pin_version      boolean NOT NULL DEFAULT false,
+    updated_at       timestamptz NOT NULL DEFAULT now()
 );
 
 -- Token buckets. Key '' is the limit's definition (and the bucket of a limit without keys);

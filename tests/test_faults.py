@@ -207,7 +207,7 @@ def _complete_one(conn: psycopg.Connection[Any], worker: str, run_id: int, attem
 
 def _claim(conn: psycopg.Connection[Any], worker: str, queue: str) -> list[Any]:
     return conn.execute(query("worker.claim"),
-                        {"queues": [queue], "limit": 1, "worker": worker, "lease_s": 30}).fetchall()
+                        {"queues": [queue], "limit": 1, "worker": worker, "lease_s": 30, "labels": None}).fetchall()
 
 
 def test_interrupted_attempts_are_bounded_by_max_interruptions(dsn: str) -> None:

@@ -192,7 +192,8 @@ def test_zombie_cannot_record_after_its_lease_was_taken_over(dsn: str) -> None:
 
         def claim(worker: str) -> list[tuple[Any, ...]]:
             return conn.execute(query("worker.claim"),  # type: ignore[arg-type]
-                                {"queues": ["zombies"], "limit": 10, "worker": worker, "lease_s": 30}).fetchall()
+                                {"queues": ["zombies"], "limit": 10, "worker": worker, "lease_s": 30,
+                                 "labels": None}).fetchall()
 
         def complete(worker: str, attempt: int, result: str) -> list[tuple[Any, ...]]:
             outcome = Outcome(run_id, attempt, "succeeded", "succeeded", result=result)
@@ -225,7 +226,7 @@ def test_rescue_never_overwrites_a_finished_run_and_dead_letters_crash_loops(dsn
         statuses = []
         for _ in range(3):
             conn.execute(query("worker.claim"),  # type: ignore[arg-type]
-                         {"queues": ["crash"], "limit": 1, "worker": worker, "lease_s": 30})
+                         {"queues": ["crash"], "limit": 1, "worker": worker, "lease_s": 30, "labels": None})
             conn.execute("UPDATE pgqueue.runs SET lease_expires_at = now() - interval '1 second' WHERE id = %s",
                          (run_id,))
             statuses += [s for i, s in conn.execute(query("worker.rescue"),  # type: ignore[arg-type]

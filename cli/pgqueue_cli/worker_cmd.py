@@ -9,6 +9,8 @@ import signal
 
 import click
 
+from pgqueue.errors import ConfigurationError
+from pgqueue.placement import parse_labels
 from pgqueue.worker import Worker, WorkerSettings
 
 from .common import dsn_option, friendly_errors
@@ -20,6 +22,14 @@ def _queues(value: str) -> list[str]:
     if not queues:
         raise click.BadParameter("give at least one queue name, e.g. --queues default,llm")
     return queues
+
+
+def _labels(given: tuple[str, ...]) -> dict[str, str]:
+    items = list(given) or [x.strip() for x in os.environ.get("PGQUEUE_WORKER_LABELS", "").split(",") if x.strip()]
+    try:
+        return parse_labels(items)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--label") from None
 
 
 @click.command("worker")
@@ -59,6 +69,12 @@ def _queues(value: str) -> list[str]:
 @click.option("--prune-interval", type=click.FloatRange(min=0), default=60.0, envvar="PGQUEUE_PRUNE_INTERVAL",
               show_envvar=True, show_default=True,
               help="Seconds between pruning passes (finished runs past their retention); 0: off.")
+@click.option("--label", "labels", multiple=True, metavar="NAME=VALUE",
+              help="A label of this worker, e.g. --label gpu=a100 (repeatable; PGQUEUE_WORKER_LABELS: "
+                   "comma-separated). Tasks with required_labels= run only on workers that have them.")
+@click.option("--version", "version", default=None, envvar="PGQUEUE_WORKER_VERSION", show_envvar=True,
+              help="The code version this worker runs; runs of tasks with pin_version=True stay on the "
+                   "version that started them.")
 @click.option("--log-level", default="INFO", envvar="PGQUEUE_LOG_LEVEL", show_envvar=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @friendly_errors
@@ -66,7 +82,8 @@ def worker_cmd(app_path: str, dsn: str | None, queues: str, concurrency: int, ba
                prefetch: int | None, name: str | None,
                lease: float, heartbeat: float, poll_interval: float, grace_period: float, max_recoveries: int,
                max_interruptions: int, burst: bool, metrics_port: int | None, metrics_host: str,
-               metrics_token: str | None, prune_interval: float, log_level: str) -> None:
+               metrics_token: str | None, prune_interval: float, labels: tuple[str, ...], version: str | None,
+               log_level: str) -> None:
     """Run the tasks of the PgQueue app at MODULE:ATTR (like `uvicorn module:app`).
 
     SIGTERM or SIGINT stops claiming, lets running runs finish within the grace period, hands
@@ -82,7 +99,7 @@ def worker_cmd(app_path: str, dsn: str | None, queues: str, concurrency: int, ba
                               grace_period=grace_period, max_recoveries=max_recoveries,
                               max_interruptions=max_interruptions, burst=burst,
                               metrics_port=metrics_port, metrics_host=metrics_host, metrics_token=metrics_token,
-                              prune_interval=prune_interval)
+                              prune_interval=prune_interval, labels=_labels(labels), version=version)
     if name:
         settings.name = name
     asyncio.run(_serve(Worker(app, settings)))

@@ -27,9 +27,11 @@ class Claimed:
     trace_context: dict[str, str] | None = None
 
 
-def claim_op(worker_id: str, queues: list[str], limit: int, lease: float) -> Op[list[Claimed]]:
+def claim_op(worker_id: str, queues: list[str], limit: int, lease: float,
+             labels: list[str] | None = None) -> Op[list[Claimed]]:
+    """`labels`: the worker's placement labels (worker/placement.py), None without any."""
     rows = yield statement("worker.claim", {"queues": queues, "limit": limit, "worker": worker_id,
-                                            "lease_s": lease}, row=Claimed, custom_plan=True)
+                                            "lease_s": lease, "labels": labels}, row=Claimed, custom_plan=True)
     return rows
 
 

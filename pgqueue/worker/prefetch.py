@@ -43,6 +43,10 @@ class ClaimAhead:
         now = time.monotonic()
         self._held.extend((run, now) for run in runs)
 
+    def peek(self) -> Claimed | None:
+        """The run `take` would return next."""
+        return self._held[0][0] if self._held else None
+
     def take(self) -> tuple[Claimed, bool] | None:
         """The oldest run held, and whether its cancellation was requested meanwhile."""
         if not self._held:

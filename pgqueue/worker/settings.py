@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass, field
 
 from ..errors import ConfigurationError
+from ..placement import check_version, label_entries
 
 #: least default `prefetch`
 DEFAULT_PREFETCH = 50
@@ -50,8 +51,14 @@ class WorkerSettings:
     prune_batch_size: int = 1000
     #: most batches per pass (a pass also stops after half the interval, or at a batch not full)
     prune_batches: int = 100
+    #: placement (docs/placement.md): labels this worker has ({"gpu": "a100"}), and the code
+    #: version it runs (runs of tasks with pin_version=True stay on the version that started them)
+    labels: dict[str, str] = field(default_factory=dict)
+    version: str | None = field(default_factory=lambda: os.environ.get("PGQUEUE_WORKER_VERSION") or None)
 
     def __post_init__(self) -> None:
+        label_entries("worker labels", self.labels)  # refuses bad labels now
+        check_version(self.version)
         if self.concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
         if not self.queues:

@@ -21,7 +21,7 @@ import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .. import tracing
 from ..app import PgQueue
@@ -39,6 +39,7 @@ from .executor import Executor, Outcome
 from .expirer import Expirer
 from .heartbeat import Heartbeat, Held
 from .listener import Listener
+from .placement import Slots, advertise_op, claim_labels
 from .prefetch import ClaimAhead
 from .pruner import Pruner
 from .rescuer import Rescuer
@@ -65,9 +66,16 @@ class _Running:
 
 
 class Worker:
-    def __init__(self, app: PgQueue, settings: WorkerSettings | None = None) -> None:
+    def __init__(self, app: PgQueue, settings: WorkerSettings | None = None, *,
+                 labels: dict[str, str] | None = None, version: str | None = None) -> None:
+        """`labels`, `version`: placement (docs/placement.md), instead of the settings' own."""
         self.app = app
         self.settings = settings or WorkerSettings()
+        if labels is not None or version is not None:
+            self.settings = replace(self.settings, labels=labels if labels is not None else self.settings.labels,
+                                    version=version if version is not None else self.settings.version)
+        self._slots = Slots(app, self.settings.concurrency)  # refuses a task needing more slots than it has
+        self._labels = claim_labels(self.settings.labels, self.settings.version)
         self.id = str(uuid.uuid4())
         self.db = Database(None, pool_size=MACHINERY_CONNECTIONS,
                            name=f"pgqueue-worker-{self.settings.name}", prepared_statements=False,
@@ -114,6 +122,7 @@ class Worker:
         try:
             await self.app.db.execute_async(self.app.registry.register_op(), transaction=True)
             await self.db.execute_async(_register_worker_op(self.id, settings))
+            await self.db.execute_async(advertise_op(self.id, settings.labels, settings.version))
             log.info("pgqueue worker %s (id %s) started: database %s, queues %s, concurrency %d, tasks: %s",
                      settings.name, self.id, describe_dsn(self.db.dsn), ",".join(settings.queues),
                      settings.concurrency, ", ".join(sorted(self.app.tasks)) or "none")
@@ -237,7 +246,7 @@ class Worker:
             # made every slot wait for the completer's round trip as well as the claim's; not
             # counting them would let claims outrun the completer, and every batch grow unbounded
             capacity = settings.concurrency + self._ahead.wanted()
-            held = len(self._running) + len(self._ahead) + max(0, self._completer.backlog() - capacity)
+            held = self._slots.held(self._running, self._ahead) + max(0, self._completer.backlog() - capacity)
             free = capacity - held
             # while runs in hand keep the slots fed, wait to claim a batch worth a round trip
             if free <= 0 or (self._ahead and free < capacity // 2):
@@ -250,7 +259,8 @@ class Worker:
             self._wake.clear()
             try:
                 started = time.monotonic()
-                claimed = await self.db.execute_async(claim_op(self.id, settings.queues, limit, settings.lease))
+                claimed = await self.db.execute_async(claim_op(self.id, settings.queues, limit, settings.lease,
+                                                                      self._labels))
                 elapsed = time.monotonic() - started
                 self.metrics.inc("pgqueue_claims_total")
                 self.metrics.observe("pgqueue_claim_seconds", elapsed)
@@ -290,11 +300,10 @@ class Worker:
 
     def _start_held(self) -> None:
         """Start runs in hand while execution slots are free."""
-        while len(self._running) < self.settings.concurrency:
+        while (head := self._ahead.peek()) is not None and self._slots.fits(head, self._running):
             taken = self._ahead.take()
-            if taken is None:
-                return
-            self._start(*taken)
+            if taken is not None:
+                self._start(*taken)
 
     def _start(self, run: Claimed, cancelled: bool) -> None:
         ctx = RunContext(run.id, run.task, run.attempt, self.id, self.app.db, _writer=self._steps,

@@ -30,14 +30,15 @@ BEGIN
                 SELECT r.run_id, r.task, r.concurrency_key,
                        row_number() OVER (ORDER BY r.priority DESC, r.fair_seq, r.run_at, r.run_id) AS n
                   FROM pgqueue.ready r
-                 WHERE r.queue = q.name AND r.concurrency_key IS NOT NULL AND r.run_at <= now()) AS w
+                 WHERE r.queue = q.name AND r.concurrency_key IS NOT NULL AND r.needs IS NULL
+                   AND r.run_at <= now()) AS w
              WHERE w.n <= v_cap AND NOT (w.task || E'\x1f' || w.concurrency_key = ANY ("full"))
              LIMIT 2 * wanted) AS s);
     -- enough, or the scan saw every due keyed run: nothing deeper to find
     IF cardinality(v_found) >= 2 * wanted OR NOT EXISTS (
         SELECT 1 FROM unnest(served) AS q(name) CROSS JOIN LATERAL (
             SELECT 1 FROM pgqueue.ready r
-             WHERE r.queue = q.name AND r.concurrency_key IS NOT NULL AND r.run_at <= now()
+             WHERE r.queue = q.name AND r.concurrency_key IS NOT NULL AND r.needs IS NULL AND r.run_at <= now()
              ORDER BY r.priority DESC, r.fair_seq, r.run_at, r.run_id
              OFFSET v_cap LIMIT 1) AS deeper) THEN
         RETURN v_found;
@@ -59,7 +60,7 @@ BEGIN
         SELECT f.run_id FROM open k CROSS JOIN LATERAL (
             SELECT r.run_id, r.priority, r.fair_seq, r.run_at FROM pgqueue.ready r
              WHERE r.task = k.task AND r.concurrency_key = k.concurrency_key
-               AND r.queue = ANY (served) AND r.run_at <= now()
+               AND r.queue = ANY (served) AND r.run_at <= now() AND r.needs IS NULL
              ORDER BY r.fair_seq
              LIMIT (SELECT greatest(1, ceil(2.0 * wanted / greatest(count(*), 1)))::integer FROM open)) AS f
          WHERE f.run_id <> ALL (v_found)
@@ -80,7 +81,9 @@ $$;
 -- Its statements run on generic plans (plan_cache_mode): each is written to follow an index
 -- whatever its parameters, and planning them anew at every call (plpgsql's default when a
 -- generic plan's estimate looks worse) cost more than the rest of a small claim (0.4 of 0.65 ms).
-CREATE OR REPLACE FUNCTION pgqueue.claim(worker uuid, queues text[], max_runs integer, lease_s double precision)
+-- LABELS: the worker's labels ('name=value', and '@version=V'), for placed runs (placement.sql).
+CREATE OR REPLACE FUNCTION pgqueue.claim(worker uuid, queues text[], max_runs integer, lease_s double precision,
+                                         labels text[] DEFAULT NULL)
 RETURNS TABLE (id bigint, task text, input jsonb, attempt integer, failures integer, expired boolean,
                queue text)
 LANGUAGE plpgsql
@@ -98,6 +101,8 @@ DECLARE
     v_cancel  bigint[] := '{}';
     v_take    bigint[];
     v_rated   text[];
+    v_placed  bigint[];
+    v_labels  text[];
     k         record;
 BEGIN
     SELECT coalesce(array_agg(u.name), '{}') INTO v_served FROM unnest(claim.queues) AS u(name)
@@ -107,7 +112,7 @@ BEGIN
     v_keyed := EXISTS (
         SELECT 1 FROM unnest(v_served) AS q(name) CROSS JOIN LATERAL (
             SELECT 1 FROM pgqueue.ready r
-             WHERE r.queue = q.name AND r.concurrency_key IS NOT NULL
+             WHERE r.queue = q.name AND r.concurrency_key IS NOT NULL AND r.needs IS NULL
              ORDER BY r.priority DESC, r.fair_seq, r.run_at, r.run_id
              LIMIT 1) AS k);
     IF v_keyed THEN
@@ -125,11 +130,18 @@ BEGIN
         -- some keys are full: find the keyed candidates without scanning past their backlogs
         v_found := pgqueue.keyed_candidates(v_served, v_full, max_runs);
     END IF;
+    -- placement (sql/functions/placement.sql): runs with required or preferred labels, a slot
+    -- cost, stickiness or a pinned version are found apart, among those this worker may take
+    IF EXISTS (SELECT 1 FROM unnest(v_served) AS q(name) CROSS JOIN LATERAL (
+                   SELECT 1 FROM pgqueue.ready r WHERE r.queue = q.name AND r.needs IS NOT NULL LIMIT 1) AS p) THEN
+        v_labels := pgqueue.claim_labels(claim.worker, claim.labels);
+        v_placed := pgqueue.placed_candidates(v_served, v_labels, max_runs);
+    END IF;
     SELECT array_agg(c) INTO v_cands FROM (
         SELECT p.* FROM unnest(v_served) AS q(name) CROSS JOIN LATERAL (
             SELECT r.run_id, r.priority, r.run_at, r.task, r.concurrency_key, r.fair_seq
               FROM pgqueue.ready r
-             WHERE r.queue = q.name AND r.concurrency_key IS NULL AND r.run_at <= now()
+             WHERE r.queue = q.name AND r.concurrency_key IS NULL AND r.needs IS NULL AND r.run_at <= now()
              ORDER BY r.priority DESC, r.run_at, r.run_id
              LIMIT max_runs
                FOR UPDATE SKIP LOCKED) AS p
@@ -138,7 +150,7 @@ BEGIN
             SELECT r.run_id, r.priority, r.run_at, r.task, r.concurrency_key, r.fair_seq
               FROM pgqueue.ready r
              WHERE v_keyed AND v_found IS NULL
-               AND r.queue = q.name AND r.concurrency_key IS NOT NULL AND r.run_at <= now()
+               AND r.queue = q.name AND r.concurrency_key IS NOT NULL AND r.needs IS NULL AND r.run_at <= now()
              ORDER BY r.priority DESC, r.fair_seq, r.run_at, r.run_id
              LIMIT max_runs
                FOR UPDATE SKIP LOCKED) AS f
@@ -146,10 +158,20 @@ BEGIN
         SELECT x.* FROM (
             SELECT r.run_id, r.priority, r.run_at, r.task, r.concurrency_key, r.fair_seq
               FROM pgqueue.ready r
-             WHERE r.run_id = ANY (v_found) AND r.run_at <= now()
+             WHERE r.run_id = ANY (v_found) AND r.needs IS NULL AND r.run_at <= now()
              ORDER BY r.priority DESC, r.fair_seq, r.run_at, r.run_id
              LIMIT max_runs
                FOR UPDATE SKIP LOCKED) AS x
+        UNION ALL
+        -- placed runs, checked again once locked (the row may have been claimed and queued anew)
+        SELECT y.* FROM (
+            SELECT r.run_id, r.priority, r.run_at, r.task, r.concurrency_key, r.fair_seq
+              FROM pgqueue.ready r
+             WHERE r.run_id = ANY (v_placed) AND r.run_at <= now() AND r.needs <@ v_labels
+               AND (r.prefers IS NULL OR r.prefer_until <= now() OR r.prefers <@ v_labels)
+             ORDER BY r.priority DESC, r.run_at, r.run_id
+             LIMIT max_runs
+               FOR UPDATE SKIP LOCKED) AS y
     ) AS c;
     IF v_cands IS NULL THEN
         RETURN;
@@ -216,6 +238,9 @@ BEGIN
               FROM unnest(v_cands) c WHERE c.run_id = ANY (v_allowed)) c
          ORDER BY c.priority DESC, c.turn, c.concurrency_key IS NULL, c.run_id
          LIMIT max_runs);
+    IF v_placed IS NOT NULL THEN
+        v_take := pgqueue.fit_slots(v_take, max_runs);  -- runs taking several slots (placement.sql)
+    END IF;
 
     -- rate limits, for the runs of tasks that have any
     SELECT array_agg(t.name) INTO v_rated FROM pgqueue.tasks t WHERE t.rate_limits IS NOT NULL;
@@ -229,7 +254,7 @@ BEGIN
 
     RETURN QUERY
     WITH taken AS (
-        DELETE FROM pgqueue.ready r WHERE r.run_id = ANY (v_take) RETURNING r.run_id
+        DELETE FROM pgqueue.ready r WHERE r.run_id = ANY (v_take) RETURNING r.run_id, r.needs IS NOT NULL AS placed
     )
     UPDATE pgqueue.runs AS run
        SET status = 'running',
@@ -237,7 +262,14 @@ BEGIN
            attempt_started_at = now(),
            started_at = coalesce(run.started_at, now()),
            worker_id = claim.worker,
-           lease_expires_at = now() + make_interval(secs => claim.lease_s)
+           lease_expires_at = now() + make_interval(secs => claim.lease_s),
+           -- placed runs remember their worker (sticky) and the version that started them (pinned)
+           last_worker = CASE WHEN taken.placed THEN claim.worker ELSE run.last_worker END,
+           started_version = CASE WHEN taken.placed
+                                  THEN coalesce(run.started_version,
+                                                (SELECT substr(l, 10) FROM unnest(v_labels) l
+                                                  WHERE l LIKE '@version=%' LIMIT 1))
+                                  ELSE run.started_version END
       FROM taken
      WHERE run.id = taken.run_id AND run.status IN ('queued', 'sleeping', 'waiting')
        -- past its run-level deadline no attempt starts: the expirer fails the run (it finds it

@@ -24,3 +24,42 @@ BEGIN
     RETURN NEW;
 END
 $$;
+
+-- A run entering `ready` gets its placement (what a worker must have, what it prefers, the
+-- slots it takes) from its task's row in task_placement (sql/functions/placement.sql) and from
+-- the run (the worker of its last attempt, the version that started it). A task without a row
+-- costs one primary-key probe and leaves the row without placement (`needs` NULL).
+CREATE OR REPLACE FUNCTION pgqueue.ready_placement() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    p        pgqueue.task_placement;
+    v_last   uuid;
+    v_ver    text;
+    v_needs  text[];
+    v_plain  text[];
+    v_alive  boolean;
+BEGIN
+    SELECT * INTO p FROM pgqueue.task_placement t WHERE t.task = NEW.task;
+    IF NOT FOUND THEN
+        RETURN NEW;
+    END IF;
+    IF p.sticky OR p.pin_version THEN
+        SELECT r.last_worker, r.started_version INTO v_last, v_ver FROM pgqueue.runs r WHERE r.id = NEW.run_id;
+    END IF;
+    v_needs := p.required_labels;
+    IF p.pin_version AND v_ver IS NOT NULL THEN
+        v_needs := v_needs || ('@version=' || v_ver);
+    END IF;
+    NEW.needs := ARRAY(SELECT DISTINCT x COLLATE "C" FROM unnest(v_needs) x ORDER BY 1);
+    NEW.slots := nullif(p.slots, 1);
+    v_plain := p.preferred_labels;
+    IF cardinality(v_plain) > 0 OR (p.sticky AND v_last IS NOT NULL) THEN
+        NEW.prefers := v_plain || CASE WHEN p.sticky AND v_last IS NOT NULL
+                                       THEN ARRAY['@worker=' || v_last] ELSE '{}' END;
+        -- the wait only makes sense while a worker it prefers is alive: else any worker, now
+        v_alive := pgqueue.preferred_worker_alive(v_plain, CASE WHEN p.sticky THEN v_last END);
+        NEW.prefer_until := CASE WHEN v_alive THEN greatest(NEW.run_at, now()) + p.prefer_wait ELSE now() END;
+    END IF;
+    RETURN NEW;
+END
+$$;

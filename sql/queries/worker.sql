@@ -14,8 +14,9 @@ UPDATE pgqueue.workers SET stopped_at = now(), heartbeat_at = now() WHERE id = %
 -- sql/functions/claim.sql, applies priorities, fairness, concurrency and rate limits).
 -- The input comes as text: the executor decodes each run's on its own, so that one that cannot
 -- be decoded fails alone instead of failing the fetch of the whole batch.
+-- labels: the worker's placement labels (NULL for a worker without labels or version).
 SELECT id, task, input::text AS input, attempt, failures, expired, queue
-  FROM pgqueue.claim(%(worker)s, %(queues)s::text[], %(limit)s, %(lease_s)s)
+  FROM pgqueue.claim(%(worker)s, %(queues)s::text[], %(limit)s, %(lease_s)s, %(labels)s::text[])
 
 -- name: trace_contexts
 -- Only when tracing is on: where each claimed run's enqueue put its trace context.
