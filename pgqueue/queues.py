@@ -27,6 +27,9 @@ class WorkerStatus:
     concurrency: int
     heartbeat_age_s: float
     running: int
+    #: placement (docs/placement.md): 'name=value' entries, and the code version
+    labels: list[str]
+    version: str | None
 
 
 def status_op() -> Op[tuple[list[QueueStatus], list[WorkerStatus]]]:

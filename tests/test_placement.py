@@ -298,3 +298,11 @@ async def test_slot_cost_is_never_exceeded(placed: PgQueue, dsn: str) -> None:
         peak = max(peak, in_use)
     print(f"\nslot cost: {len(mine)} runs (3-slot and 1-slot), at most {peak} of 4 slots in use at once")
     assert len(mine) == 160 and peak <= 4
+
+
+async def test_status_shows_the_labels_and_version_of_workers(placed: PgQueue, dsn: str) -> None:
+    async with running_worker(placed, queues=["placed"], labels={"gpu": "a100", "model": "llama3"}, version="v7"):
+        result = await asyncio.to_thread(CliRunner().invoke, cli, ["status", "--dsn", dsn])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "gpu=a100" in line)
+    assert "model=llama3" in row and "v7" in row

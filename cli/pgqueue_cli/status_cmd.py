@@ -62,8 +62,9 @@ def render_status(status: Status) -> list[str]:
     lines.append("")
     if status.workers:
         lines += render_table(
-            ["worker", "host", "pid", "queues", "concurrency", "running", "heartbeat age s"],
-            [(w.name, w.host, w.pid, ",".join(w.queues), w.concurrency, w.running, w.heartbeat_age_s)
+            ["worker", "host", "pid", "queues", "concurrency", "running", "heartbeat age s", "labels", "version"],
+            [(w.name, w.host, w.pid, ",".join(w.queues), w.concurrency, w.running, w.heartbeat_age_s,
+              ",".join(w.labels) or "-", w.version or "-")
              for w in status.workers])
     else:
         lines.append("no worker alive")

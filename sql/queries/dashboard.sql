@@ -75,7 +75,7 @@ SELECT name, host, pid, queues, concurrency, extract(epoch FROM now() - heartbea
             WHEN heartbeat_at > now() - make_interval(secs => lease_s) THEN 'alive'
             ELSE 'lost' END AS state,
        (SELECT count(*) FROM pgqueue.runs r WHERE r.worker_id = w.id AND r.status = 'running') AS running,
-       started_at
+       started_at, labels, version
   FROM pgqueue.workers w
  WHERE stopped_at IS NULL OR stopped_at > now() - interval '1 hour'
  ORDER BY stopped_at IS NOT NULL, name

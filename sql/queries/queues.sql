@@ -24,7 +24,8 @@ SELECT queue, coalesce(queued, 0) AS queued, coalesce(scheduled, 0) AS scheduled
 
 -- name: workers_alive
 SELECT name, host, pid, queues, concurrency, extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age_s,
-       (SELECT count(*) FROM pgqueue.runs r WHERE r.worker_id = w.id AND r.status = 'running') AS running
+       (SELECT count(*) FROM pgqueue.runs r WHERE r.worker_id = w.id AND r.status = 'running') AS running,
+       labels, version
   FROM pgqueue.workers w
  WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => lease_s)
  ORDER BY name
