@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 import psycopg
 
 from .codec import InputCodec, check_name
+from .control import Debounce, Singleton, Throttle, control_spec
 from .enqueue import EnqueueOptions, enqueue_op
 from .errors import ConfigurationError, TaskDefinitionError
 from .flow import Concurrency, RateLimit, flow_columns
@@ -53,9 +54,16 @@ class TaskSettings:
     #: how long finished runs are kept: seconds or a timedelta for every final status, or a
     #: mapping of some statuses to ages (the others keep the defaults); None: the defaults
     retention: RetentionSpec | None = None
+    #: enqueue control (pgqueue.control): the last enqueue of a key within a window wins
+    debounce: Debounce | None = None
+    #: one active run per key: a new enqueue is skipped or replaces it
+    singleton: Singleton | None = None
+    #: at most N starts per period per key
+    throttle: Throttle | None = None
 
     def __post_init__(self) -> None:
         task_retention(self.name, self.retention)  # refuses a bad age or status now
+        control_spec(self.name, self.debounce, self.singleton, self.throttle)  # and bad enqueue control
         if self.concurrency is not None and not isinstance(self.concurrency, Concurrency):
             raise TaskDefinitionError(
                 f"task {self.name!r}: concurrency= takes pgqueue.Concurrency(key=..., max_running=...), "

@@ -67,7 +67,9 @@ CREATE TABLE pgqueue.tasks (
     --            "units_field": field or null, "python_only": bool}
     rate_limits       jsonb,
     -- run-level deadline over all attempts, counted from the run's creation
-    deadline          interval
+    deadline          interval,
+    -- debounce, singleton and throttle rules (sql/functions/enqueue_control.sql); NULL: none
+    control           jsonb
 );
 
 -- Runs -----------------------------------------------------------------------------------
@@ -121,7 +123,10 @@ CREATE TABLE pgqueue.runs (
     -- not failures of the task's code, bounded like recoveries
     interruptions     integer NOT NULL DEFAULT 0,
     -- the run fails as DeadlineExceeded after this, whatever attempt it is at
-    deadline_at       timestamptz
+    deadline_at       timestamptz,
+    -- a debounced or singleton run's key, and a throttled run's key (sql/functions/enqueue_control.sql)
+    control_key       text,
+    throttle_key      text
 ) WITH (
     fillfactor = 90,
     autovacuum_vacuum_scale_factor = 0.02,
@@ -165,6 +170,9 @@ CREATE INDEX runs_concurrency_key_id ON pgqueue.runs (concurrency_key, id) WHERE
 -- root's id, at any depth). Finished roots in finishing order: what the pruner reads first.
 CREATE INDEX runs_root_finished ON pgqueue.runs (finished_at) WHERE parent_id IS NULL AND finished_at IS NOT NULL;
 CREATE INDEX runs_root ON pgqueue.runs (root_id) WHERE root_id IS NOT NULL;
+-- the active runs of a debounce or singleton key: what an enqueue of that key looks for
+CREATE INDEX runs_control_active ON pgqueue.runs (task, control_key)
+    WHERE control_key IS NOT NULL AND status IN ('queued', 'running', 'sleeping', 'waiting');
 
 -- The claimable runs: a row per queued run that is due or will be (enqueue, retry, wake-up and
 -- rescue insert it; the claim deletes it).
@@ -399,6 +407,15 @@ CREATE TABLE pgqueue.rate_limits (
     -- runs a claim moved to later because this bucket was short or on hold (for metrics)
     deferred_total bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (name, key)
+);
+
+-- The start times of a throttle key within its last period (at most `limit` of them): the claim
+-- locks the row, so that claimers of one key count each other's starts.
+CREATE TABLE pgqueue.throttle_windows (
+    task   text NOT NULL,
+    key    text NOT NULL,
+    starts timestamptz[] NOT NULL DEFAULT '{}',
+    PRIMARY KEY (task, key)
 );
 
 -- Retention (sql/functions/retention.sql) ------------------------------------------------
