@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from conftest import running_worker
 from pgqueue import Debounce, InvalidInput, PgQueue, Singleton, TaskDefinitionError, Throttle
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -348,3 +349,37 @@ def test_debounce_and_singleton_together_are_refused() -> None:
         other.task(debounce=Debounce(key="a", window=1), singleton=Singleton(key="a"))(lambda a: None)
     with pytest.raises(TaskDefinitionError, match=r"takes a pgqueue\.Throttle"):
         other.task(throttle=3)(lambda a: None)  # type: ignore[arg-type]
+
+
+# -- through a worker and the CLI ------------------------------------------------------------------
+
+async def test_a_worker_runs_a_burst_of_debounced_enqueues_once_with_the_last_input(dsn: str) -> None:
+    seen: list[str] = []
+    worker_app = PgQueue(dsn)
+
+    @worker_app.task(name="embed_burst", debounce=Debounce(key="doc_id", window=2))
+    async def embed_burst(doc_id: str, text: str) -> str:
+        seen.append(text)
+        return text
+
+    async with running_worker(worker_app):
+        handles = [await embed_burst.enqueue_async(doc_id="w", text=f"v{i}") for i in range(5)]
+        results = [await h.result(timeout=30) for h in handles]
+    await worker_app.aclose()
+    assert results == ["v4"] * 5 and seen == ["v4"]
+
+
+def test_cli_lists_the_rules_and_enqueues_with_them(cli_env: dict[str, str], conn: Conn) -> None:
+    from test_cli import assert_one_line_error, pgqueue
+
+    listing = pgqueue("tasks", env=cli_env)
+    assert listing.returncode == 0, listing.stderr
+    line = next(row for row in listing.stdout.splitlines() if row.startswith("embed "))
+    assert "debounce doc_id: window 30s, max wait 300s" in line
+    assert "throttle tenant: 3 per 60s" in pgqueue("tasks", env=cli_env).stdout
+    first = pgqueue("enqueue", "index_once", "--input", '{"doc_id": "cli"}', env=cli_env)
+    second = pgqueue("enqueue", "index_once", "--input", '{"doc_id": "cli"}', env=cli_env)
+    assert first.returncode == second.returncode == 0, (first.stderr, second.stderr)
+    assert second.stdout.startswith(f"{first.stdout.strip()} (an existing run")
+    assert_one_line_error(pgqueue("enqueue", "index_once", "--input", '{"n": 1}', env=cli_env),
+                          'has no field "doc_id" (its singleton key)')
