@@ -2,7 +2,7 @@
 
 from .app import PgQueue
 from .context import RunContext, current_run
-from .control import Debounce, Singleton, Throttle
+from .control import Batch, Debounce, Singleton, Throttle
 from .cron import Schedule
 from .errors import (
     ChildRunError,
@@ -41,6 +41,7 @@ __all__ = [
     "AsyncRunHandle",
     "AttemptFinished",
     "AttemptStarted",
+    "Batch",
     "ChildRunError",
     "ChildRunFailed",
     "Chunk",

@@ -1,19 +1,25 @@
-"""Enqueue control declared with tasks: debounce, singleton (unique while active) and throttle.
+"""Enqueue control declared with tasks: debounce, singleton (unique while active), throttle, batch.
 
 A task's rules are written to `pgqueue.tasks.control` when a worker starts (`register_op`), and
 the database applies them to every enqueue, from Python, SQL or the CLI alike: debounce and
 singleton in `pgqueue.enqueue_one` (sql/functions/enqueue_control.sql, under a per-key
-advisory lock), throttle in `pgqueue.claim`. A key is an input field's name (None: one key for
+advisory lock), throttle and the gathering of a batch in `pgqueue.claim`; a batch's handler is
+called by the worker (worker/batches.py). A key is an input field's name (None: one key for
 the whole task), so that a plain-SQL enqueue computes the same key as the Python client.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
+import pydantic
+
+from .codec import InputCodec
 from .errors import TaskDefinitionError
 from .ops import Op, statement
 
@@ -96,23 +102,97 @@ class Throttle:
         return {"key_field": self.key, "limit": self.limit, "period_s": self.period}
 
 
+#: seconds the other items of a running batch are set aside (then they are claimable again, should
+#: the batch's worker have died) when the task has no timeout; else its timeout and a minute
+BATCH_PARK = 600.0
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Collect up to `size` enqueues of a key, or what came within `wait` seconds of the first,
+    and call the task's function once with the list of their inputs. The function takes one
+    parameter typed `list[Model]` and returns one result per input, in order: each run's handle
+    gets its own item's result. Each enqueue takes one item (a `Model` or a mapping of its fields)."""
+
+    size: int
+    wait: float
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+            raise TaskDefinitionError(f"Batch size must be an integer >= 1, not {self.size!r}")
+        _check_seconds("Batch wait", self.wait, positive=False)
+        _check_key("Batch", self.key)
+
+    def spec(self, timeout: float | None) -> dict[str, Any]:
+        park = BATCH_PARK if timeout is None else timeout + 60
+        return {"key_field": self.key, "size": self.size, "wait_s": self.wait, "park_s": park}
+
+
 def control_spec(task: str, debounce: Debounce | None, singleton: Singleton | None,
-                 throttle: Throttle | None) -> str | None:
+                 throttle: Throttle | None, batch: Batch | None = None,
+                 timeout: float | None = None) -> str | None:
     """The task's `pgqueue.tasks.control` (JSON text), or None; refuses what does not fit."""
     for label, value, kind in (("debounce", debounce, Debounce), ("singleton", singleton, Singleton),
-                               ("throttle", throttle, Throttle)):
+                               ("throttle", throttle, Throttle), ("batch", batch, Batch)):
         if value is not None and not isinstance(value, kind):
             raise TaskDefinitionError(f"task {task!r}: {label}= takes a pgqueue.{kind.__name__}(...), not {value!r}")
-    if debounce is not None and singleton is not None:
+    chosen = [label for label, value in (("debounce", debounce), ("singleton", singleton), ("batch", batch))
+              if value is not None]
+    if len(chosen) > 1:
         raise TaskDefinitionError(
-            f"task {task!r}: debounce= and singleton= both decide what a second enqueue of a key does: "
-            "choose one")
-    spec = {label: value.spec() for label, value in
-            (("debounce", debounce), ("singleton", singleton), ("throttle", throttle)) if value is not None}
+            f"task {task!r}: {' and '.join(f'{c}=' for c in chosen)} each decide what a second enqueue of a key "
+            "does: choose one")
+    spec: dict[str, Any] = {label: value.spec() for label, value in
+                            (("debounce", debounce), ("singleton", singleton), ("throttle", throttle))
+                            if value is not None}
+    if batch is not None:
+        spec["batch"] = batch.spec(timeout)
     return json.dumps(spec, separators=(",", ":")) if spec else None
 
 
+class BatchCodec(InputCodec):
+    """The codec of a batch task `fn(items: list[Model]) -> list[Result]`: a run's input is one
+    item (a `Model`), its result one `Result`."""
+
+    def __init__(self, task_name: str, fn: Callable[..., Any]) -> None:
+        def refuse(why: str) -> TaskDefinitionError:
+            return TaskDefinitionError(
+                f"task {task_name!r}: batch= needs a function of one parameter typed list[Model], Model a "
+                f"pydantic model, returning one result per item (e.g. def embed(docs: list[Doc]) -> "
+                f"list[Vector]); {why}")
+
+        params = list(inspect.signature(fn).parameters.values())
+        try:
+            hints = get_type_hints(fn)
+        except Exception as exc:
+            raise refuse(f"its type hints cannot be read ({exc})") from None
+        if len(params) != 1:
+            raise refuse(f"it takes {len(params)} parameters")
+        annotation = hints.get(params[0].name)
+        item = get_args(annotation)[0] if get_origin(annotation) is list and get_args(annotation) else None
+        if not (isinstance(item, type) and issubclass(item, pydantic.BaseModel)):
+            raise refuse(f"its parameter is typed {annotation!r}")
+        returned = hints.get("return", Any)
+        self.task_name = task_name
+        self.signature = inspect.signature(lambda item: None)
+        self.model_param = "item"
+        self.model = item
+        self.output = pydantic.TypeAdapter(get_args(returned)[0] if get_origin(returned) is list
+                                           and get_args(returned) else Any)
+
+    def encode_call(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+        """`task.enqueue(item)` or `task.enqueue(**fields of the item)`: one item per run."""
+        if len(args) == 1 and not kwargs:
+            return self.encode_item(args[0])
+        if not args:
+            return self.encode_item(dict(kwargs))
+        raise TaskDefinitionError(f"task {self.task_name!r} is a batch task: enqueue one item, "
+                                  f"task.enqueue({self.model.__name__}(...)), or enqueue_many(items)")
+
+
 def register_control_op(task: str, control: str | None) -> Op[None]:
+    """Write a task's rules (`control_spec`) to `pgqueue.tasks.control`."""
     yield statement("control.register", {"task": task, "control": control})
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from .codec import InputCodec
-from .control import Debounce, Singleton, Throttle, control_spec, register_control_op
+from .control import Batch, Debounce, Singleton, Throttle, control_spec, register_control_op
 from .cron import Schedule, sync_op
 from .errors import TaskDefinitionError, UnknownTask
 from .flow import Concurrency, RateLimit, RateLimitDefinition, registration, sync_limits_op
@@ -66,7 +66,8 @@ class TaskRegistry:
              rate_limits: Sequence[RateLimit] | RateLimit = (), max_retry_later: int = 100,
              deadline: float | None = None, heartbeat_timeout: float | None = None,
              retention: RetentionSpec | None = None, debounce: Debounce | None = None,
-             singleton: Singleton | None = None, throttle: Throttle | None = None) -> TaskDecorator: ...
+             singleton: Singleton | None = None, throttle: Throttle | None = None,
+             batch: Batch | None = None) -> TaskDecorator: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Declare a task. Use as `@app.task` or `@app.task(queue=..., retry=..., ...)`.
@@ -83,8 +84,8 @@ class TaskRegistry:
         attempt fails (and is retried per `retry`).
         retention: how long its finished runs are kept — seconds or a timedelta, or a mapping
         such as `{"succeeded": timedelta(hours=1)}` (other statuses keep the defaults).
-        debounce / singleton / throttle: enqueue control per key (`Debounce`, `Singleton`,
-        `Throttle`; docs/enqueue-control.md), applied by the database to every enqueue.
+        debounce / singleton / throttle / batch: enqueue control per key (`Debounce`, `Singleton`,
+        `Throttle`, `Batch`; docs/enqueue-control.md), applied by the database to every enqueue.
         """
         if fn is not None:
             return self.register(fn)
@@ -150,7 +151,8 @@ class TaskRegistry:
             deadline = None if s.deadline is None else f"{s.deadline} seconds"
             yield statement("tasks.register", (s.name, s.queue, s.priority, s2s, deadline))
             yield statement("flow.register_flow", {"task": s.name, **registration(s.concurrency, s.rate_limits)})
-            yield from register_control_op(s.name, control_spec(s.name, s.debounce, s.singleton, s.throttle))
+            yield from register_control_op(
+                s.name, control_spec(s.name, s.debounce, s.singleton, s.throttle, s.batch, s.timeout))
             for event in s.on_event:
                 yield statement("durable.subscribe", (event, s.name))
             yield from sync_task_op(s.name, task_retention(s.name, s.retention))

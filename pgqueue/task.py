@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 import psycopg
 
 from .codec import InputCodec, check_name
-from .control import Debounce, Singleton, Throttle, control_spec
+from .control import Batch, BatchCodec, Debounce, Singleton, Throttle, control_spec
 from .enqueue import EnqueueOptions, enqueue_op
 from .errors import ConfigurationError, TaskDefinitionError
 from .flow import Concurrency, RateLimit, flow_columns
@@ -60,10 +60,12 @@ class TaskSettings:
     singleton: Singleton | None = None
     #: at most N starts per period per key
     throttle: Throttle | None = None
+    #: collect enqueues per key and call the function once with their list
+    batch: Batch | None = None
 
     def __post_init__(self) -> None:
         task_retention(self.name, self.retention)  # refuses a bad age or status now
-        control_spec(self.name, self.debounce, self.singleton, self.throttle)  # and bad enqueue control
+        control_spec(self.name, self.debounce, self.singleton, self.throttle, self.batch)  # and bad control
         if self.concurrency is not None and not isinstance(self.concurrency, Concurrency):
             raise TaskDefinitionError(
                 f"task {self.name!r}: concurrency= takes pgqueue.Concurrency(key=..., max_running=...), "
@@ -183,7 +185,7 @@ class Task(TaskCall[P, R]):
         self.fn = fn
         self.settings = settings
         self.is_async = inspect.iscoroutinefunction(fn)
-        self.codec = codec or InputCodec(settings.name, fn)
+        self.codec = codec or (BatchCodec if settings.batch else InputCodec)(settings.name, fn)
         super().__init__(self, EnqueueOptions(), None)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn

@@ -68,7 +68,7 @@ CREATE TABLE pgqueue.tasks (
     rate_limits       jsonb,
     -- run-level deadline over all attempts, counted from the run's creation
     deadline          interval,
-    -- debounce, singleton and throttle rules (sql/functions/enqueue_control.sql); NULL: none
+    -- debounce, singleton, throttle and batch rules (sql/functions/enqueue_control.sql); NULL: none
     control           jsonb
 );
 
@@ -124,9 +124,12 @@ CREATE TABLE pgqueue.runs (
     interruptions     integer NOT NULL DEFAULT 0,
     -- the run fails as DeadlineExceeded after this, whatever attempt it is at
     deadline_at       timestamptz,
-    -- a debounced or singleton run's key, and a throttled run's key (sql/functions/enqueue_control.sql)
+    -- a debounced, singleton or batched run's key, and a throttled run's key
+    -- (sql/functions/enqueue_control.sql)
     control_key       text,
-    throttle_key      text
+    throttle_key      text,
+    -- of a batch item set aside for the batch another run leads: that run's id
+    batch_id          bigint
 ) WITH (
     fillfactor = 90,
     autovacuum_vacuum_scale_factor = 0.02,
@@ -173,6 +176,8 @@ CREATE INDEX runs_root ON pgqueue.runs (root_id) WHERE root_id IS NOT NULL;
 -- the active runs of a debounce or singleton key: what an enqueue of that key looks for
 CREATE INDEX runs_control_active ON pgqueue.runs (task, control_key)
     WHERE control_key IS NOT NULL AND status IN ('queued', 'running', 'sleeping', 'waiting');
+-- the items a batch's leader set aside (what its worker reads and finishes)
+CREATE INDEX runs_batch ON pgqueue.runs (batch_id) WHERE batch_id IS NOT NULL;
 
 -- The claimable runs: a row per queued run that is due or will be (enqueue, retry, wake-up and
 -- rescue insert it; the claim deletes it).

@@ -12,9 +12,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from pydantic import BaseModel
 
 from conftest import running_worker
-from pgqueue import Debounce, InvalidInput, PgQueue, Singleton, TaskDefinitionError, Throttle
+from pgqueue import Batch, Debounce, InvalidInput, PgQueue, Retry, Singleton, TaskDefinitionError, Throttle
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -47,6 +48,16 @@ def throttled(tenant: str, n: int = 0) -> None: ...
 
 @app.task
 def plain(n: int = 0) -> None: ...
+
+
+class Doc(BaseModel):
+    model: str
+    n: int = 0
+
+
+@app.task(batch=Batch(size=3, wait=30, key="model"))
+def embed_batch(docs: list[Doc]) -> list[int]:
+    return [d.n for d in docs]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -328,6 +339,110 @@ def test_tasks_without_control_are_untouched(conn: Conn) -> None:
     assert claim(conn) == sorted(h.id for h in handles)
 
 
+# -- batch -------------------------------------------------------------------------------------
+
+def due_in(conn: Conn, ids: list[int]) -> list[float]:
+    rows = conn.execute("SELECT extract(epoch FROM q.run_at - now()) FROM pgqueue.ready q"
+                        " JOIN unnest(%s::bigint[]) WITH ORDINALITY u(id, n) ON u.id = q.run_id ORDER BY u.n",
+                        (ids,)).fetchall()
+    return [float(row[0]) for row in rows]
+
+
+def test_a_batch_waits_for_its_size_or_its_wait_and_the_claim_gathers_it(conn: Conn) -> None:
+    [a1] = embed_batch.enqueue_many([Doc(model="m", n=1)])
+    other = embed_batch.enqueue_many([Doc(model="other", n=9)])
+    assert all(25 < d <= 30 for d in due_in(conn, [a1.id, other[0].id]))
+    [a2] = embed_batch.enqueue_many([Doc(model="m", n=2)])
+    assert due_in(conn, [a2.id])[0] == pytest.approx(due_in(conn, [a1.id])[0], abs=0.01)  # the batch's time
+    assert claim(conn) == []
+    [a3] = embed_batch.enqueue_many([Doc(model="m", n=3)])  # fills it: the whole batch is due
+    assert all(d <= 0 for d in due_in(conn, [a1.id, a2.id, a3.id]))
+    assert claim(conn) == [a1.id]  # the leader; the other items are set aside for it, still queued
+    assert conn.execute("SELECT array_agg(id ORDER BY id), array_agg(DISTINCT status), array_agg(DISTINCT batch_id)"
+                        " FROM pgqueue.runs WHERE batch_id IS NOT NULL AND task = 'embed_batch'"
+                        " AND status = 'queued'").fetchone() == ([a2.id, a3.id], ["queued"], [a1.id])
+    assert all(500 < d <= 600 for d in due_in(conn, [a2.id, a3.id]))
+    # the other key's batch started its wait on its own; once due, its single item is claimed alone
+    make_due(conn, [other[0].id])
+    assert claim(conn) == [other[0].id]
+
+
+def test_a_due_leader_gathers_the_items_of_its_key_that_are_not_due_yet(conn: Conn) -> None:
+    items = embed_batch.enqueue_many([Doc(model="w", n=i) for i in range(2)])
+    make_due(conn, [items[0].id])  # its wait is over
+    assert claim(conn) == [items[0].id]
+    assert conn.execute("SELECT batch_id FROM pgqueue.runs WHERE id = %s", (items[1].id,)).fetchone() == (items[0].id,)
+    conn.execute("SELECT pg_sleep(0)")
+    # handed back (its leader did not succeed): due at once, on its own
+    conn.execute("WITH i AS (UPDATE pgqueue.runs SET batch_id = NULL, run_at = now() WHERE batch_id = %s"
+                 " RETURNING id) UPDATE pgqueue.ready q SET run_at = now() FROM i WHERE q.run_id = i.id",
+                 (items[0].id,))
+    assert claim(conn) == [items[1].id]
+
+
+def test_batches_under_concurrent_enqueues_and_claims(dsn: str, conn: Conn) -> None:
+    def enqueuer(i: int) -> None:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            for n in range(25):
+                c.execute("SELECT pgqueue.enqueue('embed_batch', %s::jsonb)",
+                          (f'{{"model": "c{n % 2}", "n": {i * 100 + n}}}',))
+
+    in_threads(8, enqueuer)
+    ids = [row[0] for row in conn.execute("SELECT id FROM pgqueue.runs WHERE task = 'embed_batch'"
+                                          " AND control_key IN ('c0', 'c1') AND status = 'queued'").fetchall()]
+    assert len(ids) == 200
+    # 100 items per key, batches of 3: every item but the last of each key is due
+    assert conn.execute("SELECT count(*) FROM pgqueue.ready WHERE run_id = ANY(%s) AND run_at <= now()",
+                        (ids,)).fetchone() == (198,)
+    leaders: list[int] = []
+
+    def claimer(i: int) -> None:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            for _ in range(15):
+                leaders.extend(claim(c, 4))
+
+    in_threads(6, claimer)
+    while got := claim(conn, 10):  # whatever the concurrent claims left
+        leaders.extend(got)
+    parked = dict(conn.execute("SELECT id, batch_id FROM pgqueue.runs WHERE id = ANY(%s) AND batch_id IS NOT NULL",
+                               (ids,)).fetchall())
+    per_batch: dict[int, int] = {}
+    for leader in parked.values():
+        per_batch[leader] = per_batch.get(leader, 0) + 1
+    assert len(set(leaders)) == len(leaders) and not set(leaders) & set(parked)  # each item in one batch
+    assert set(per_batch) <= set(leaders) and max(per_batch.values()) <= 2       # at most size items
+    waiting = [row[0] for row in conn.execute("SELECT run_id FROM pgqueue.ready WHERE run_id = ANY(%s)"
+                                              " AND NOT run_id = ANY(%s)", (ids, list(parked))).fetchall()]
+    assert sorted(leaders + list(parked) + waiting) == sorted(ids)
+    assert len(waiting) <= 2  # at most the last, not yet due, item of each key
+    assert sum(per_batch.values()) + len(leaders) >= 198
+
+
+async def test_a_worker_calls_a_batch_once_and_each_handle_gets_its_own_result(dsn: str) -> None:
+    calls: list[list[int]] = []
+    worker_app = PgQueue(dsn)
+
+    @worker_app.task(name="embed_worker", batch=Batch(size=4, wait=30, key="model"))
+    async def embed_worker(docs: list[Doc]) -> list[str]:
+        calls.append([d.n for d in docs])
+        return [f"vector-{d.n}" for d in docs]
+
+    @worker_app.task(name="embed_wrong", batch=Batch(size=3, wait=0), retry=Retry(max_attempts=1))
+    async def embed_wrong(docs: list[Doc]) -> list[str]:
+        return ["only one"]
+
+    async with running_worker(worker_app):
+        handles = await embed_worker.enqueue_many_async([Doc(model="m", n=i) for i in range(4)])
+        results = [await h.result(timeout=30) for h in handles]
+        wrong = await embed_wrong.enqueue_many_async([Doc(model="x", n=i) for i in range(3)])
+        outcomes = [await h.wait(timeout=30) for h in wrong]
+    await worker_app.aclose()
+    assert results == ["vector-0", "vector-1", "vector-2", "vector-3"] and calls == [[0, 1, 2, 3]]
+    # a wrong answer fails the leader; its other items are handed back and fail as leaders in turn
+    # (a batch of one item that gets one result succeeds)
+    assert sorted(str(o.status) for o in outcomes) == ["failed", "failed", "succeeded"]
+
+
 # -- declarations --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("make", "message"), [
@@ -337,6 +452,8 @@ def test_tasks_without_control_are_untouched(conn: Conn) -> None:
     (lambda: Singleton(key="doc", on_conflict="ignore"), "unknown Singleton on_conflict 'ignore'"),
     (lambda: Throttle(limit=0, period=60), "Throttle limit must be an integer >= 1"),
     (lambda: Throttle(limit=2, period=0), "Throttle period must be a positive"),
+    (lambda: Batch(size=0, wait=5), "Batch size must be an integer >= 1"),
+    (lambda: Batch(size=10, wait=-1), "Batch wait must be a non-negative"),
 ])
 def test_bad_declarations_are_refused(make: Callable[[], object], message: str) -> None:
     with pytest.raises(TaskDefinitionError, match=message):
@@ -349,6 +466,8 @@ def test_debounce_and_singleton_together_are_refused() -> None:
         other.task(debounce=Debounce(key="a", window=1), singleton=Singleton(key="a"))(lambda a: None)
     with pytest.raises(TaskDefinitionError, match=r"takes a pgqueue\.Throttle"):
         other.task(throttle=3)(lambda a: None)  # type: ignore[arg-type]
+    with pytest.raises(TaskDefinitionError, match=r"batch= needs a function of one parameter typed list\[Model\]"):
+        other.task(name="bad_batch", batch=Batch(size=2, wait=1))(lambda a: None)
 
 
 # -- through a worker and the CLI ------------------------------------------------------------------

@@ -220,13 +220,13 @@ BEGIN
 
     -- rate limits, throttles and singleton waits, for the runs of tasks that have any
     SELECT array_agg(t.name) FILTER (WHERE t.rate_limits IS NOT NULL),
-           array_agg(t.name) FILTER (WHERE t.control ? 'throttle'
+           array_agg(t.name) FILTER (WHERE t.control ?| ARRAY['throttle', 'batch']
                                            OR t.control -> 'singleton' ->> 'on_conflict' = 'replace')
       INTO v_rated, v_gated FROM pgqueue.tasks t
      WHERE t.rate_limits IS NOT NULL
-        OR t.control ? 'throttle' OR t.control -> 'singleton' ->> 'on_conflict' = 'replace';
-    -- throttles, and singleton runs waiting for the run they replaced to stop (enqueue_control.sql);
-    -- before the rate limits, so that a run deferred here takes no units
+        OR t.control ?| ARRAY['throttle', 'batch'] OR t.control -> 'singleton' ->> 'on_conflict' = 'replace';
+    -- throttles, singleton runs waiting for the run they replaced to stop, batches gathering their
+    -- items (enqueue_control.sql); before the rate limits, so that a run deferred here takes no units
     IF EXISTS (SELECT 1 FROM unnest(v_cands) c WHERE c.run_id = ANY (v_take) AND c.task = ANY (v_gated)) THEN
         v_take := pgqueue.control_claim(v_take);
     END IF;

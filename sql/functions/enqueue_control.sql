@@ -1,4 +1,4 @@
--- Enqueue control: debounce, singleton (unique while active) and throttle, as a task registers
+-- Enqueue control: debounce, singleton (unique while active), throttle and batch, as a task registers
 -- them in pgqueue.tasks.control (pgqueue/control.py writes it). Tasks without a rule never reach
 -- these functions: enqueue_one and enqueue_many call them only when the task's `control` is set,
 -- and the claim only for runs of tasks with a throttle or a singleton that replaces.
@@ -7,7 +7,8 @@
 -- advisory lock of the key: concurrent enqueues of one key queue up on it, and each reads (in a
 -- statement started after the lock was granted, hence a new snapshot) what the previous one
 -- committed. The caller's transaction must be READ COMMITTED (the default), as for every enqueue.
--- Throttles are decided in the claim, under a row lock of the key's start window.
+-- Throttles are decided in the claim, under a row lock of the key's start window; a batch is
+-- gathered by the claim of its first item, and run and finished by its worker (worker/batches.py).
 
 -- The key of a rule: the value of its input field as text ('' for a rule without a field).
 CREATE OR REPLACE FUNCTION pgqueue.control_key_of(task text, input jsonb, rule jsonb, what text) RETURNS text
@@ -41,7 +42,8 @@ CREATE OR REPLACE FUNCTION pgqueue.control_enqueue(
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 DECLARE
-    v_kind text := CASE WHEN control ? 'debounce' THEN 'debounce' WHEN control ? 'singleton' THEN 'singleton' END;
+    v_kind text := CASE WHEN control ? 'debounce' THEN 'debounce' WHEN control ? 'singleton' THEN 'singleton'
+                        WHEN control ? 'batch' THEN 'batch' END;
     v_rule jsonb := control -> v_kind;
     v_run  record;
 BEGIN
@@ -55,6 +57,29 @@ BEGIN
     -- one enqueue of the key at a time, until the transaction ends; the statements below see
     -- whatever the previous enqueue of the key committed
     PERFORM pg_advisory_xact_lock(hashtextextended('pgqueue.control' || E'\x1f' || task || E'\x1f' || control_key, 0));
+
+    IF v_kind = 'batch' THEN
+        -- the key's batch being collected (its items not due yet; due ones wait for a claim): the
+        -- first item starts it, due `wait_s` later; the others share its time, and the one that
+        -- fills it makes the whole batch due. (The clock, not now(): this transaction may have
+        -- started before the enqueue that made a batch due, whose items' time is its now().)
+        SELECT count(*) AS items, min(q.run_at) AS due INTO v_run
+          FROM pgqueue.runs r JOIN pgqueue.ready q ON q.run_id = r.id
+         WHERE r.task = control_enqueue.task AND r.control_key = control_enqueue.control_key
+           AND r.status = 'queued' AND r.batch_id IS NULL AND q.run_at > clock_timestamp();
+        IF v_run.items = 0 THEN
+            run_at := run_at + make_interval(secs => (v_rule ->> 'wait_s')::float8);
+        ELSIF v_run.items + 1 < (v_rule ->> 'size')::integer THEN
+            run_at := greatest(run_at, v_run.due);
+        ELSE
+            run_at := least(run_at, now());
+            UPDATE pgqueue.ready q SET run_at = control_enqueue.run_at
+              FROM pgqueue.runs r
+             WHERE q.run_id = r.id AND r.task = control_enqueue.task AND r.control_key = control_enqueue.control_key
+               AND r.status = 'queued' AND r.batch_id IS NULL AND q.run_at > clock_timestamp();
+        END IF;
+        RETURN;
+    END IF;
 
     IF v_kind = 'debounce' THEN
         -- the key's run that has not started: its row in `ready` is locked, so that a claim
@@ -113,8 +138,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     i integer;
 BEGIN
-    IF control_enqueue_many.parent_id IS NOT NULL AND control ?| ARRAY['debounce', 'singleton'] THEN
-        RAISE EXCEPTION 'pgqueue: task "%" is debounced or a singleton: it cannot be spawned as a child run',
+    IF control_enqueue_many.parent_id IS NOT NULL AND control ?| ARRAY['debounce', 'singleton', 'batch'] THEN
+        RAISE EXCEPTION 'pgqueue: task "%" is debounced, a singleton or batched: it cannot be spawned as a child run',
             control_enqueue_many.task USING ERRCODE = 'PQ002',
             HINT = 'Enqueue it on its own (task.enqueue), not with ctx.spawn or as a workflow node.';
     END IF;
@@ -139,14 +164,15 @@ BEGIN
 END
 $$;
 
--- Of the runs RUN_IDS (in claim order, all of tasks with a throttle or a singleton that
--- replaces), those that may start now; the others are moved to when they may:
+-- Of the runs RUN_IDS (in claim order; the claim calls this when some are of tasks with a
+-- throttle, a batch or a singleton that replaces), those that start now; of the others:
 -- * a singleton run whose key still has a running (replaced, stopping) run waits for it: it is
 --   looked at again a second later;
 -- * a throttled run starts if its key started fewer than `limit` attempts in the last
 --   `period_s`; otherwise it waits until the oldest of those leaves the window. The key's row
 --   in throttle_windows is locked (keys in order, so claimers cannot deadlock): a concurrent
 --   claim of the key waits, then counts this claim's starts.
+-- * a batch task's run leads a batch, and the batch's other items are set aside (see below).
 -- Called before the rate limits take their units, so a run deferred here takes none.
 CREATE OR REPLACE FUNCTION pgqueue.control_claim(run_ids bigint[]) RETURNS bigint[]
 LANGUAGE plpgsql AS $$
@@ -157,6 +183,10 @@ DECLARE
     v_id         bigint;
     v_all        timestamptz[];
     v_starts     timestamptz[];
+    v_parked     bigint[] := '{}';
+    v_next       integer;
+    v_leader     bigint;
+    v_items      bigint[];
 BEGIN
     SELECT coalesce(array_agg(r.id), '{}'), coalesce(array_agg(now() + interval '1 second'), '{}')
       INTO v_wait_ids, v_wait_until
@@ -198,7 +228,42 @@ BEGIN
         END IF;
     END LOOP;
 
-    IF cardinality(v_wait_ids) = 0 THEN
+    -- batches: per key, the first run taken leads a batch of up to `size` items: the key's other
+    -- runs taken by this claim, then its other runs waiting in `ready` (due or not: the leader's
+    -- wait is over), oldest first. The other items stay queued, set aside for `park_s` seconds
+    -- (their worker finishes them with the leader, or hands them back; should it die, they become
+    -- claimable again then) and marked with the leader's id.
+    FOR v_key IN
+        SELECT r.task, r.control_key AS key, (t.control -> 'batch' ->> 'size')::integer AS size,
+               make_interval(secs => (t.control -> 'batch' ->> 'park_s')::float8) AS park,
+               array_agg(r.id ORDER BY u.n) AS ids
+          FROM unnest(run_ids) WITH ORDINALITY AS u(id, n)
+          JOIN pgqueue.runs r ON r.id = u.id
+          JOIN pgqueue.tasks t ON t.name = r.task
+         WHERE r.control_key IS NOT NULL AND t.control ? 'batch' AND r.id <> ALL (v_wait_ids)
+         GROUP BY 1, 2, 3, 4
+    LOOP
+        v_next := 1;
+        WHILE v_next <= cardinality(v_key.ids) LOOP
+            v_leader := v_key.ids[v_next];
+            v_items := coalesce(v_key.ids[v_next + 1:least(v_next + v_key.size - 1, cardinality(v_key.ids))], '{}');
+            v_next := v_next + v_key.size;
+            IF v_next > cardinality(v_key.ids) AND cardinality(v_items) < v_key.size - 1 THEN
+                SELECT v_items || coalesce(array_agg(w.run_id ORDER BY w.run_id), '{}') INTO v_items FROM (
+                    SELECT q.run_id FROM pgqueue.ready q JOIN pgqueue.runs r ON r.id = q.run_id
+                     WHERE r.task = v_key.task AND r.control_key = v_key.key AND r.status = 'queued'
+                       AND (r.batch_id IS NULL OR q.run_at <= now()) AND q.run_id <> ALL (v_key.ids)
+                     ORDER BY q.run_id
+                     LIMIT v_key.size - 1 - cardinality(v_items)
+                       FOR UPDATE OF q SKIP LOCKED) AS w;
+            END IF;
+            v_parked := v_parked || v_items;
+            UPDATE pgqueue.ready q SET run_at = now() + v_key.park WHERE q.run_id = ANY (v_items);
+            UPDATE pgqueue.runs r SET batch_id = v_leader, run_at = now() + v_key.park WHERE r.id = ANY (v_items);
+        END LOOP;
+    END LOOP;
+
+    IF cardinality(v_wait_ids) = 0 AND cardinality(v_parked) = 0 THEN
         RETURN run_ids;
     END IF;
     UPDATE pgqueue.ready q SET run_at = u.until
@@ -206,7 +271,7 @@ BEGIN
     UPDATE pgqueue.runs r SET run_at = u.until
       FROM unnest(v_wait_ids, v_wait_until) AS u(id, until) WHERE r.id = u.id;
     RETURN ARRAY(SELECT u.id FROM unnest(run_ids) WITH ORDINALITY AS u(id, n)
-                  WHERE u.id <> ALL (v_wait_ids) ORDER BY u.n);
+                  WHERE u.id <> ALL (v_wait_ids) AND u.id <> ALL (v_parked) ORDER BY u.n);
 END
 $$;
 
@@ -221,5 +286,8 @@ LANGUAGE sql IMMUTABLE AS $$
             coalesce(control -> 'singleton' ->> 'key_field', '(task)'), control -> 'singleton' ->> 'on_conflict') END,
         CASE WHEN control ? 'throttle' THEN format('throttle %s: %s per %ss',
             coalesce(control -> 'throttle' ->> 'key_field', '(task)'), control -> 'throttle' ->> 'limit',
-            control -> 'throttle' ->> 'period_s') END), '');
+            control -> 'throttle' ->> 'period_s') END,
+        CASE WHEN control ? 'batch' THEN format('batch %s: %s items or %ss',
+            coalesce(control -> 'batch' ->> 'key_field', '(task)'), control -> 'batch' ->> 'size',
+            control -> 'batch' ->> 'wait_s') END), '');
 $$;
