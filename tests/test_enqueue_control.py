@@ -249,6 +249,27 @@ def test_singleton_replace_cancels_a_queued_run_and_waits_for_a_running_one(conn
     assert claim(conn) == [third.id]
 
 
+def test_singleton_replace_racing_a_claim_step_by_step(dsn: str, conn: Conn) -> None:
+    """A replace waits for a claim that holds the old run (locks taken in the claim's order, so no
+    deadlock), then asks the now running run to stop."""
+    old = index_latest.enqueue(doc_id="step", n=1)
+    with psycopg.connect(dsn) as claimer, psycopg.connect(dsn) as enqueuer:
+        assert claim(claimer) == [old.id]  # not committed: holds the old run's `ready` row
+        result: list[tuple[Any, ...]] = []
+        t = threading.Thread(target=lambda: result.append(enqueuer.execute(
+            "SELECT id, created FROM pgqueue.enqueue_one('index_latest', '{\"doc_id\": \"step\", \"n\": 2}')"
+        ).fetchone() or ()))
+        t.start()
+        waits_on_a_lock(conn, enqueuer.info.backend_pid)
+        claimer.commit()
+        t.join()
+        enqueuer.commit()
+    [(new_id, created)] = result
+    assert created and new_id != old.id
+    assert conn.execute("SELECT status, cancel_requested FROM pgqueue.runs WHERE id = %s",
+                        (old.id,)).fetchone() == ("running", True)
+
+
 def test_singleton_under_concurrent_enqueues_from_many_connections(dsn: str, conn: Conn) -> None:
     seen: list[tuple[str, int, bool]] = []
 

@@ -114,7 +114,10 @@ BEGIN
             existing := v_run.id;
             RETURN;
         END IF;
-        -- replace: a run that has not started is cancelled; a running one is asked to stop
+        -- replace: a run that has not started is cancelled; a running one is asked to stop. Its
+        -- row in `ready` is locked first, in the claim's order (ready, then runs): a claim taking
+        -- it meanwhile is waited for (the run is then running, and asked to stop), never deadlocked
+        PERFORM 1 FROM pgqueue.ready q WHERE q.run_id = v_run.id FOR UPDATE;
         PERFORM pgqueue.cancel_run(v_run.id);
         UPDATE pgqueue.runs r
            SET error = jsonb_build_object('type', 'Replaced', 'message',

@@ -51,9 +51,13 @@ SELECT count(*) AS finished, (SELECT pg_notify('pgqueue_done', '') WHERE EXISTS 
 
 -- name: release_batch
 -- A batch whose leader did not succeed hands its other items back: due now, each on its own.
+-- Their rows in `ready` are locked first, as the claim locks them (ready, then runs); one a claim
+-- holds (its time set aside ran out) is the claim's.
 WITH items AS (
-    UPDATE pgqueue.runs r SET batch_id = NULL, run_at = now()
+    SELECT q.run_id FROM pgqueue.ready q JOIN pgqueue.runs r ON r.id = q.run_id
      WHERE r.batch_id = %(leader)s AND r.status = 'queued'
-    RETURNING r.id
+       FOR UPDATE OF q SKIP LOCKED
+), due AS (
+    UPDATE pgqueue.ready q SET run_at = now() FROM items WHERE q.run_id = items.run_id
 )
-UPDATE pgqueue.ready q SET run_at = now() FROM items WHERE q.run_id = items.id
+UPDATE pgqueue.runs r SET batch_id = NULL, run_at = now() FROM items WHERE r.id = items.run_id
