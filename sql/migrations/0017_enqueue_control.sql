@@ -1,4 +1,4 @@
--- pgqueue schema, version 14: enqueue control (debounce, singleton, throttle, batch).
+-- pgqueue schema, version 17: enqueue control (debounce, singleton, throttle, batch).
 -- The functions that apply it are in sql/functions/enqueue_control.sql.
 
 -- A task's debounce, singleton and throttle rules, as workers register them (NULL: none, the
