@@ -2,6 +2,7 @@
 
 from .app import PgQueue
 from .context import RunContext, current_run
+from .control import Batch, Debounce, Singleton, Throttle
 from .cron import Schedule
 from .errors import (
     ChildRunError,
@@ -40,6 +41,7 @@ __all__ = [
     "AsyncRunHandle",
     "AttemptFinished",
     "AttemptStarted",
+    "Batch",
     "ChildRunError",
     "ChildRunFailed",
     "Chunk",
@@ -47,6 +49,7 @@ __all__ = [
     "ConfigurationError",
     "DatabaseInterrupted",
     "DatabaseUnavailable",
+    "Debounce",
     "Hooks",
     "InputTooLarge",
     "InvalidInput",
@@ -69,11 +72,13 @@ __all__ = [
     "Schedule",
     "SchemaMissing",
     "SchemaOutdated",
+    "Singleton",
     "StreamLimitExceeded",
     "Task",
     "TaskCall",
     "TaskCancelled",
     "TaskDefinitionError",
+    "Throttle",
     "UnknownTask",
     "Workflow",
     "WorkflowFailed",

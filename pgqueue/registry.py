@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import placement
 from .codec import InputCodec
+from .control import Batch, Debounce, Singleton, Throttle, control_spec, register_control_op
 from .cron import Schedule, sync_op
 from .errors import TaskDefinitionError, UnknownTask
 from .flow import Concurrency, RateLimit, RateLimitDefinition, registration, sync_limits_op
@@ -67,7 +68,9 @@ class TaskRegistry:
              deadline: float | None = None, heartbeat_timeout: float | None = None,
              retention: RetentionSpec | None = None, required_labels: Mapping[str, str] | None = None,
              preferred_labels: Mapping[str, str] | None = None, prefer_wait: float = 2.0, slots: int = 1,
-             sticky: bool = False, pin_version: bool = False) -> TaskDecorator: ...
+             sticky: bool = False, pin_version: bool = False, debounce: Debounce | None = None,
+             singleton: Singleton | None = None, throttle: Throttle | None = None,
+             batch: Batch | None = None) -> TaskDecorator: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Declare a task. Use as `@app.task` or `@app.task(queue=..., retry=..., ...)`.
@@ -87,6 +90,8 @@ class TaskRegistry:
         Placement (docs/placement.md): required_labels / preferred_labels (`{"gpu": "a100"}`),
         prefer_wait (seconds a preferred or sticky run waits for its worker), slots (worker
         slots a run takes), sticky, pin_version.
+        debounce / singleton / throttle / batch: enqueue control per key (`Debounce`, `Singleton`,
+        `Throttle`, `Batch`; docs/enqueue-control.md), applied by the database to every enqueue.
         """
         if fn is not None:
             return self.register(fn)
@@ -152,6 +157,8 @@ class TaskRegistry:
             deadline = None if s.deadline is None else f"{s.deadline} seconds"
             yield statement("tasks.register", (s.name, s.queue, s.priority, s2s, deadline))
             yield statement("flow.register_flow", {"task": s.name, **registration(s.concurrency, s.rate_limits)})
+            yield from register_control_op(
+                s.name, control_spec(s.name, s.debounce, s.singleton, s.throttle, s.batch, s.timeout))
             for event in s.on_event:
                 yield statement("durable.subscribe", (event, s.name))
             yield from sync_task_op(s.name, task_retention(s.name, s.retention))

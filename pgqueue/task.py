@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 import psycopg
 
 from .codec import InputCodec, check_name
+from .control import Batch, BatchCodec, Debounce, Singleton, Throttle, control_spec
 from .enqueue import EnqueueOptions, enqueue_op
 from .errors import ConfigurationError, TaskDefinitionError
 from .flow import Concurrency, RateLimit, flow_columns
@@ -63,10 +64,19 @@ class TaskSettings:
     slots: int = 1
     sticky: bool = False
     pin_version: bool = False
+    #: enqueue control (pgqueue.control): the last enqueue of a key within a window wins
+    debounce: Debounce | None = None
+    #: one active run per key: a new enqueue is skipped or replaces it
+    singleton: Singleton | None = None
+    #: at most N starts per period per key
+    throttle: Throttle | None = None
+    #: collect enqueues per key and call the function once with their list
+    batch: Batch | None = None
 
     def __post_init__(self) -> None:
         task_retention(self.name, self.retention)  # refuses a bad age or status now
         task_placement(self)  # refuses bad labels or slots now
+        control_spec(self.name, self.debounce, self.singleton, self.throttle, self.batch)  # and bad control
         if self.concurrency is not None and not isinstance(self.concurrency, Concurrency):
             raise TaskDefinitionError(
                 f"task {self.name!r}: concurrency= takes pgqueue.Concurrency(key=..., max_running=...), "
@@ -186,7 +196,7 @@ class Task(TaskCall[P, R]):
         self.fn = fn
         self.settings = settings
         self.is_async = inspect.iscoroutinefunction(fn)
-        self.codec = codec or InputCodec(settings.name, fn)
+        self.codec = codec or (BatchCodec if settings.batch else InputCodec)(settings.name, fn)
         super().__init__(self, EnqueueOptions(), None)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn

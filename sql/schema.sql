@@ -67,7 +67,9 @@ CREATE TABLE pgqueue.tasks (
     --            "units_field": field or null, "python_only": bool}
     rate_limits       jsonb,
     -- run-level deadline over all attempts, counted from the run's creation
-    deadline          interval
+    deadline          interval,
+    -- debounce, singleton, throttle and batch rules (sql/functions/enqueue_control.sql); NULL: none
+    control           jsonb
 );
 
 -- Runs -----------------------------------------------------------------------------------
@@ -126,7 +128,13 @@ CREATE TABLE pgqueue.runs (
     -- is cleared when an attempt ends): the worker of its last attempt (sticky runs), and the
     -- version of the worker that started it (pinned runs)
     last_worker       uuid,
-    started_version   text
+    started_version   text,
+    -- a debounced, singleton or batched run's key, and a throttled run's key
+    -- (sql/functions/enqueue_control.sql)
+    control_key       text,
+    throttle_key      text,
+    -- of a batch item set aside for the batch another run leads: that run's id
+    batch_id          bigint
 ) WITH (
     fillfactor = 90,
     autovacuum_vacuum_scale_factor = 0.02,
@@ -170,6 +178,11 @@ CREATE INDEX runs_concurrency_key_id ON pgqueue.runs (concurrency_key, id) WHERE
 -- root's id, at any depth). Finished roots in finishing order: what the pruner reads first.
 CREATE INDEX runs_root_finished ON pgqueue.runs (finished_at) WHERE parent_id IS NULL AND finished_at IS NOT NULL;
 CREATE INDEX runs_root ON pgqueue.runs (root_id) WHERE root_id IS NOT NULL;
+-- the active runs of a debounce or singleton key: what an enqueue of that key looks for
+CREATE INDEX runs_control_active ON pgqueue.runs (task, control_key)
+    WHERE control_key IS NOT NULL AND status IN ('queued', 'running', 'sleeping', 'waiting');
+-- the items a batch's leader set aside (what its worker reads and finishes)
+CREATE INDEX runs_batch ON pgqueue.runs (batch_id) WHERE batch_id IS NOT NULL;
 
 -- The claimable runs: a row per queued run that is due or will be (enqueue, retry, wake-up and
 -- rescue insert it; the claim deletes it).
@@ -444,6 +457,15 @@ CREATE TABLE pgqueue.rate_limits (
     -- runs a claim moved to later because this bucket was short or on hold (for metrics)
     deferred_total bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (name, key)
+);
+
+-- The start times of a throttle key within its last period (at most `limit` of them): the claim
+-- locks the row, so that claimers of one key count each other's starts.
+CREATE TABLE pgqueue.throttle_windows (
+    task   text NOT NULL,
+    key    text NOT NULL,
+    starts timestamptz[] NOT NULL DEFAULT '{}',
+    PRIMARY KEY (task, key)
 );
 
 -- Retention (sql/functions/retention.sql) ------------------------------------------------

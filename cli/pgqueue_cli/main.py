@@ -25,6 +25,7 @@ from .retention_cmd import prune_cmd, retention_group
 from .runs_cmd import event_group, queue_group, runs_group
 from .status_cmd import status_cmd, top_cmd
 from .tail_cmd import tail_cmd
+from .tasks_cmd import tasks_cmd
 from .wait_cmd import wait_cmd
 from .worker_cmd import worker_cmd
 
@@ -44,6 +45,7 @@ main.add_command(runs_group)
 main.add_command(status_cmd)
 main.add_command(top_cmd)
 main.add_command(limits_group)
+main.add_command(tasks_cmd)
 main.add_command(event_group)
 main.add_command(cron_group)
 main.add_command(queue_group)
@@ -167,7 +169,8 @@ def enqueue_cmd(task: str, input_text: str, idempotency_key: str | None, app_pat
     handle = app.enqueue(task, parse_json_object(input_text, "--input"), queue=queue, priority=priority,
                          run_at=parse_when(run_at), delay=delay, idempotency_key=idempotency_key,
                          tags=tags)
-    click.echo(handle.id if handle.created else f"{handle.id} (existing run for this idempotency key)")
+    click.echo(handle.id if handle.created
+               else f"{handle.id} (an existing run: same idempotency key, or the task's debounce or singleton)")
     _note_unchecked(app, task)
 
 

@@ -31,6 +31,7 @@ from ..errors import (
     TaskCancelled,
 )
 from ..status import RunStatus
+from .batches import BatchCall
 from .claimer import Claimed
 
 if TYPE_CHECKING:
@@ -162,7 +163,12 @@ class Executor:
     async def execute(self, run: Claimed, ctx: RunContext) -> Outcome | None:
         """The outcome to record; None when the run already recorded its own (suspended)."""
         with tracing.run_span(run.task, run.id, run.attempt, run.queue, run.trace_context) as span:
-            outcome = await self._outcome_of(run, ctx)
+            try:
+                outcome = await self._outcome_of(run, ctx)
+            except BaseException:
+                await self._release_batch(run, ctx, None)
+                raise
+            await self._release_batch(run, ctx, outcome)
             if outcome is None:
                 span.finished("suspended")
             else:
@@ -182,15 +188,23 @@ class Executor:
             return final_failure(run, "UnknownTask",
                                  f"this worker has no task named {run.task!r} (it knows: {known}); "
                                  "deploy the code that defines it, then retry the run")
+        batch = None if task.settings.batch is None else BatchCall(task, run, ctx.worker_id)
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] = {}
         try:
-            args, kwargs = task.codec.decode(loads_bounded(run.input, f"the input of run {run.id}"))
+            if batch is None:
+                args, kwargs = task.codec.decode(loads_bounded(run.input, f"the input of run {run.id}"))
         except InvalidInput as exc:
             return final_failure(run, "InvalidInput", str(exc))
         try:
+            if batch is not None:  # this run leads a batch: every item's input (worker/batches.py)
+                args, kwargs = await batch.arguments(self.app.db)
             call = self._call(task, args, kwargs, ctx)
             if task.settings.heartbeat_timeout is not None:
                 call = _watched(call, ctx, task.settings.heartbeat_timeout)
             value = await asyncio.wait_for(call, task.settings.timeout)
+            if batch is not None:  # the other items' results written; this run's own is the first
+                value = await batch.finish(self.app.db, value, self.max_payload)
             result = json.dumps(task.codec.encode_output(value), separators=(",", ":"))
             check_stored(result, f"the result of run {run.id}", self.max_payload)
         except Suspended:
@@ -227,6 +241,16 @@ class Executor:
                 return interrupted(run, exc)
             return failure(run, task, exc)
         return Outcome(run.id, run.attempt, RunStatus.SUCCEEDED, "succeeded", result=result)
+
+    async def _release_batch(self, run: Claimed, ctx: RunContext, outcome: Outcome | None) -> None:
+        """A batch whose leader did not succeed hands its other items back (worker/batches.py)."""
+        task = self.app.tasks.get(run.task)
+        if task is None or task.settings.batch is None or (outcome and outcome.status == RunStatus.SUCCEEDED):
+            return
+        try:
+            await BatchCall(task, run, ctx.worker_id).release(self.app.db)
+        except Exception as exc:  # they come back when their time set aside runs out
+            log.warning("run %d: could not hand back the other items of its batch: %s", run.id, exc)
 
     async def _hold(self, run: Claimed, request: RateLimited) -> None:
         """Put the provider's key on hold for the whole fleet; the run is retried after it anyway."""

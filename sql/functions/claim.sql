@@ -103,6 +103,7 @@ DECLARE
     v_rated   text[];
     v_placed  bigint[];
     v_labels  text[];
+    v_gated   text[];
     k         record;
 BEGIN
     SELECT coalesce(array_agg(u.name), '{}') INTO v_served FROM unnest(claim.queues) AS u(name)
@@ -242,8 +243,18 @@ BEGIN
         v_take := pgqueue.fit_slots(v_take, max_runs);  -- runs taking several slots (placement.sql)
     END IF;
 
-    -- rate limits, for the runs of tasks that have any
-    SELECT array_agg(t.name) INTO v_rated FROM pgqueue.tasks t WHERE t.rate_limits IS NOT NULL;
+    -- rate limits, throttles and singleton waits, for the runs of tasks that have any
+    SELECT array_agg(t.name) FILTER (WHERE t.rate_limits IS NOT NULL),
+           array_agg(t.name) FILTER (WHERE t.control ?| ARRAY['throttle', 'batch']
+                                           OR t.control -> 'singleton' ->> 'on_conflict' = 'replace')
+      INTO v_rated, v_gated FROM pgqueue.tasks t
+     WHERE t.rate_limits IS NOT NULL
+        OR t.control ?| ARRAY['throttle', 'batch'] OR t.control -> 'singleton' ->> 'on_conflict' = 'replace';
+    -- throttles, singleton runs waiting for the run they replaced to stop, batches gathering their
+    -- items (enqueue_control.sql); before the rate limits, so that a run deferred here takes no units
+    IF EXISTS (SELECT 1 FROM unnest(v_cands) c WHERE c.run_id = ANY (v_take) AND c.task = ANY (v_gated)) THEN
+        v_take := pgqueue.control_claim(v_take);
+    END IF;
     IF EXISTS (SELECT 1 FROM unnest(v_cands) c WHERE c.run_id = ANY (v_take) AND c.task = ANY (v_rated)) THEN
         v_take := pgqueue.take_rate_units(v_take);
     END IF;

@@ -114,6 +114,7 @@ DECLARE
     v_costs    jsonb[] := enqueue_many.rate_costs;
     v_flow     boolean;
     v_deadline timestamptz;
+    v_control  jsonb;
 BEGIN
     SELECT * INTO v_queue, v_priority, v_s2s
       FROM pgqueue.enqueue_settings(enqueue_many.task, enqueue_many.queue, enqueue_many.priority,
@@ -148,10 +149,19 @@ BEGIN
     -- keys the caller left out come from the task's registration
     -- and so does the run-level deadline, counted from now, unless the caller gave one
     SELECT t.concurrency_key_field IS NOT NULL OR t.concurrency_python_only OR t.rate_limits IS NOT NULL,
-           now() + coalesce(enqueue_many.deadline, t.deadline)
-      INTO v_flow, v_deadline FROM pgqueue.tasks t WHERE t.name = enqueue_many.task;
+           now() + coalesce(enqueue_many.deadline, t.deadline), t.control
+      INTO v_flow, v_deadline, v_control FROM pgqueue.tasks t WHERE t.name = enqueue_many.task;
     IF NOT FOUND THEN
         v_deadline := now() + enqueue_many.deadline;  -- a task nobody registered
+    END IF;
+    IF v_control IS NOT NULL THEN
+        -- debounce, singleton, throttle: input by input (enqueue_control.sql)
+        RETURN QUERY SELECT * FROM pgqueue.control_enqueue_many(
+            enqueue_many.task, inputs, v_control, enqueue_many.queue, enqueue_many.priority, enqueue_many.run_at,
+            enqueue_many.delay, idempotency_keys, enqueue_many.tags, enqueue_many.metadata,
+            enqueue_many.schedule_to_start, enqueue_many.parent_id, v_keys, v_costs, enqueue_many.trace_context,
+            enqueue_many.deadline);
+        RETURN;
     END IF;
     IF v_flow AND (v_keys IS NULL OR v_costs IS NULL) THEN
         SELECT array_agg(f.concurrency_key ORDER BY u.ord), array_agg(f.rate_cost ORDER BY u.ord)
@@ -249,6 +259,10 @@ DECLARE
     v_run_at   timestamptz := coalesce(enqueue_one.run_at, now()) + coalesce(enqueue_one.delay, '0');
     v_key      text := enqueue_one.concurrency_key;
     v_cost     jsonb := enqueue_one.rate_cost;
+    v_flow     boolean;
+    v_control  jsonb;
+    v_ckey     text;
+    v_tkey     text;
 BEGIN
     IF v_queue IS NULL OR v_priority IS NULL OR enqueue_one.task IS NULL OR enqueue_one.task = ''
        OR v_priority NOT BETWEEN -32768 AND 32767 THEN
@@ -268,24 +282,33 @@ BEGIN
     IF NOT pgqueue.input_ok(enqueue_one.input, v_limit) THEN
         PERFORM pgqueue.reject_input(enqueue_one.task, enqueue_one.input, 0, v_limit);
     END IF;
-    -- most tasks have no flow-control rule: a look at the registration is cheaper than calling
-    -- flow_keys, which would find nothing to compute (benchmarks/enqueue.py)
-    IF (v_key IS NULL OR v_cost IS NULL)
-       AND EXISTS (SELECT FROM pgqueue.tasks t
-                    WHERE t.name = enqueue_one.task
-                      AND (t.concurrency_key_field IS NOT NULL OR t.concurrency_python_only
-                           OR t.rate_limits IS NOT NULL)) THEN
+    -- most tasks have no flow-control or enqueue-control rule: a look at the registration is
+    -- cheaper than calling flow_keys, which would find nothing to compute (benchmarks/enqueue.py)
+    SELECT t.concurrency_key_field IS NOT NULL OR t.concurrency_python_only OR t.rate_limits IS NOT NULL,
+           t.control
+      INTO v_flow, v_control FROM pgqueue.tasks t WHERE t.name = enqueue_one.task;
+    IF v_flow AND (v_key IS NULL OR v_cost IS NULL) THEN
         SELECT * INTO v_key, v_cost FROM pgqueue.flow_keys(enqueue_one.task, enqueue_one.input, v_key, v_cost);
     END IF;
+    IF v_control IS NOT NULL THEN
+        -- debounce, singleton, throttle (enqueue_control.sql): an existing run may answer instead
+        SELECT c.run_at, c.existing, c.control_key, c.throttle_key INTO v_run_at, id, v_ckey, v_tkey
+          FROM pgqueue.control_enqueue(enqueue_one.task, enqueue_one.input, v_control, v_run_at) AS c;
+        IF id IS NOT NULL THEN
+            created := false;
+            RETURN;
+        END IF;
+    END IF;
     INSERT INTO pgqueue.runs (task, queue, priority, input, run_at, expires_at, idempotency_key, tags, metadata,
-                              concurrency_key, rate_cost, trace_context, deadline_at)
+                              concurrency_key, rate_cost, trace_context, deadline_at, control_key, throttle_key)
     VALUES (enqueue_one.task, v_queue, v_priority, enqueue_one.input, v_run_at, v_run_at + v_s2s,
             enqueue_one.idempotency_key, coalesce(enqueue_one.tags, '{}'), coalesce(enqueue_one.metadata, '{}'),
             v_key, v_cost, enqueue_one.trace_context,
             -- the run-level deadline, counted from now: the caller's, else the task's (coalesce
             -- evaluates the lookup only when the caller gave none)
             coalesce(now() + enqueue_one.deadline,
-                     now() + (SELECT t.deadline FROM pgqueue.tasks t WHERE t.name = enqueue_one.task)))
+                     now() + (SELECT t.deadline FROM pgqueue.tasks t WHERE t.name = enqueue_one.task)),
+            v_ckey, v_tkey)
     ON CONFLICT (task, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING runs.id INTO id;
     IF id IS NULL THEN
