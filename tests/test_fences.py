@@ -167,3 +167,35 @@ def _wait_until_blocked(conn: Conn, statement_text: str) -> None:
             return
         conn.execute("SELECT pg_sleep(0.01)")
     raise AssertionError(f"no backend running {statement_text!r} waited for a lock")
+
+
+def test_a_cancel_racing_a_claim_waits_for_it_instead_of_deadlocking(app: PgQueue, dsn: str, conn: Conn) -> None:
+    """A claim locks a run's ready row (its SKIP LOCKED read), then the run's row (its UPDATE). A
+    cancel arriving in between waits for the ready row before it locks the run: the claim
+    finishes, and the cancel asks the now running run to stop (no deadlock, no error)."""
+    [(run_id,)] = conn.execute("SELECT pgqueue.enqueue('fenced', '{}', queue => %s)", (QUEUE,)).fetchall()
+    results: list[object] = []
+    with psycopg.connect(dsn) as claimer:
+        # the claim's two steps, written out so that the cancel can come between them
+        assert claimer.execute("SELECT run_id FROM pgqueue.ready WHERE run_id = %s FOR UPDATE SKIP LOCKED",
+                               (run_id,)).fetchall() == [(run_id,)]
+
+        def cancel() -> None:  # the SQL function itself: app.cancel would retry a deadlock
+            try:
+                with psycopg.connect(dsn, autocommit=True) as canceller:
+                    results.append(canceller.execute("SELECT pgqueue.cancel_run(%s)", (run_id,)).fetchone())
+            except psycopg.Error as exc:  # a deadlock ends here
+                results.append(exc)
+
+        thread = threading.Thread(target=cancel)
+        thread.start()
+        _wait_until_blocked(conn, "pgqueue.cancel_run(")
+        claimer.execute("DELETE FROM pgqueue.ready WHERE run_id = %s", (run_id,))
+        claimer.execute("UPDATE pgqueue.runs SET status = 'running', attempt = attempt + 1, worker_id = %s,"
+                        " lease_expires_at = now() + interval '30 seconds' WHERE id = %s",
+                        (str(uuid.uuid4()), run_id))
+        claimer.commit()
+        thread.join(30)
+    assert results == [("cancel_requested",)], results
+    assert conn.execute("SELECT status, cancel_requested FROM pgqueue.runs WHERE id = %s",
+                        (run_id,)).fetchone() == ("running", True)

@@ -71,19 +71,23 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_status text;
     v_parents bigint[];
+    v_tree   bigint[];
+    v_depths integer[];
 BEGIN
-    -- Lock the whole tree children first, in id order: workers finishing children lock a
-    -- child, then its parent, and their batches are sorted by id, so the orders agree.
-    PERFORM 1 FROM (
-        WITH RECURSIVE tree AS (
-            SELECT r.id, 0 AS depth FROM pgqueue.runs r WHERE r.id = cancel_run.run_id
-            UNION ALL
-            SELECT c.id, tree.depth + 1 FROM pgqueue.runs c JOIN tree ON c.parent_id = tree.id
-        )
-        SELECT r.id FROM pgqueue.runs r JOIN tree ON tree.id = r.id
-         ORDER BY tree.depth DESC, r.id
-           FOR UPDATE OF r
-    ) AS locked;
+    WITH RECURSIVE tree AS (
+        SELECT r.id, 0 AS depth FROM pgqueue.runs r WHERE r.id = cancel_run.run_id
+        UNION ALL
+        SELECT c.id, tree.depth + 1 FROM pgqueue.runs c JOIN tree ON c.parent_id = tree.id
+    )
+    SELECT array_agg(tree.id), array_agg(tree.depth) INTO v_tree, v_depths FROM tree;
+    -- The tree's ready rows first, as a claim takes them (a ready row, then its run's row): a
+    -- cancel that held a run's row while waiting for its ready row could deadlock with a claim.
+    PERFORM 1 FROM pgqueue.ready q WHERE q.run_id = ANY (v_tree) ORDER BY q.run_id FOR UPDATE;
+    -- Then the runs, children first, in id order: workers finishing children lock a child,
+    -- then its parent, and their batches are sorted by id, so the orders agree.
+    PERFORM 1 FROM pgqueue.runs r JOIN unnest(v_tree, v_depths) AS t(id, depth) ON t.id = r.id
+     ORDER BY t.depth DESC, r.id
+       FOR UPDATE OF r;
     SELECT status INTO v_status FROM pgqueue.runs WHERE id = run_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pgqueue: no run with id %', run_id USING ERRCODE = 'PQ003',
