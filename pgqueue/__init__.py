@@ -24,11 +24,15 @@ from .errors import (
     TaskCancelled,
     TaskDefinitionError,
     UnknownTask,
+    UpdateNotAnswered,
+    UpdateTimedOut,
     WorkflowFailed,
 )
 from .flow import Concurrency, RateLimit
 from .handles import AsyncRunHandle, RunHandle
 from .hooks import AttemptFinished, AttemptStarted, Hooks, RunFinished
+from .inbox import Message
+from .messages import CancelOn, RunState
 from .retry import Retry
 from .runs import RunInfo
 from .status import RunStatus
@@ -40,6 +44,7 @@ __all__ = [
     "AsyncRunHandle",
     "AttemptFinished",
     "AttemptStarted",
+    "CancelOn",
     "ChildRunError",
     "ChildRunFailed",
     "Chunk",
@@ -51,6 +56,7 @@ __all__ = [
     "InputTooLarge",
     "InvalidInput",
     "InvalidRunState",
+    "Message",
     "NonDeterminismError",
     "PgQueue",
     "PgQueueError",
@@ -65,6 +71,7 @@ __all__ = [
     "RunHandle",
     "RunInfo",
     "RunNotFound",
+    "RunState",
     "RunStatus",
     "Schedule",
     "SchemaMissing",
@@ -75,6 +82,8 @@ __all__ = [
     "TaskCancelled",
     "TaskDefinitionError",
     "UnknownTask",
+    "UpdateNotAnswered",
+    "UpdateTimedOut",
     "Workflow",
     "WorkflowFailed",
     "current_run",

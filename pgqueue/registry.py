@@ -16,6 +16,7 @@ from .codec import InputCodec
 from .cron import Schedule, sync_op
 from .errors import TaskDefinitionError, UnknownTask
 from .flow import Concurrency, RateLimit, RateLimitDefinition, registration, sync_limits_op
+from .messages import CancelOn, cancel_rules, sync_cancel_on_op
 from .ops import Op, statement
 from .retention import RetentionSpec, sync_task_op, task_retention
 from .retry import Retry
@@ -64,7 +65,8 @@ class TaskRegistry:
              concurrency: Concurrency | None = None,
              rate_limits: Sequence[RateLimit] | RateLimit = (), max_retry_later: int = 100,
              deadline: float | None = None, heartbeat_timeout: float | None = None,
-             retention: RetentionSpec | None = None) -> TaskDecorator: ...
+             retention: RetentionSpec | None = None,
+             cancel_on: CancelOn | Sequence[CancelOn] = ()) -> TaskDecorator: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Declare a task. Use as `@app.task` or `@app.task(queue=..., retry=..., ...)`.
@@ -81,6 +83,8 @@ class TaskRegistry:
         attempt fails (and is retried per `retry`).
         retention: how long its finished runs are kept — seconds or a timedelta, or a mapping
         such as `{"succeeded": timedelta(hours=1)}` (other statuses keep the defaults).
+        cancel_on: `CancelOn(event, match=field)` rules: that event cancels the task's unfinished
+        runs (and their children) whose input has the event payload's value at `field`.
         """
         if fn is not None:
             return self.register(fn)
@@ -156,5 +160,6 @@ class TaskRegistry:
                     raise TaskDefinitionError(
                         f"task {s.name!r} uses rate limit {rule.name!r}, which is not declared: add "
                         f"app.rate_limit({rule.name!r}, limit=..., per=...)")
+        yield from sync_cancel_on_op({name: cancel_rules(name, task.settings.cancel_on) for name, task in self.tasks.items()})
         yield from sync_limits_op(limits, list(self.rate_limits.values()))
         yield from sync_op(list(self.schedules.values()))

@@ -15,6 +15,7 @@ from .enqueue import EnqueueOptions, enqueue_op
 from .errors import ConfigurationError, TaskDefinitionError
 from .flow import Concurrency, RateLimit, flow_columns
 from .handles import AsyncRunHandle, RunHandle
+from .messages import CancelOn, cancel_rules
 from .ops import Op
 from .retention import RetentionSpec, task_retention
 from .retry import Retry
@@ -53,8 +54,11 @@ class TaskSettings:
     #: how long finished runs are kept: seconds or a timedelta for every final status, or a
     #: mapping of some statuses to ages (the others keep the defaults); None: the defaults
     retention: RetentionSpec | None = None
+    #: events that cancel the task's unfinished runs whose input matches (pgqueue.CancelOn)
+    cancel_on: CancelOn | Sequence[CancelOn] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "cancel_on", cancel_rules(self.name, self.cancel_on))
         task_retention(self.name, self.retention)  # refuses a bad age or status now
         if self.concurrency is not None and not isinstance(self.concurrency, Concurrency):
             raise TaskDefinitionError(

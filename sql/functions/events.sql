@@ -61,6 +61,10 @@ BEGIN
            (SELECT count(pg_notify('pgqueue_ready', q.queue)) FROM (SELECT DISTINCT queue FROM requeued) q)
       INTO v_woken, v_notified;
 
+    -- runs of tasks declared with cancel_on this event, matching its payload (before the
+    -- subscribed tasks start: a task may both start on an event and be cancelled by it)
+    PERFORM pgqueue.cancel_on_event(send_event.name, coalesce(send_event.payload, '{}'));
+
     -- tasks subscribed to this event start with the payload as input
     PERFORM pgqueue.enqueue_one(s.task, coalesce(send_event.payload, '{}'))
        FROM pgqueue.event_subscriptions s WHERE s.event_name = send_event.name;

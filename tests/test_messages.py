@@ -1,0 +1,312 @@
+"""Messages to running runs (send / receive), updates, queries (published state), cancel on event,
+and the bad input each refuses; real PostgreSQL, a worker in this event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from conftest import bind, running_worker, wait_for
+from pgqueue import (
+    CancelOn,
+    InputTooLarge,
+    InvalidInput,
+    InvalidRunState,
+    RunNotFound,
+    TaskDefinitionError,
+    UpdateNotAnswered,
+    UpdateTimedOut,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def messages(dsn: str) -> Iterator[Any]:
+    import message_app
+
+    bind(message_app.app, dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(message_app.TOOK_DDL)
+        conn.execute("TRUNCATE took")
+    message_app.app.register_tasks()  # the cancel_on rules, as a worker would at start
+    yield message_app
+    bind(message_app.app, None)
+
+
+def rows(dsn: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+
+async def status_is(dsn: str, run_id: int, *statuses: str) -> bool:
+    found = await asyncio.to_thread(rows, dsn, "SELECT status FROM pgqueue.runs WHERE id = %s", (run_id,))
+    return bool(found) and found[0][0] in statuses
+
+
+def receive_steps(dsn: str, run_id: int) -> list[Any]:
+    """The message ids the run's receive steps took, in step order."""
+    return [r[0] for r in rows(dsn, "SELECT (output ->> 'message_id')::bigint FROM pgqueue.steps "
+                                    "WHERE run_id = %s AND name LIKE 'receive:%%' ORDER BY seq", (run_id,))]
+
+
+# -- messages -----------------------------------------------------------------------------------
+
+async def test_messages_sent_before_and_during_the_run_arrive_in_order_once(messages: Any, dsn: str) -> None:
+    app = messages.app
+    run = await messages.inbox.enqueue_async(5)
+    sent = [await app.send_async(run.id, "note", {"n": 0})]  # before it starts: kept for it
+    await app.send_async(run.id, "other", {"n": -1})  # another name: not taken by receive("note")
+    async with running_worker(app, poll_interval=0.05):
+        await wait_for(lambda: status_is(dsn, run.id, "waiting"), what="the run to wait for its 2nd message")
+        # a suspended run: it holds no slot; each send wakes it
+        for n in range(1, 5):
+            sent.append(await app.send_async(run.id, "note", {"n": n}))
+        assert await run.result(timeout=30) == [{"n": n} for n in range(5)]
+    assert receive_steps(dsn, run.id) == sent  # each message taken once, in send order
+    assert await run.state() == {"received": 5}
+
+
+async def test_sync_task_receives_and_replies(messages: Any, dsn: str) -> None:
+    app = messages.app
+    run = messages.inbox_sync.enqueue(3)
+    for n in range(3):
+        app.send(run.id, "note", n)
+    summer = messages.counter_sync.enqueue()
+    async with running_worker(app, poll_interval=0.05):
+        assert await asyncio.to_thread(run.result, 30) == [0, 1, 2]
+        assert await app.update_async(summer.id, "add", 21, timeout=30) == 42
+        assert await asyncio.to_thread(summer.result, 30) == 21
+
+
+async def test_receive_times_out_with_none_and_a_later_message_stays(messages: Any, dsn: str) -> None:
+    app = messages.app
+    quick = await messages.receive_or_timeout.enqueue_async(0.3)
+    look = await messages.receive_or_timeout.enqueue_async(0)  # timeout 0: only looks
+    async with running_worker(app, poll_interval=0.05):
+        assert await quick.result(timeout=30) == "timed out"
+        assert await look.result(timeout=30) == "timed out"
+    waits = await asyncio.to_thread(rows, dsn, "SELECT count(*) FROM pgqueue.message_waits WHERE run_id = %s",
+                                    (quick.id,))
+    assert waits == [(0,)]  # the timed-out wait is gone
+    patient = await messages.receive_or_timeout.enqueue_async(60)
+    async with running_worker(app, poll_interval=0.05):
+        await wait_for(lambda: status_is(dsn, patient.id, "waiting"), what="the run to wait")
+        await app.send_async(patient.id, "note", "hello")
+        assert await patient.result(timeout=30) == "hello"
+
+
+async def test_a_replay_returns_the_same_messages_and_takes_no_other(messages: Any, dsn: str) -> None:
+    app = messages.app
+    run = await messages.inbox.enqueue_async(3)
+    async with running_worker(app, poll_interval=0.05):
+        for n in range(2):
+            await app.send_async(run.id, "note", {"n": n})
+        await wait_for(lambda: status_is(dsn, run.id, "waiting"), what="the run to wait for the 3rd message")
+        await wait_for(lambda: asyncio.to_thread(lambda: len(receive_steps(dsn, run.id)) == 2),
+                       what="two receive steps")
+        assert await asyncio.to_thread(app.cancel, run.id) == "cancelled"
+    taken = await asyncio.to_thread(receive_steps, dsn, run.id)
+    # a cancelled run receives nothing more
+    with pytest.raises(InvalidRunState, match=f"run {run.id} is cancelled"):
+        await app.send_async(run.id, "note", {"n": 99})
+    await asyncio.to_thread(app.retry, run.id)  # resumes after its two receive steps
+    await app.send_async(run.id, "note", {"n": 2})
+    async with running_worker(app, poll_interval=0.05):
+        assert await run.result(timeout=30) == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert (await asyncio.to_thread(receive_steps, dsn, run.id))[:2] == taken
+    # the code after each receive ran again on the retry; the receives took nothing new
+    assert len(await asyncio.to_thread(receive_steps, dsn, run.id)) == 3
+
+
+# -- updates ------------------------------------------------------------------------------------
+
+async def test_updates_round_trip_and_sends_mix_in_order(messages: Any, dsn: str) -> None:
+    app = messages.app
+    run = await messages.counter.enqueue_async()
+    async with running_worker(app, poll_interval=0.05):
+        assert await app.update_async(run.id, "add", 5, timeout=30) == 5
+        await app.send_async(run.id, "add", 10)  # a plain message: no reply expected
+        assert await asyncio.to_thread(app.update, run.id, "add", 1, timeout=30) == 16
+        assert await app.update_async(run.id, "add", 0, timeout=30) == "bye"
+        assert await run.result(timeout=30) == 16
+    replies = await asyncio.to_thread(rows, dsn, "SELECT wants_reply, reply FROM pgqueue.messages "
+                                                 "WHERE run_id = %s ORDER BY id", (run.id,))
+    assert replies == [(True, 5), (False, None), (True, 16), (True, "bye")]
+
+
+async def test_an_update_times_out_clearly_and_a_run_ending_without_reply_is_reported(messages: Any,
+                                                                                    dsn: str) -> None:
+    app = messages.app
+    sleeper = await messages.naps.enqueue_async(60)
+    async with running_worker(app, poll_interval=0.05):
+        await wait_for(lambda: status_is(dsn, sleeper.id, "sleeping"), what="the run to sleep")
+        with pytest.raises(UpdateTimedOut, match=rf"run {sleeper.id} did not reply to update 'add' .* within 0.5s"):
+            await app.update_async(sleeper.id, "add", 1, timeout=0.5)
+        with pytest.raises(TimeoutError):  # UpdateTimedOut is a TimeoutError too
+            await asyncio.to_thread(app.update, sleeper.id, "add", 1, timeout=0.2)
+        mute = await messages.never_replies.enqueue_async()
+        with pytest.raises(UpdateNotAnswered, match=f"run {mute.id} ended succeeded without replying"):
+            await app.update_async(mute.id, "add", 1, timeout=30)
+    await asyncio.to_thread(app.cancel, sleeper.id)
+
+
+# -- queries ------------------------------------------------------------------------------------
+
+async def test_queries_answer_while_the_run_sleeps_or_waits(messages: Any, dsn: str) -> None:
+    app = messages.app
+    sleeper = await messages.naps.enqueue_async(60)
+    waiter = await messages.awaits_approval.enqueue_async()
+    assert await sleeper.state() is None  # nothing published yet
+    async with running_worker(app, poll_interval=0.05):
+        await wait_for(lambda: status_is(dsn, sleeper.id, "sleeping"), what="the run to sleep")
+        await wait_for(lambda: status_is(dsn, waiter.id, "waiting"), what="the run to wait")
+        assert await sleeper.state() == {"phase": "napping", "for": 60}
+        assert await asyncio.to_thread(app.get_state, waiter.id) == {"phase": "waiting for approval"}
+        assert await app.get_state_async(waiter.id) == {"phase": "waiting for approval"}
+        # reading the state woke neither run
+        assert await status_is(dsn, sleeper.id, "sleeping") and await status_is(dsn, waiter.id, "waiting")
+        sql_state = await asyncio.to_thread(rows, dsn, "SELECT pgqueue.run_state(%s)", (sleeper.id,))
+        assert sql_state == [({"phase": "napping", "for": 60},)]
+        await app.send_event_async("approval", str(waiter.id), {"ok": True})
+        assert await waiter.result(timeout=30) == {"ok": True}
+    await asyncio.to_thread(app.cancel, sleeper.id)
+    assert await sleeper.state() == {"phase": "napping", "for": 60}  # kept after the run ended
+
+
+async def test_a_state_over_the_limit_fails_the_run_clearly(messages: Any, dsn: str) -> None:
+    app = messages.app
+    run = messages.sets_huge_state.enqueue(70_000)
+    async with running_worker(app, poll_interval=0.05):
+        info = await asyncio.to_thread(run.wait, 30)
+    assert info.status == "failed"
+    assert info.error is not None and info.error["type"] == "InputTooLarge"
+    assert f"the state of run {run.id} is" in info.error["message"] and "65536" in info.error["message"]
+    assert run.state() is None
+
+
+# -- cancel on event ------------------------------------------------------------------------------
+
+async def test_cancel_on_event_cancels_the_matching_runs_and_their_children_only(messages: Any, dsn: str) -> None:
+    app = messages.app
+    doomed = await messages.fulfil.enqueue_async(7, child_count=2)
+    spared = await messages.fulfil.enqueue_async(8, child_count=1)
+    queued = await messages.fulfil.enqueue_async(7)  # not started yet: cancelled too
+    billing = messages.bill.enqueue(7)  # running when the event comes: asked to stop
+    other_billing = messages.bill.enqueue(8)
+    async with running_worker(app, poll_interval=0.05, concurrency=4, queues=["default"]):
+        await wait_for(lambda: status_is(dsn, doomed.id, "waiting"), what="the order's run to gather")
+        await wait_for(lambda: status_is(dsn, spared.id, "waiting"), what="the other order's run to gather")
+        await wait_for(lambda: status_is(dsn, billing.id, "running"), what="the billing run to start")
+        await wait_for(lambda: status_is(dsn, other_billing.id, "running"), what="the other billing run")
+        children = [r[0] for r in await asyncio.to_thread(rows, dsn, "SELECT id FROM pgqueue.runs WHERE parent_id = %s",
+                                                           (doomed.id,))]
+        spared_children = [r[0] for r in await asyncio.to_thread(
+            rows, dsn, "SELECT id FROM pgqueue.runs WHERE parent_id = %s", (spared.id,))]
+        assert len(children) == 2 and len(spared_children) == 1
+        for child in children + spared_children:
+            await wait_for(lambda child=child: status_is(dsn, child, "waiting"), what="children to wait")
+        await app.send_event_async("order.cancelled", "", {"order_id": 7, "reason": "customer"})
+        await wait_for(lambda: status_is(dsn, billing.id, "cancelled"), what="the running billing run to stop")
+        statuses = dict(await asyncio.to_thread(
+            rows, dsn, "SELECT id, status FROM pgqueue.runs WHERE id = ANY(%s)",
+            ([doomed.id, spared.id, queued.id, billing.id, other_billing.id, *children, *spared_children],)))
+        assert [statuses[i] for i in (doomed.id, queued.id, billing.id, *children)] == ["cancelled"] * 5
+        assert statuses[spared.id] == "waiting" and statuses[other_billing.id] == "running"
+        assert [statuses[i] for i in spared_children] == ["waiting"]
+        error = (await asyncio.to_thread(rows, dsn, "SELECT error FROM pgqueue.runs WHERE id = %s", (doomed.id,)))
+        assert error[0][0]["message"] == 'cancelled by event "order.cancelled" (order_id = 7)'
+        # an event without the field cancels nothing; a string "8" is not the number 8
+        await app.send_event_async("order.cancelled", "", {"reason": "no order id"})
+        await app.send_event_async("order.cancelled", "", {"order_id": "8"})
+        assert await status_is(dsn, spared.id, "waiting") and await status_is(dsn, other_billing.id, "running")
+        # a rule without match cancels every unfinished run of the task
+        await app.send_event_async("shutdown", "", {})
+        await wait_for(lambda: status_is(dsn, other_billing.id, "cancelled"), what="the shutdown to stop billing")
+        assert await status_is(dsn, spared.id, "waiting")
+    await asyncio.to_thread(app.cancel, spared.id)
+
+
+def test_cancel_on_rules_are_written_at_registration_and_checked(messages: Any, dsn: str) -> None:
+    stored = rows(dsn, "SELECT event_name, task, match FROM pgqueue.cancel_subscriptions ORDER BY task, event_name")
+    assert stored == [("order.cancelled", "bill", "order_id"), ("shutdown", "bill", None),
+                      ("order.cancelled", "fulfil", "order_id")]
+    with pytest.raises(TaskDefinitionError, match="cancel_on= takes pgqueue.CancelOn"):
+        @messages.app.task(name="bad_cancel", cancel_on="order.cancelled")  # type: ignore[arg-type]
+        def bad() -> None: ...
+    with pytest.raises(TaskDefinitionError, match="event name 'bad name' is not valid"):
+        CancelOn("bad name")
+    with pytest.raises(TaskDefinitionError, match="match= names a field"):
+        CancelOn("order.cancelled", match="")
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+def test_bad_input_gets_clear_errors_and_stores_nothing(messages: Any, dsn: str) -> None:
+    app = messages.app
+    with pytest.raises(RunNotFound, match="no run with id 987654321"):
+        app.send(987654321, "note", {})
+    with pytest.raises(RunNotFound, match="no run with id 987654321"):
+        app.get_state(987654321)
+    with pytest.raises(RunNotFound, match="no run with id 987654321"):
+        app.update(987654321, "add", 1, timeout=1)
+    done = messages.receive_or_timeout.enqueue(0)
+    rows(dsn, "UPDATE pgqueue.runs SET status = 'succeeded', finished_at = now() WHERE id = %s", (done.id,))
+    rows(dsn, "DELETE FROM pgqueue.ready WHERE run_id = %s", (done.id,))
+    with pytest.raises(InvalidRunState, match=f"run {done.id} is succeeded: a finished run receives no more"):
+        app.send(done.id, "note", {})
+    run = messages.inbox.enqueue(1)
+    with pytest.raises(InvalidInput, match="message name 'bad name!' is not valid"):
+        app.send(run.id, "bad name!", {})
+    with pytest.raises(InvalidInput, match="must be a JSON value"):
+        app.send(run.id, "note", {"when": object()})
+    with pytest.raises(InputTooLarge, match='the payload of message "note" is .* over the limit of 1048576 bytes'):
+        app.send(run.id, "note", {"blob": "x" * 1_100_000})
+    with pytest.raises(InvalidInput, match="timeout is a positive number"):
+        app.update(run.id, "add", 1, timeout=0)
+    assert rows(dsn, "SELECT count(*) FROM pgqueue.messages WHERE run_id IN (%s, %s)", (done.id, run.id)) == [(0,)]
+    # the SQL API refuses the same way
+    with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.Error, match="no run with id 0"):
+        conn.execute("SELECT pgqueue.send_message(0, 'note')")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        message_id = conn.execute("SELECT pgqueue.send_message(%s, 'note', %s::jsonb)",
+                                  (run.id, json.dumps({"n": 1}))).fetchone()
+        assert message_id is not None
+        assert conn.execute("SELECT * FROM pgqueue.message_reply(%s)", message_id).fetchone() == (
+            False, None, "queued")
+
+
+async def test_receive_refuses_bad_arguments_inside_the_run(messages: Any, dsn: str) -> None:
+    app = messages.app
+
+    @app.task(name="bad_receiver")
+    async def bad_receiver(which: str) -> str:
+        from pgqueue import current_run
+        ctx = current_run()
+        if which == "name":
+            await ctx.receive("no spaces allowed")
+        elif which == "timeout":
+            await ctx.receive("note", timeout=-1)
+        else:
+            message = await ctx.receive("note")
+            assert message is not None
+            await message.reply("nobody asked")
+        return "unreachable"
+
+    try:
+        runs = {which: await bad_receiver.enqueue_async(which) for which in ("name", "timeout", "reply")}
+        await app.send_async(runs["reply"].id, "note", 1)
+        async with running_worker(app, poll_interval=0.05):
+            infos = {which: await run.wait(timeout=30) for which, run in runs.items()}
+    finally:
+        del app.tasks["bad_receiver"]
+    assert {w: i.status for w, i in infos.items()} == {"name": "failed", "timeout": "failed", "reply": "failed"}
+    assert "message name 'no spaces allowed' is not valid" in infos["name"].error["message"]  # type: ignore[index]
+    assert "seconds >= 0, got -1" in infos["timeout"].error["message"]  # type: ignore[index]
+    assert "was sent with send(), not update()" in infos["reply"].error["message"]  # type: ignore[index]
