@@ -310,3 +310,26 @@ async def test_receive_refuses_bad_arguments_inside_the_run(messages: Any, dsn: 
     assert "message name 'no spaces allowed' is not valid" in infos["name"].error["message"]  # type: ignore[index]
     assert "seconds >= 0, got -1" in infos["timeout"].error["message"]  # type: ignore[index]
     assert "was sent with send(), not update()" in infos["reply"].error["message"]  # type: ignore[index]
+
+
+async def test_pruning_a_run_deletes_its_messages_wait_and_state(messages: Any, dsn: str) -> None:
+    app = messages.app
+    run = await messages.inbox.enqueue_async(2)
+    await app.send_async(run.id, "note", {"n": 0})
+    async with running_worker(app, poll_interval=0.05):
+        await wait_for(lambda: status_is(dsn, run.id, "waiting"), what="the run to wait for its 2nd message")
+    await app.send_async(run.id, "unread", {})
+    assert await asyncio.to_thread(app.cancel, run.id) == "cancelled"
+    counts = ("SELECT (SELECT count(*) FROM pgqueue.messages WHERE run_id = %(r)s), "
+              "(SELECT count(*) FROM pgqueue.message_waits WHERE run_id = %(r)s), "
+              "(SELECT count(*) FROM pgqueue.run_states WHERE run_id = %(r)s)")
+    # cancelling ended its wait in a receive; the messages and state stay until pruned
+    assert await asyncio.to_thread(rows, dsn, counts, {"r": run.id}) == [(2, 0, 1)]
+    await asyncio.to_thread(app.set_retention, 1, task="inbox")
+    try:
+        await asyncio.to_thread(rows, dsn, "UPDATE pgqueue.runs SET finished_at = now() - interval '1 hour' "
+                                           "WHERE id = %s", (run.id,))
+        await asyncio.to_thread(app.prune)
+    finally:
+        await asyncio.to_thread(app.unset_retention, "inbox")
+    assert await asyncio.to_thread(rows, dsn, counts, {"r": run.id}) == [(0, 0, 0)]
