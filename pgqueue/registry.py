@@ -160,6 +160,7 @@ class TaskRegistry:
                     raise TaskDefinitionError(
                         f"task {s.name!r} uses rate limit {rule.name!r}, which is not declared: add "
                         f"app.rate_limit({rule.name!r}, limit=..., per=...)")
-        yield from sync_cancel_on_op({name: cancel_rules(name, task.settings.cancel_on) for name, task in self.tasks.items()})
+        yield from sync_cancel_on_op({name: cancel_rules(name, task.settings.cancel_on)
+                                      for name, task in self.tasks.items()})
         yield from sync_limits_op(limits, list(self.rate_limits.values()))
         yield from sync_op(list(self.schedules.values()))

@@ -18,6 +18,15 @@ CREATE TABLE IF NOT EXISTS took (run_id bigint, n int, pid int, at timestamptz D
 """
 
 
+def prepare(dsn: str) -> None:
+    """Bind the app to `dsn`, empty the `took` table, write the cancel_on rules (as a worker would)."""
+    app.db.reset(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(TOOK_DDL)
+        conn.execute("TRUNCATE took")
+    app.register_tasks()
+
+
 def record(n: int) -> None:
     """What the run's code did with a message (outside any transaction of pgqueue's)."""
     with psycopg.connect(app.dsn, autocommit=True) as conn:

@@ -20,9 +20,7 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 def message_app(dsn: str) -> Iterator[Any]:
     import message_app
 
-    bind(message_app.app, dsn)
-    sql(dsn, message_app.TOOK_DDL)
-    sql(dsn, "TRUNCATE took")
+    message_app.prepare(dsn)
     yield message_app
     bind(message_app.app, None)
 

@@ -30,11 +30,7 @@ pytestmark = pytest.mark.timeout(120)
 def messages(dsn: str) -> Iterator[Any]:
     import message_app
 
-    bind(message_app.app, dsn)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(message_app.TOOK_DDL)
-        conn.execute("TRUNCATE took")
-    message_app.app.register_tasks()  # the cancel_on rules, as a worker would at start
+    message_app.prepare(dsn)
     yield message_app
     bind(message_app.app, None)
 
@@ -237,7 +233,7 @@ def test_cancel_on_rules_are_written_at_registration_and_checked(messages: Any, 
     stored = rows(dsn, "SELECT event_name, task, match FROM pgqueue.cancel_subscriptions ORDER BY task, event_name")
     assert stored == [("order.cancelled", "bill", "order_id"), ("shutdown", "bill", None),
                       ("order.cancelled", "fulfil", "order_id")]
-    with pytest.raises(TaskDefinitionError, match="cancel_on= takes pgqueue.CancelOn"):
+    with pytest.raises(TaskDefinitionError, match=r"cancel_on= takes pgqueue\.CancelOn"):
         @messages.app.task(name="bad_cancel", cancel_on="order.cancelled")  # type: ignore[arg-type]
         def bad() -> None: ...
     with pytest.raises(TaskDefinitionError, match="event name 'bad name' is not valid"):
@@ -266,7 +262,7 @@ def test_bad_input_gets_clear_errors_and_stores_nothing(messages: Any, dsn: str)
         app.send(run.id, "bad name!", {})
     with pytest.raises(InvalidInput, match="must be a JSON value"):
         app.send(run.id, "note", {"when": object()})
-    with pytest.raises(InputTooLarge, match='the payload of message "note" is .* over the limit of 1048576 bytes'):
+    with pytest.raises(InputTooLarge, match=r'the payload of message "note" is .* over the limit of 1048576 bytes'):
         app.send(run.id, "note", {"blob": "x" * 1_100_000})
     with pytest.raises(InvalidInput, match="timeout is a positive number"):
         app.update(run.id, "add", 1, timeout=0)
@@ -333,3 +329,45 @@ async def test_pruning_a_run_deletes_its_messages_wait_and_state(messages: Any, 
     finally:
         await asyncio.to_thread(app.unset_retention, "inbox")
     assert await asyncio.to_thread(rows, dsn, counts, {"r": run.id}) == [(0, 0, 0)]
+
+
+async def test_the_dashboards_run_page_shows_the_published_state(messages: Any, dsn: str) -> None:
+    import html
+    import http.client
+    import threading
+
+    from pgqueue.dashboard import create_server
+
+    app = messages.app
+    sleeper = await messages.naps.enqueue_async(60)
+    quiet = await messages.naps.enqueue_async(60)
+    server = create_server(dsn, "127.0.0.1", 0, None, app)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def page(run_id: int) -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=20)
+        conn.request("GET", f"/runs/{run_id}")
+        response = conn.getresponse()
+        assert response.status == 200
+        text = response.read().decode()
+        conn.close()
+        return text
+
+    try:
+        assert 'id="state"' not in await asyncio.to_thread(page, quiet.id)  # nothing published: no section
+        async with running_worker(app, poll_interval=0.05):
+            await wait_for(lambda: status_is(dsn, sleeper.id, "sleeping"), what="the run to sleep")
+        shown = await asyncio.to_thread(page, sleeper.id)
+        assert "<h2>State <small>attempt 1," in shown
+        state = shown.split('<pre id="state">', 1)[1].split("</pre>", 1)[0]
+        assert json.loads(html.unescape(state)) == {"phase": "napping", "for": 60}
+        # a state is data, never markup
+        await asyncio.to_thread(rows, dsn, "UPDATE pgqueue.run_states SET state = %s::jsonb WHERE run_id = %s",
+                                (json.dumps({"note": "<script>alert(1)</script>"}), sleeper.id))
+        shown = await asyncio.to_thread(page, sleeper.id)
+        assert "<script>alert(1)</script>" not in shown and "&lt;script&gt;" in shown
+    finally:
+        server.shutdown()
+        server.dash.app.close()
+        for run in (sleeper, quiet):
+            await asyncio.to_thread(app.cancel, run.id)
