@@ -371,3 +371,16 @@ async def test_the_dashboards_run_page_shows_the_published_state(messages: Any, 
         server.dash.app.close()
         for run in (sleeper, quiet):
             await asyncio.to_thread(app.cancel, run.id)
+
+
+def test_the_testing_kit_drains_runs_that_receive(messages: Any, dsn: str) -> None:
+    from pgqueue.testing import drain
+
+    app = messages.app
+    run = messages.inbox.enqueue(2)
+    drain(app)
+    assert run.status() == "waiting"  # suspended in its receive: nothing due
+    for n in range(2):
+        app.send(run.id, "note", {"n": n})
+    drain(app)
+    assert run.result(timeout=5) == [{"n": 0}, {"n": 1}]
