@@ -40,9 +40,9 @@ RETURNS bigint
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    v_status text;
-    v_id     bigint;
-    v_woken  integer;
+    v_status  text;
+    v_id      bigint;
+    v_waiting bigint[];
 BEGIN
     PERFORM pgqueue.check_name('message', send_message.name);
     PERFORM pgqueue.check_payload(coalesce(send_message.payload, 'null'),
@@ -73,17 +73,9 @@ BEGIN
         DELETE FROM pgqueue.message_waits w
          WHERE w.run_id = send_message.run_id AND w.name = send_message.name
         RETURNING w.run_id
-    ), woken AS (
-        UPDATE pgqueue.runs r SET status = 'queued', run_at = now()
-          FROM waits WHERE r.id = waits.run_id AND r.status = 'waiting'
-        RETURNING r.id, r.queue, r.priority, r.task, r.concurrency_key
-    ), requeued AS (
-        INSERT INTO pgqueue.ready (run_id, queue, priority, run_at, task, concurrency_key)
-        SELECT id, queue, priority, now(), task, concurrency_key FROM woken
-        ON CONFLICT (run_id) DO UPDATE SET run_at = excluded.run_at
-        RETURNING queue
     )
-    SELECT count(pg_notify('pgqueue_ready', q.queue)) INTO v_woken FROM (SELECT DISTINCT queue FROM requeued) q;
+    SELECT array_agg(waits.run_id) INTO v_waiting FROM waits;
+    PERFORM pgqueue.wake_waiting(v_waiting);
     RETURN v_id;
 END
 $$;
