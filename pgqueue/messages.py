@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -77,6 +77,14 @@ def cancel_rules(task: str, cancel_on: CancelOn | Sequence[CancelOn] | None) -> 
     if len({rule.event for rule in rules}) != len(rules):
         raise TaskDefinitionError(f"task {task!r}: cancel_on= names one event twice")
     return rules
+
+
+def check_match_fields(task: str, rules: Sequence[CancelOn], fields: Collection[str], extra_allowed: bool) -> None:
+    """Refuse a `match` that names no field of the task's input (it would never match)."""
+    for rule in rules:
+        if rule.match is not None and rule.match not in fields and not extra_allowed:
+            raise TaskDefinitionError(f"task {task!r}: CancelOn({rule.event!r}, match={rule.match!r}) names no "
+                                      f"field of its input (its fields: {', '.join(sorted(fields)) or 'none'})")
 
 
 def sync_cancel_on_op(declared: dict[str, tuple[CancelOn, ...]]) -> Op[None]:

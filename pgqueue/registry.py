@@ -16,7 +16,7 @@ from .codec import InputCodec
 from .cron import Schedule, sync_op
 from .errors import TaskDefinitionError, UnknownTask
 from .flow import Concurrency, RateLimit, RateLimitDefinition, registration, sync_limits_op
-from .messages import CancelOn, cancel_rules, sync_cancel_on_op
+from .messages import CancelOn, cancel_rules, check_match_fields, sync_cancel_on_op
 from .ops import Op, statement
 from .retention import RetentionSpec, sync_task_op, task_retention
 from .retry import Retry
@@ -101,6 +101,9 @@ class TaskRegistry:
         if task_name in self.tasks and self.tasks[task_name].fn is not fn:
             raise TaskDefinitionError(f"two tasks are named {task_name!r}; give one of them name=...")
         task: Task[Any, Any] = Task(self.db, fn, settings, codec)
+        model = task.codec.model
+        check_match_fields(task_name, cancel_rules(task_name, settings.cancel_on), model.model_fields,
+                           model.model_config.get("extra") == "allow")
         self.tasks[task_name] = task
         return task
 

@@ -238,6 +238,10 @@ def test_cancel_on_rules_are_written_at_registration_and_checked(messages: Any, 
     with pytest.raises(TaskDefinitionError, match=r"cancel_on= takes pgqueue\.CancelOn"):
         @messages.app.task(name="bad_cancel", cancel_on="order.cancelled")  # type: ignore[arg-type]
         def bad() -> None: ...
+    with pytest.raises(TaskDefinitionError, match=r"CancelOn\('order.cancelled', match='order_idd'\) names no "
+                                                  r"field of its input \(its fields: order_id\)"):
+        @messages.app.task(name="typo_cancel", cancel_on=CancelOn("order.cancelled", match="order_idd"))
+        def typo(order_id: int) -> None: ...
     with pytest.raises(TaskDefinitionError, match="event name 'bad name' is not valid"):
         CancelOn("bad name")
     with pytest.raises(TaskDefinitionError, match="match= names a field"):
