@@ -25,11 +25,15 @@ from .errors import (
     TaskCancelled,
     TaskDefinitionError,
     UnknownTask,
+    UpdateNotAnswered,
+    UpdateTimedOut,
     WorkflowFailed,
 )
 from .flow import Concurrency, RateLimit
 from .handles import AsyncRunHandle, RunHandle
 from .hooks import AttemptFinished, AttemptStarted, Hooks, RunFinished
+from .inbox import Message
+from .messages import CancelOn, RunState
 from .retry import Retry
 from .runs import RunInfo
 from .status import RunStatus
@@ -42,6 +46,7 @@ __all__ = [
     "AttemptFinished",
     "AttemptStarted",
     "Batch",
+    "CancelOn",
     "ChildRunError",
     "ChildRunFailed",
     "Chunk",
@@ -54,6 +59,7 @@ __all__ = [
     "InputTooLarge",
     "InvalidInput",
     "InvalidRunState",
+    "Message",
     "NonDeterminismError",
     "PgQueue",
     "PgQueueError",
@@ -68,6 +74,7 @@ __all__ = [
     "RunHandle",
     "RunInfo",
     "RunNotFound",
+    "RunState",
     "RunStatus",
     "Schedule",
     "SchemaMissing",
@@ -80,6 +87,8 @@ __all__ = [
     "TaskDefinitionError",
     "Throttle",
     "UnknownTask",
+    "UpdateNotAnswered",
+    "UpdateTimedOut",
     "Workflow",
     "WorkflowFailed",
     "current_run",

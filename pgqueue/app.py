@@ -29,6 +29,7 @@ from .flow import (
 )
 from .handles import AsyncRunHandle, RunHandle
 from .hooks import Hooks
+from .messages import UPDATE_TIMEOUT, get_state_op, send_op, update_async, update_sync
 from .migrations import migrate
 from .queues import set_queue_paused_op
 from .registry import TaskRegistry
@@ -290,6 +291,35 @@ class PgQueue:
 
     async def send_event_async(self, name: str, key: str = "", payload: Any = None) -> int:
         return await self.db.execute_async(send_event_op(name, key, payload))
+
+    # -- messages, updates and queries to runs (see pgqueue.messages) ---------------------------
+
+    def send(self, run_id: int, name: str, payload: Any = None) -> int:
+        """Send message `name` (payload: any JSON value) to an unfinished run, which takes it with
+        `ctx.receive(name)`, in send order, once; returns the message's id. A finished run is
+        refused (InvalidRunState naming its status), an unknown one is RunNotFound."""
+        return self.db.execute(send_op(run_id, name, payload))
+
+    async def send_async(self, run_id: int, name: str, payload: Any = None) -> int:
+        return await self.db.execute_async(send_op(run_id, name, payload))
+
+    def update(self, run_id: int, name: str, payload: Any = None, *, timeout: float = UPDATE_TIMEOUT) -> Any:
+        """Send message `name` and wait for the run's answer (`message.reply(value)` in the run):
+        returns the reply. UpdateTimedOut after `timeout` seconds (the message stays in the
+        mailbox); UpdateNotAnswered if the run ends without replying."""
+        return update_sync(self.db, run_id, name, payload, timeout)
+
+    async def update_async(self, run_id: int, name: str, payload: Any = None, *,
+                           timeout: float = UPDATE_TIMEOUT) -> Any:
+        return await update_async(self.db, run_id, name, payload, timeout)
+
+    def get_state(self, run_id: int) -> Any:
+        """The state the run published last with `ctx.set_state` (None if none), read without
+        waking the run."""
+        return self.db.execute(get_state_op(run_id)).state
+
+    async def get_state_async(self, run_id: int) -> Any:
+        return (await self.db.execute_async(get_state_op(run_id))).state
 
 
 def _json_object(item: object, index: int) -> Mapping[str, Any]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 from .database import Database, engine_call
 from .durable import CheckpointWriter, Durable, raise_if_suspended
 from .errors import ConfigurationError, PgQueueError, TaskCancelled
+from .inbox import Message, bind, check_receive, publish_state, publish_state_sync, receive_op
 from .ops import Op
 from .retry import Retry
 from .steps import run_step, run_step_sync
@@ -281,6 +282,33 @@ class RunContext:
     def wait_for_event_sync(self, name: str, key: str = "", *, timeout: float | None = None,
                             default: Any = None) -> Any:
         return self._durably_sync(self.durable().wait_op(name, key, timeout, default))
+
+    # -- messages and queries (pgqueue/inbox.py) -------------------------------------------------
+
+    async def receive(self, name: str, *, timeout: float | None = None) -> Message | None:
+        """Take the next message `name` sent to this run (`app.send` / `app.update`), in send
+        order, each once; suspend the run (no slot held) until one comes. None after `timeout`
+        seconds without one (0: only look). A replay returns the same message again. Reply to
+        an update with `await message.reply(value)`."""
+        check_receive(name, timeout)
+        message = await self._durably(receive_op(self.durable(), name, timeout))
+        return bind(message, self.database(), self.durable().fence)
+
+    def receive_sync(self, name: str, *, timeout: float | None = None) -> Message | None:
+        """`receive` for sync tasks (reply with `message.reply_sync(value)`)."""
+        check_receive(name, timeout)
+        message = self._durably_sync(receive_op(self.durable(), name, timeout))
+        return bind(message, self.database(), self.durable().fence)
+
+    async def set_state(self, state: Any) -> None:
+        """Publish a small JSON state (at most `pgqueue.max_state_bytes()`, 64 KiB by default)
+        that `handle.state()`, `pgqueue runs state` and the dashboard read without waking the
+        run; each call replaces the previous state."""
+        await publish_state(self.database(), self.durable().fence, state)
+
+    def set_state_sync(self, state: Any) -> None:
+        """`set_state` for sync tasks."""
+        publish_state_sync(self.database(), self.durable().fence, state)
 
 
 def _aware(when: datetime) -> datetime:

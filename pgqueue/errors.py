@@ -84,6 +84,14 @@ class InvalidRunState(PgQueueError):
     """The run's state does not allow that action (e.g. retrying a running run)."""
 
 
+class UpdateTimedOut(PgQueueError, TimeoutError):
+    """`app.update` got no reply from the run in time (the message stays in its mailbox)."""
+
+
+class UpdateNotAnswered(InvalidRunState):
+    """The run an update was sent to ended (or was pruned) without replying to it."""
+
+
 class RunFailed(PgQueueError):
     """The run ended without a result (failed, cancelled or dead)."""
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from .codec import decoded
 from .database import DONE_CHANNEL
 from .errors import RunFailed
+from .messages import get_state_op
 from .runs import RunInfo, get_run_op
 from .status import RunStatus
 from .streams import Chunk, Following, Page, Progress, follow_op, reader_channels, stream_state_op
@@ -105,6 +106,10 @@ class RunHandle(_HandleBase[R]):
         """The latest progress the run reported (`ctx.progress`), or None."""
         return self.db.execute(stream_state_op(self.id)).progress
 
+    def state(self) -> Any:
+        """The state the run published last (`ctx.set_state`), None if none; never wakes the run."""
+        return self.db.execute(get_state_op(self.id)).state
+
     def stream(self, offset: int = 0, *, timeout: float | None = None) -> Iterator[Chunk]:
         """The chunks the run streams (`ctx.stream`), from `offset` (0: from the start, also
         for a run that already finished), as they come; ends once the run is final and every
@@ -160,6 +165,9 @@ class AsyncRunHandle(_HandleBase[R]):
 
     async def progress(self) -> Progress | None:
         return (await self.db.execute_async(stream_state_op(self.id))).progress
+
+    async def state(self) -> Any:
+        return (await self.db.execute_async(get_state_op(self.id))).state
 
     async def stream(self, offset: int = 0, *, timeout: float | None = None) -> AsyncIterator[Chunk]:
         """`RunHandle.stream` as an async iterator: `async for chunk in handle.stream(): ...`."""

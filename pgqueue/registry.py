@@ -18,6 +18,7 @@ from .control import Batch, Debounce, Singleton, Throttle, control_spec, registe
 from .cron import Schedule, sync_op
 from .errors import TaskDefinitionError, UnknownTask
 from .flow import Concurrency, RateLimit, RateLimitDefinition, registration, sync_limits_op
+from .messages import CancelOn, cancel_rules, check_match_fields, sync_cancel_on_op
 from .ops import Op, statement
 from .retention import RetentionSpec, sync_task_op, task_retention
 from .retry import Retry
@@ -70,7 +71,7 @@ class TaskRegistry:
              preferred_labels: Mapping[str, str] | None = None, prefer_wait: float = 2.0, slots: int = 1,
              sticky: bool = False, pin_version: bool = False, debounce: Debounce | None = None,
              singleton: Singleton | None = None, throttle: Throttle | None = None,
-             batch: Batch | None = None) -> TaskDecorator: ...
+             batch: Batch | None = None, cancel_on: CancelOn | Sequence[CancelOn] = ()) -> TaskDecorator: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Declare a task. Use as `@app.task` or `@app.task(queue=..., retry=..., ...)`.
@@ -92,6 +93,8 @@ class TaskRegistry:
         slots a run takes), sticky, pin_version.
         debounce / singleton / throttle / batch: enqueue control per key (`Debounce`, `Singleton`,
         `Throttle`, `Batch`; docs/enqueue-control.md), applied by the database to every enqueue.
+        cancel_on: `CancelOn(event, match=field)` rules: that event cancels the task's unfinished
+        runs (and their children) whose input has the event payload's value at `field`.
         """
         if fn is not None:
             return self.register(fn)
@@ -108,6 +111,9 @@ class TaskRegistry:
         if task_name in self.tasks and self.tasks[task_name].fn is not fn:
             raise TaskDefinitionError(f"two tasks are named {task_name!r}; give one of them name=...")
         task: Task[Any, Any] = Task(self.db, fn, settings, codec)
+        model = task.codec.model
+        check_match_fields(task_name, cancel_rules(task_name, settings.cancel_on), model.model_fields,
+                           model.model_config.get("extra") == "allow")
         self.tasks[task_name] = task
         return task
 
@@ -170,5 +176,7 @@ class TaskRegistry:
                         f"task {s.name!r} uses rate limit {rule.name!r}, which is not declared: add "
                         f"app.rate_limit({rule.name!r}, limit=..., per=...)")
         yield from placement.register_op([task.settings for task in self.tasks.values()])
+        yield from sync_cancel_on_op({name: cancel_rules(name, task.settings.cancel_on)
+                                      for name, task in self.tasks.items()})
         yield from sync_limits_op(limits, list(self.rate_limits.values()))
         yield from sync_op(list(self.schedules.values()))

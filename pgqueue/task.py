@@ -16,6 +16,7 @@ from .enqueue import EnqueueOptions, enqueue_op
 from .errors import ConfigurationError, TaskDefinitionError
 from .flow import Concurrency, RateLimit, flow_columns
 from .handles import AsyncRunHandle, RunHandle
+from .messages import CancelOn, cancel_rules
 from .ops import Op
 from .placement import DEFAULT_PREFER_WAIT, task_placement
 from .retention import RetentionSpec, task_retention
@@ -72,8 +73,11 @@ class TaskSettings:
     throttle: Throttle | None = None
     #: collect enqueues per key and call the function once with their list
     batch: Batch | None = None
+    #: events that cancel the task's unfinished runs whose input matches (pgqueue.CancelOn)
+    cancel_on: CancelOn | Sequence[CancelOn] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "cancel_on", cancel_rules(self.name, self.cancel_on))
         task_retention(self.name, self.retention)  # refuses a bad age or status now
         task_placement(self)  # refuses bad labels or slots now
         control_spec(self.name, self.debounce, self.singleton, self.throttle, self.batch)  # and bad control

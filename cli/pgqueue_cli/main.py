@@ -21,6 +21,7 @@ from .cron_cmd import cron_group
 from .dashboard_cmd import dashboard_cmd
 from .limits_cmd import limits_group
 from .loading import load_app
+from .messages_cmd import send_cmd, state_cmd, update_cmd
 from .retention_cmd import prune_cmd, retention_group
 from .runs_cmd import event_group, queue_group, runs_group
 from .status_cmd import status_cmd, top_cmd
@@ -41,6 +42,8 @@ def main() -> None:
 main.add_command(worker_cmd)
 runs_group.add_command(wait_cmd)
 runs_group.add_command(tail_cmd)
+for command in (send_cmd, update_cmd, state_cmd):
+    runs_group.add_command(command)
 main.add_command(runs_group)
 main.add_command(status_cmd)
 main.add_command(top_cmd)

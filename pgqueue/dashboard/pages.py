@@ -15,6 +15,7 @@ from ..app import PgQueue
 from ..cron import list_op as cron_list_op
 from ..cron import ticks_after
 from ..errors import ConfigurationError, PgQueueError
+from ..messages import get_state_op
 from ..status import FINAL, NAMES, UNSUCCESSFUL
 from ..streams import StreamState, stream_state_op
 from . import charts
@@ -130,7 +131,10 @@ def run_detail(dash: Dashboard, run_id: int) -> Page:
     states = {n["node"]: n["status"] for n in page.nodes}
     links = {n["node"]: n["id"] for n in page.nodes}
     done = sum(n for status, n in page.children_by_status.items() if status in FINAL)
+    published = dash.app.db.execute(get_state_op(run_id))  # what ctx.set_state published last
     return 200, "run.html", {
+        "published": published if published.updated_at is not None else None,
+        "state_json": json.dumps(published.state, indent=2),
         "page": page, "info": info, "now": now, "stream": stream_state(dash, run_id),
         "timeline": charts.step_timeline(page.steps, now),
         "dag": charts.dag(graph, states, links) if graph else None,

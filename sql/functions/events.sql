@@ -13,6 +13,31 @@ LANGUAGE sql AS $$
     SELECT pg_advisory_xact_lock(hashtext('pgqueue.event'), hashtext(name || chr(31) || key))
 $$;
 
+-- Queue again, due now, those of runs RUN_IDS that are waiting (a wait they were in has its
+-- answer: an event, a message), and tell the workers of their queues; returns how many it woke.
+CREATE OR REPLACE FUNCTION pgqueue.wake_waiting(run_ids bigint[]) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_woken    integer;
+    v_notified integer;
+BEGIN
+    WITH woken AS (
+        UPDATE pgqueue.runs r SET status = 'queued', run_at = now()
+         WHERE r.id = ANY(run_ids) AND r.status = 'waiting'
+        RETURNING r.id, r.queue, r.priority, r.task, r.concurrency_key
+    ), requeued AS (
+        INSERT INTO pgqueue.ready (run_id, queue, priority, run_at, task, concurrency_key)
+        SELECT id, queue, priority, now(), task, concurrency_key FROM woken
+        ON CONFLICT (run_id) DO UPDATE SET run_at = excluded.run_at
+        RETURNING queue
+    )
+    SELECT (SELECT count(*) FROM woken),
+           (SELECT count(pg_notify('pgqueue_ready', q.queue)) FROM (SELECT DISTINCT queue FROM requeued) q)
+      INTO v_woken, v_notified;
+    RETURN v_woken;
+END
+$$;
+
 -- Send an event; returns how many waiting runs it woke.
 CREATE OR REPLACE FUNCTION pgqueue.send_event(name text, key text DEFAULT '', payload jsonb DEFAULT '{}')
 RETURNS integer
@@ -20,8 +45,8 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     v_event    bigint;
+    v_waiting  bigint[];
     v_woken    integer;
-    v_notified integer;
 BEGIN
     IF send_event.name IS NULL OR send_event.name = '' THEN
         RAISE EXCEPTION 'pgqueue: event name is empty' USING ERRCODE = 'PQ002',
@@ -47,19 +72,13 @@ BEGIN
                coalesce(send_event.payload, '{}'), now(), v_event
           FROM waits
         ON CONFLICT (run_id, step_key) DO NOTHING
-    ), woken AS (
-        UPDATE pgqueue.runs r SET status = 'queued', run_at = now()
-          FROM waits WHERE r.id = waits.run_id AND r.status = 'waiting'
-        RETURNING r.id, r.queue, r.priority, r.task, r.concurrency_key
-    ), requeued AS (
-        INSERT INTO pgqueue.ready (run_id, queue, priority, run_at, task, concurrency_key)
-        SELECT id, queue, priority, now(), task, concurrency_key FROM woken
-        ON CONFLICT (run_id) DO UPDATE SET run_at = excluded.run_at
-        RETURNING queue
     )
-    SELECT (SELECT count(*) FROM woken),
-           (SELECT count(pg_notify('pgqueue_ready', q.queue)) FROM (SELECT DISTINCT queue FROM requeued) q)
-      INTO v_woken, v_notified;
+    SELECT array_agg(waits.run_id) INTO v_waiting FROM waits;
+    v_woken := pgqueue.wake_waiting(v_waiting);
+
+    -- runs of tasks declared with cancel_on this event, matching its payload (before the
+    -- subscribed tasks start: a task may both start on an event and be cancelled by it)
+    PERFORM pgqueue.cancel_on_event(send_event.name, coalesce(send_event.payload, '{}'));
 
     -- tasks subscribed to this event start with the payload as input
     PERFORM pgqueue.enqueue_one(s.task, coalesce(send_event.payload, '{}'))

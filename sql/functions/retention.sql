@@ -241,6 +241,10 @@ BEGIN
     -- streamed output and progress (not counted in the result: one row per chunk)
     DELETE FROM pgqueue.stream_chunks c WHERE c.run_id = ANY(v_ids);
     DELETE FROM pgqueue.streams s WHERE s.run_id = ANY(v_ids);
+    -- messages, waits in a receive, published states (not counted either)
+    DELETE FROM pgqueue.messages m WHERE m.run_id = ANY(v_ids);
+    DELETE FROM pgqueue.message_waits w WHERE w.run_id = ANY(v_ids);
+    DELETE FROM pgqueue.run_states s WHERE s.run_id = ANY(v_ids);
     -- a final run has no entry in `ready`; one left by a bug would point at nothing
     DELETE FROM pgqueue.ready q WHERE q.run_id = ANY(v_ids);
 

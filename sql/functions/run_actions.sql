@@ -21,6 +21,7 @@ BEGIN
     DELETE FROM pgqueue.steps s
      WHERE s.run_id = replay_run.run_id AND (from_start OR s.status <> 'succeeded');
     DELETE FROM pgqueue.event_waits w WHERE w.run_id = replay_run.run_id;
+    DELETE FROM pgqueue.message_waits w WHERE w.run_id = replay_run.run_id;
     UPDATE pgqueue.runs
        SET status = 'queued', run_at = now(), finished_at = NULL, failures = 0, recoveries = 0,
            retry_laters = 0, interruptions = 0, cancel_requested = false, error = NULL, result = NULL,
@@ -108,6 +109,8 @@ BEGIN
         DELETE FROM pgqueue.ready USING stopped WHERE ready.run_id = stopped.id
     ), unwait AS (
         DELETE FROM pgqueue.event_waits USING stopped WHERE event_waits.run_id = stopped.id
+    ), unwait_messages AS (
+        DELETE FROM pgqueue.message_waits USING stopped WHERE message_waits.run_id = stopped.id
     ), asked AS (
         UPDATE pgqueue.runs r SET cancel_requested = true
           FROM tree WHERE r.id = tree.id AND r.status = 'running'
