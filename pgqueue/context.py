@@ -19,6 +19,7 @@ from .ops import Op
 from .retry import Retry
 from .steps import run_step, run_step_sync
 from .streams import StreamSink, check_progress, encode_chunk
+from .versioning import deprecate_patch_op, patched_op
 
 if TYPE_CHECKING:
     from .task import Task
@@ -226,6 +227,25 @@ class RunContext:
                 return cast(T, run_step_sync(db, self.durable(), name, fn, (conn, *args), None, conn,
                                              self._stream_flush_sync()))
         raise AssertionError("unreachable")
+
+    # -- versioning of in-flight runs (versioning.py) --------------------------------------
+
+    async def patched(self, patch_id: str) -> bool:
+        """True where the run takes the new path of change `patch_id`, False for a run that had
+        already passed this point on code without it (it replays the old path). Decided once
+        per run and recorded: see docs/versioning.md."""
+        return await self._durably(patched_op(self.durable(), patch_id))
+
+    def patched_sync(self, patch_id: str) -> bool:
+        return self._durably_sync(patched_op(self.durable(), patch_id))
+
+    async def deprecate_patch(self, patch_id: str) -> None:
+        """Only the new path of `patch_id` remains in the code: a run that took the old path
+        fails with NonDeterminismError instead of mixing histories."""
+        await self._durably(deprecate_patch_op(self.durable(), patch_id))
+
+    def deprecate_patch_sync(self, patch_id: str) -> None:
+        self._durably_sync(deprecate_patch_op(self.durable(), patch_id))
 
     # -- child runs ------------------------------------------------------------------------
 
