@@ -17,8 +17,9 @@ from .durable import CheckpointWriter, Durable, raise_if_suspended
 from .errors import ConfigurationError, PgQueueError, TaskCancelled
 from .ops import Op
 from .retry import Retry
-from .steps import run_step, run_step_sync
+from .steps import current_step, run_step, run_step_sync
 from .streams import StreamSink, check_progress, encode_chunk
+from .usage import report_usage_op, usage_units
 from .versioning import deprecate_patch_op, patched_op
 
 if TYPE_CHECKING:
@@ -227,6 +228,22 @@ class RunContext:
                 return cast(T, run_step_sync(db, self.durable(), name, fn, (conn, *args), None, conn,
                                              self._stream_flush_sync()))
         raise AssertionError("unreachable")
+
+    # -- usage accounting (usage.py) ----------------------------------------------------------
+
+    async def report_usage(self, tokens: float | None = None, cost: float | None = None, **units: float) -> None:
+        """Record what this run (or the step calling it) actually used, e.g. an LLM call's
+        `tokens` and `cost`, or any unit by keyword (`input_tokens=812`); amounts >= 0. Written
+        at once; a rate limit declared with `usage="tokens"` is charged this instead of the
+        estimate its claim took (docs/usage.md)."""
+        op = report_usage_op(self.run_id, self.attempt, usage_units(tokens, cost, units), current_step.get())
+        with engine_call(f"run {self.run_id}'s usage report"):
+            await self.database().execute_async(op)
+
+    def report_usage_sync(self, tokens: float | None = None, cost: float | None = None, **units: float) -> None:
+        op = report_usage_op(self.run_id, self.attempt, usage_units(tokens, cost, units), current_step.get())
+        with engine_call(f"run {self.run_id}'s usage report"):
+            self.database().execute(op)
 
     # -- versioning of in-flight runs (versioning.py) --------------------------------------
 

@@ -159,6 +159,10 @@ BEGIN
           FROM unnest(inputs) WITH ORDINALITY AS u(doc, ord)
          CROSS JOIN LATERAL pgqueue.flow_keys(enqueue_many.task, u.doc, v_keys[u.ord], v_costs[u.ord]) f;
     END IF;
+    IF v_costs IS NOT NULL THEN
+        -- a run needing more units than a bucket's burst could never start: refused (usage.sql)
+        PERFORM pgqueue.check_rate_costs(enqueue_many.task, v_costs);
+    END IF;
 
     IF idempotency_keys IS NULL THEN
         RETURN QUERY
@@ -276,6 +280,10 @@ BEGIN
                       AND (t.concurrency_key_field IS NOT NULL OR t.concurrency_python_only
                            OR t.rate_limits IS NOT NULL)) THEN
         SELECT * INTO v_key, v_cost FROM pgqueue.flow_keys(enqueue_one.task, enqueue_one.input, v_key, v_cost);
+    END IF;
+    IF v_cost IS NOT NULL THEN
+        -- a run needing more units than a bucket's burst could never start: refused (usage.sql)
+        PERFORM pgqueue.check_rate_costs(enqueue_one.task, ARRAY[v_cost]);
     END IF;
     INSERT INTO pgqueue.runs (task, queue, priority, input, run_at, expires_at, idempotency_key, tags, metadata,
                               concurrency_key, rate_cost, trace_context, deadline_at)

@@ -241,6 +241,8 @@ BEGIN
     -- streamed output and progress (not counted in the result: one row per chunk)
     DELETE FROM pgqueue.stream_chunks c WHERE c.run_id = ANY(v_ids);
     DELETE FROM pgqueue.streams s WHERE s.run_id = ANY(v_ids);
+    -- reported usage (not counted either; usage_totals keeps the all-time sums)
+    DELETE FROM pgqueue.usage u WHERE u.run_id = ANY(v_ids);
     -- a final run has no entry in `ready`; one left by a bug would point at nothing
     DELETE FROM pgqueue.ready q WHERE q.run_id = ANY(v_ids);
 
