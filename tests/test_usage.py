@@ -225,3 +225,54 @@ def test_bad_usage_is_refused_by_sql(conn: psycopg.Connection[Any], units: str, 
     conn.execute("SELECT pgqueue.report_usage(%s, 1, '{\"tokens\": 7}', 'by-hand')", (run_id[0],))
     assert conn.execute("SELECT step_key, unit, amount FROM pgqueue.usage WHERE run_id = %s",
                         (run_id[0],)).fetchall() == [("by-hand", "tokens", 7.0)]
+
+
+def test_usage_in_the_dashboard_run_page_overview_and_usage_page(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    import http.client
+    import threading
+
+    from pgqueue.dashboard import create_server
+
+    run_id = conn.execute("SELECT pgqueue.enqueue('dash_usage', '{}', queue => 'nowhere', "
+                          "concurrency_key => 'tenant-9')").fetchone()[0]
+    conn.execute("SELECT pgqueue.report_usage(%s, 1, '{\"tokens\": 4321, \"cost\": 0.25}', 'ask#0')", (run_id,))
+    conn.execute("SELECT pgqueue.report_usage(%s, 1, '{\"tokens\": 79}')", (run_id,))
+    server = create_server(dsn, "127.0.0.1", 0, None, None)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def get(path: str) -> tuple[int, str]:
+        http_conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=20)
+        http_conn.request("GET", path)
+        response = http_conn.getresponse()
+        body = response.read().decode()
+        http_conn.close()
+        return response.status, body
+
+    try:
+        status, page = get(f"/runs/{run_id}")
+        assert status == 200 and 'id="usage"' in page
+        assert "ask#0" in page and "4321" in page and "the run" in page and "79" in page
+        status, page = get("/")
+        assert status == 200 and "dash_usage" in page and "4400" in page  # 4321 + 79 in the last 24 h
+        status, page = get("/usage?task=dash_usage&by=key&since=1h")
+        assert status == 200 and "tenant-9" in page and "4400" in page
+        status, page = get("/usage?by=run")
+        assert status == 200 and f'href="/runs/{run_id}"' in page
+        status, page = get("/usage?by=tenant")
+        assert status == 400 and "by: &#39;tenant&#39; is not one of task, key, run" in page
+        status, page = get("/usage?since=yesterday")
+        assert status == 400 and "neither an ISO time" in page
+    finally:
+        server.shutdown()
+        server.dash.app.close()
+
+
+def test_usage_is_pruned_with_its_run_but_the_totals_stay(conn: psycopg.Connection[Any]) -> None:
+    run_id = conn.execute("SELECT pgqueue.enqueue('pruned_usage', '{}', queue => 'nowhere')").fetchone()[0]
+    conn.execute("SELECT pgqueue.report_usage(%s, 1, '{\"tokens\": 11}')", (run_id,))
+    conn.execute("DELETE FROM pgqueue.ready WHERE run_id = %s", (run_id,))
+    conn.execute("UPDATE pgqueue.runs SET status = 'succeeded', finished_at = now() - interval '400 days'"
+                 " WHERE id = %s", (run_id,))
+    assert conn.execute("SELECT runs FROM pgqueue.prune(1000)").fetchone()[0] >= 1
+    assert conn.execute("SELECT count(*) FROM pgqueue.usage WHERE run_id = %s", (run_id,)).fetchone() == (0,)
+    assert conn.execute("SELECT amount FROM pgqueue.usage_totals WHERE task = 'pruned_usage'").fetchone() == (11.0,)
