@@ -56,19 +56,25 @@ def _steps(dsn: str, run_id: int) -> list[tuple[int, str]]:
             (run_id,))]
 
 
+def _started_on(dsn: str, version: str, doc: int, *, sync: bool = False) -> int:
+    """A run started by the workers of deploy `version`, left where it suspends; its id."""
+    app, review, review_sync = _apps(dsn, version)
+    try:
+        run = (review_sync if sync else review).enqueue(doc)
+        drain(app).raise_failures()
+        assert app.get_run(run.id).info().status == "waiting"
+        return run.id
+    finally:
+        app.close()
+
+
 def _send(app: PgQueue, key: str) -> None:
     app.send_event("verdict", key, {"ok": True})
 
 
 def test_old_runs_keep_the_old_path_new_runs_take_the_new_one_across_a_deploy(dsn: str) -> None:
-    old_app, old_review, _ = _apps(dsn, "old")
-    try:
-        before = old_review.enqueue(1)  # started by the old code: suspends in its event wait
-        drain(old_app).raise_failures()
-        assert old_app.get_run(before.id).info().status == "waiting"
-        assert _steps(dsn, before.id) == [(0, "draft#0")]
-    finally:
-        old_app.close()
+    before = _started_on(dsn, "old", 1)  # started by the old code: suspends in its event wait
+    assert _steps(dsn, before) == [(0, "draft#0")]
 
     new_app, new_review, _ = _apps(dsn, "new")  # the deploy
     try:
@@ -77,11 +83,11 @@ def test_old_runs_keep_the_old_path_new_runs_take_the_new_one_across_a_deploy(ds
         _send(new_app, "1")
         _send(new_app, "2")
         drain(new_app).raise_failures()
-        assert new_app.get_run(before.id).result(timeout=5) == "draft 1: True"    # the old path, replayed
+        assert new_app.get_run(before).result(timeout=5) == "draft 1: True"       # the old path, replayed
         assert new_app.get_run(after.id).result(timeout=5) == "draft v2 2: True"  # the new path
         # the new run's marker takes no place in the sequence: its steps keep their numbers
         assert _steps(dsn, after.id) == [(0, "draft_v2#0"), (0, "patched:review-v2"), (1, "event:verdict#0")]
-        assert _steps(dsn, before.id) == [(0, "draft#0"), (1, "event:verdict#0")]
+        assert _steps(dsn, before) == [(0, "draft#0"), (1, "event:verdict#0")]
     finally:
         new_app.close()
 
@@ -112,21 +118,15 @@ def test_a_run_waiting_at_the_patch_point_counts_as_having_passed_it(pgqueue_dsn
     """An old run of the sync task waits for its event right where the new code prepares first;
     its wait times out after the deploy. It had reached the point (its wait was registered, though
     no step records it), so it keeps the old path."""
-    old_app, _, old_sync = _apps(pgqueue_dsn, "old")
-    try:
-        before = old_sync.enqueue(4)
-        drain(old_app).raise_failures()
-        assert old_app.get_run(before.id).info().status == "waiting"
-        assert _steps(pgqueue_dsn, before.id) == []
-    finally:
-        old_app.close()
+    before = _started_on(pgqueue_dsn, "old", 4, sync=True)
+    assert _steps(pgqueue_dsn, before) == []
     new_app, _, new_sync = _apps(pgqueue_dsn, "new")
     try:
         after = new_sync.enqueue(5)
         drain(new_app).raise_failures()
         pgqueue_clock.advance(61)  # both waits time out
         drain(new_app).raise_failures()
-        assert new_app.get_run(before.id).result(timeout=5) == "draft 4 unprepared: timed out"
+        assert new_app.get_run(before).result(timeout=5) == "draft 4 unprepared: timed out"
         assert new_app.get_run(after.id).result(timeout=5) == "draft 5 prepared: timed out"
         assert _steps(pgqueue_dsn, after.id) == [(0, "patched:review-v2"), (0, "prepare#0"),
                                                  (1, "event:verdict#0"), (2, "draft#0")]
@@ -135,18 +135,8 @@ def test_a_run_waiting_at_the_patch_point_counts_as_having_passed_it(pgqueue_dsn
 
 
 def test_deprecate_patch_fails_a_run_that_took_the_old_path_and_keeps_the_others(dsn: str) -> None:
-    old_app, old_review, _ = _apps(dsn, "old")
-    try:
-        stale = old_review.enqueue(6)
-        drain(old_app).raise_failures()
-    finally:
-        old_app.close()
-    new_app, new_review, _ = _apps(dsn, "new")
-    try:
-        patched = new_review.enqueue(7)
-        drain(new_app).raise_failures()
-    finally:
-        new_app.close()
+    stale = _started_on(dsn, "old", 6)
+    patched = _started_on(dsn, "new", 7)
     final_app, final_review, _ = _apps(dsn, "final")
     try:
         fresh = final_review.enqueue(8)
@@ -154,11 +144,11 @@ def test_deprecate_patch_fails_a_run_that_took_the_old_path_and_keeps_the_others
         for key in ("6", "7", "8"):
             _send(final_app, key)
         drain(final_app)
-        failed = final_app.get_run(stale.id).info()
+        failed = final_app.get_run(stale).info()
         assert failed.status == "failed" and failed.error is not None
         assert failed.error["type"] == "NonDeterminismError"
         assert "started before patch 'review-v2'" in failed.error["message"]
-        assert final_app.get_run(patched.id).result(timeout=5) == "draft v2 7: True"
+        assert final_app.get_run(patched).result(timeout=5) == "draft v2 7: True"
         assert final_app.get_run(fresh.id).result(timeout=5) == "draft v2 8: True"
         # deprecate_patch records the marker too: a rollback to the `patched` code keeps it new
         assert (0, "patched:review-v2") in _steps(dsn, fresh.id)
