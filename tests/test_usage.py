@@ -276,3 +276,35 @@ def test_usage_is_pruned_with_its_run_but_the_totals_stay(conn: psycopg.Connecti
     assert conn.execute("SELECT runs FROM pgqueue.prune(1000)").fetchone()[0] >= 1
     assert conn.execute("SELECT count(*) FROM pgqueue.usage WHERE run_id = %s", (run_id,)).fetchone() == (0,)
     assert conn.execute("SELECT amount FROM pgqueue.usage_totals WHERE task = 'pruned_usage'").fetchone() == (11.0,)
+
+
+def test_two_reports_racing_give_the_estimate_back_once(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    """Driven step by step: the first report holds the run's usage lock until it commits; the
+    second, started meanwhile, waits, then sees the first and gives nothing back again."""
+    import threading
+
+    conn.execute("SELECT pgqueue.set_rate_limit('race_tokens', 1000, 1e9)")
+    conn.execute("SELECT pgqueue.set_rate_limit_usage('race_tokens', 'tokens')")
+    run_id = conn.execute("SELECT pgqueue.enqueue('race_usage', '{}', queue => 'nowhere', "
+                          "rate_cost => '[{\"limit\": \"race_tokens\", \"units\": 300}]')").fetchone()[0]
+    conn.execute("UPDATE pgqueue.rate_limits SET tokens = 700, refilled_at = now() WHERE name = 'race_tokens'")
+    with psycopg.connect(dsn) as first, psycopg.connect(dsn, autocommit=True) as second:
+        first.execute("SELECT pgqueue.report_usage(%s, 1, '{\"tokens\": 100}')", (run_id,))  # not committed
+        done = threading.Event()
+
+        def report() -> None:
+            second.execute("SELECT pgqueue.report_usage(%s, 1, '{\"tokens\": 50}')", (run_id,))
+            done.set()
+
+        racing = threading.Thread(target=report)
+        racing.start()
+        blocked = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid = %s"
+        for _ in range(400):  # until the second report waits for a lock the first holds
+            if conn.execute(blocked, (second.info.backend_pid,)).fetchone() == (1,):
+                break
+            done.wait(0.05)
+        assert not done.is_set()
+        first.commit()
+        racing.join(20)
+    assert done.is_set()
+    assert math.isclose(_available(dsn, "race_tokens"), 1000 - 150, abs_tol=0.01)
