@@ -76,7 +76,7 @@ def test_buckets_end_charged_with_the_usage_reported_not_the_estimate(dsn: str) 
         task = summarize.name
         assert rows == [(1, "call#0", task, "zeta", "cost", 0.1), (1, "call#0", task, "zeta", "input_tokens", 50.0),
                         (1, "call#0", task, "zeta", "tokens", 100.0), (2, None, task, "zeta", "tokens", 20.0)]
-        assert totals == {"tokens": 670.0, "cost": 0.62, "input_tokens": 310.0}
+        assert totals == pytest.approx({"tokens": 670.0, "cost": 0.62, "input_tokens": 310.0})
     finally:
         app.close()
 
