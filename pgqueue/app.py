@@ -36,6 +36,7 @@ from .registry import TaskRegistry
 from .retention import Policy, PruneCounts, policies_op, prune_op, set_op, unset_op
 from .runs import cancel_op, replay_op, reschedule_op
 from .task import Task
+from .usage import UsageSum, set_unit_op, usage_op
 from .workflow import Workflow
 
 P = ParamSpec("P")
@@ -181,6 +182,15 @@ class PgQueue:
     async def hold_rate_limit_async(self, name: str, seconds: float, *, key: str = "") -> datetime:
         until: datetime = await self.db.execute_async(hold_op(name, seconds, key))
         return until
+
+    def set_rate_limit_usage(self, name: str, unit: str | None) -> None:
+        """Reconcile limit `name`'s buckets with the `unit` runs report (None: keep the estimates)."""
+        self.db.execute(set_unit_op(name, unit))
+
+    def usage(self, *, task: str | None = None, since: datetime | None = None, by: str = "task",
+              limit: int = 100) -> list[UsageSum]:
+        """Usage reported by runs (`ctx.report_usage`), per task and unit; `by="key"` or `"run"` splits it."""
+        return self.db.execute(usage_op(task=task, since=since, by=by, limit=limit))
 
     # -- retention (runtime changes are never overwritten by code) --------------------------
 

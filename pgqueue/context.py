@@ -17,8 +17,10 @@ from .errors import ConfigurationError, PgQueueError, TaskCancelled
 from .inbox import Message, bind, check_receive, publish_state, publish_state_sync, receive_op
 from .ops import Op
 from .retry import Retry
-from .steps import run_step, run_step_sync
+from .steps import current_step, run_step, run_step_sync
 from .streams import StreamSink, check_progress, encode_chunk
+from .usage import report_usage_op, usage_units
+from .versioning import deprecate_patch_op, patched_op
 
 if TYPE_CHECKING:
     from .task import Task
@@ -228,6 +230,41 @@ class RunContext:
                 return cast(T, run_step_sync(db, self.durable(), name, fn, (conn, *args), None, conn,
                                              self._stream_flush_sync()))
         raise AssertionError("unreachable")
+
+    # -- usage accounting (usage.py) ----------------------------------------------------------
+
+    async def report_usage(self, tokens: float | None = None, cost: float | None = None, **units: float) -> None:
+        """Record what this run (or the step calling it) actually used, e.g. an LLM call's
+        `tokens` and `cost`, or any unit by keyword (`input_tokens=812`); amounts >= 0. Written
+        at once; a rate limit declared with `usage="tokens"` is charged this instead of the
+        estimate its claim took (docs/usage.md)."""
+        op = report_usage_op(self.run_id, self.attempt, usage_units(tokens, cost, units), current_step.get())
+        with engine_call(f"run {self.run_id}'s usage report"):
+            await self.database().execute_async(op)
+
+    def report_usage_sync(self, tokens: float | None = None, cost: float | None = None, **units: float) -> None:
+        op = report_usage_op(self.run_id, self.attempt, usage_units(tokens, cost, units), current_step.get())
+        with engine_call(f"run {self.run_id}'s usage report"):
+            self.database().execute(op)
+
+    # -- versioning of in-flight runs (versioning.py) --------------------------------------
+
+    async def patched(self, patch_id: str) -> bool:
+        """True where the run takes the new path of change `patch_id`, False for a run that had
+        already passed this point on code without it (it replays the old path). Decided once
+        per run and recorded: see docs/versioning.md."""
+        return await self._durably(patched_op(self.durable(), patch_id))
+
+    def patched_sync(self, patch_id: str) -> bool:
+        return self._durably_sync(patched_op(self.durable(), patch_id))
+
+    async def deprecate_patch(self, patch_id: str) -> None:
+        """Only the new path of `patch_id` remains in the code: a run that took the old path
+        fails with NonDeterminismError instead of mixing histories."""
+        await self._durably(deprecate_patch_op(self.durable(), patch_id))
+
+    def deprecate_patch_sync(self, patch_id: str) -> None:
+        self._durably_sync(deprecate_patch_op(self.durable(), patch_id))
 
     # -- child runs ------------------------------------------------------------------------
 

@@ -90,31 +90,48 @@ class Durable:
         self.db_now: datetime | None = None
         self._next_seq = 0
         self._per_name: Counter[str] = Counter()
+        #: the patch markers recorded for the run (versioning.py), and the decisions of this attempt
+        self.markers: set[str] = set()
+        self.patches: dict[str, bool] = {}
 
     # -- planning (no I/O beyond loading the history once) ---------------------------------
 
-    def plan_op(self, name: str) -> Op[Plan]:
+    def load_op(self) -> Op[dict[int, Recorded]]:
+        """The run's step history, loaded once per attempt; patch markers (keys without "#",
+        see versioning.py) are kept apart: they take no place in the sequence."""
         if self._history is None:
-            if self.fence["attempt"] == 1:
-                self._history = {}  # a first attempt has no history: save the round trip
-            else:
+            self._history = {}
+            if self.fence["attempt"] > 1:  # a first attempt has no history: save the round trip
                 rows = yield statement("durable.load_steps", self.fence, row=dict, custom_plan=True)
                 for row in rows:
                     decoded(row["output"])  # a step output written around check_payload: InvalidInput
-                self._history = {row["seq"]: Recorded(**{k: v for k, v in row.items() if k != "db_now"})
-                                 for row in rows}
+                    recorded = Recorded(**{k: v for k, v in row.items() if k != "db_now"})
+                    if "#" in recorded.step_key:
+                        self._history[recorded.seq] = recorded
+                    else:
+                        self.markers.add(recorded.step_key)
                 self.db_now = rows[0]["db_now"] if rows else None
+        return self._history
+
+    @property
+    def next_seq(self) -> int:
+        """The place in the sequence the next step will take."""
+        return self._next_seq
+
+    def plan_op(self, name: str) -> Op[Plan]:
+        history = yield from self.load_op()
         seq = self._next_seq
         self._next_seq += 1
         key = f"{name}#{self._per_name[name]}"
         self._per_name[name] += 1
-        recorded = self._history.get(seq)
+        recorded = history.get(seq)
         if recorded is not None and recorded.step_key != key:
             raise NonDeterminismError(
                 f"run {self.fence['run']}: step {seq} was recorded as {recorded.step_key!r} but the code now calls "
-                f"{key!r}; the task's code changed under a running run. Deploy the change under a new task "
-                "name (e.g. summarize_v2) so in-flight runs keep their definition, or replay the run from "
-                "the start (`pgqueue runs replay ID --from-start`)")
+                f"{key!r}; the task's code changed under a running run. Keep the old path for runs that started "
+                "before the change behind `if ctx.patched(\"change-id\")` (docs/versioning.md), or deploy the "
+                "change under a new task name (e.g. summarize_v2), or replay the run from the start "
+                "(`pgqueue runs replay ID --from-start`)")
         return Plan(seq, key, name, recorded)
 
     def _record(self, plan: Plan, status: str, output: Any = None, error: dict[str, Any] | None = None,

@@ -77,15 +77,19 @@ class RateLimit:
 
 @dataclass(frozen=True)
 class RateLimitDefinition:
-    """`limit` units per `per` seconds, with bursts up to `burst` (default: `limit`)."""
+    """`limit` units per `per` seconds, with bursts up to `burst` (default: `limit`); `usage`: the
+    unit runs report (`ctx.report_usage`) that its buckets count instead of the estimate."""
 
     name: str
     limit: float
     per: float = 1.0
     burst: float | None = None
+    usage: str | None = None
 
     def __post_init__(self) -> None:
         check_name("rate limit", self.name, TaskDefinitionError)
+        if self.usage is not None:
+            check_name(f"rate limit {self.name!r}: usage unit", self.usage, TaskDefinitionError)
         for label, value in (("limit", self.limit), ("per", self.per), ("burst", self.burst)):
             if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0):
                 raise TaskDefinitionError(f"rate limit {self.name!r}: {label} must be a positive number")
@@ -164,6 +168,7 @@ def sync_limits_op(limits: Sequence[tuple[str, Concurrency]], rates: Sequence[Ra
         burst = rate.burst or rate.limit
         yield statement("flow.sync_rate_limit", (rate.name, burst, rate.limit / rate.per, burst))
         yield statement("flow.propagate_rate_limit", (rate.name,))
+        yield statement("usage.sync_unit", {"name": rate.name, "unit": rate.usage})
 
 
 def set_concurrency_op(task: str, max_running: int, key: str, strategy: str | None) -> Op[None]:

@@ -21,6 +21,7 @@ from .errors import ConfigurationError
 from .ops import Op, statement
 from .queues import status_op
 from .retention import last_prune_op
+from .usage import totals_op as usage_totals_op
 
 log = logging.getLogger("pgqueue.metrics")
 
@@ -43,7 +44,10 @@ HELP = {
     "pgqueue_rate_limit_deferred_runs": "Runs deferred for want of units or a hold, all time (from the database).",
     "pgqueue_pruned_runs_total": "Runs deleted by retention, all time (from the database).",
     "pgqueue_pruned_events_total": "Events deleted by retention, all time (from the database).",
+    "pgqueue_usage_total": "Usage reported by runs (ctx.report_usage), all time, by task and unit (from the database).",
 }
+#: series read from the database that only grow: typed counter, not gauge
+DATABASE_COUNTERS = frozenset({"pgqueue_usage_total"})
 
 
 def _labels(**labels: str) -> Labels:
@@ -80,7 +84,8 @@ class Metrics:
         lines: list[str] = []
         for kind, families in (("counter", self.counters), ("gauge", gauges)):
             for name, series in sorted(families.items()):
-                lines += [f"# HELP {name} {HELP.get(name, name)}", f"# TYPE {name} {kind}"]
+                shown = "counter" if name in DATABASE_COUNTERS else kind
+                lines += [f"# HELP {name} {HELP.get(name, name)}", f"# TYPE {name} {shown}"]
                 lines += [_fmt(name, labels, value) for labels, value in sorted(series.items())]
         for name, hist in sorted(self.histograms.items()):
             lines += [f"# HELP {name} {HELP.get(name, name)}", f"# TYPE {name} histogram"]
@@ -175,6 +180,8 @@ def gauges_op() -> Op[dict[str, dict[Labels, float]]]:
             gauges["pgqueue_rate_limit_available_units"][_labels(limit=name)] = float(available)
         gauges["pgqueue_rate_limit_held_keys"][_labels(limit=name)] = float(held)
         gauges["pgqueue_rate_limit_deferred_runs"][_labels(limit=name)] = float(deferred)
+    for task, unit, amount in (yield from usage_totals_op()):
+        gauges["pgqueue_usage_total"][_labels(task=task, unit=unit)] = amount
     last = yield from last_prune_op()
     gauges["pgqueue_pruned_runs_total"][()] = float(last.total_runs)
     gauges["pgqueue_pruned_events_total"][()] = float(last.total_events)

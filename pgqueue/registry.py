@@ -124,13 +124,16 @@ class TaskRegistry:
             known = ", ".join(sorted(self.tasks)) or "none"
             raise UnknownTask(f"no task named {name!r} in this app (known: {known})") from None
 
-    def rate_limit(self, name: str, *, limit: float, per: float = 1.0, burst: float | None = None) -> None:
+    def rate_limit(self, name: str, *, limit: float, per: float = 1.0, burst: float | None = None,
+                   usage: str | None = None) -> None:
         """Declare a rate limit: `limit` units per `per` seconds across all workers, with bursts up
         to `burst` units (default `limit`). Tasks take units with `rate_limits=[RateLimit(name)]`.
+        `usage`: a unit runs report with `ctx.report_usage` (e.g. "tokens"); the units a run was
+        charged at claim (an estimate) are then reconciled with what it reports (docs/usage.md).
         Workers write it to `pgqueue.rate_limits` at start; a runtime change is never overwritten."""
         if name in self.rate_limits:
             raise TaskDefinitionError(f"two rate limits are named {name!r}")
-        self.rate_limits[name] = RateLimitDefinition(name, limit, per, burst)
+        self.rate_limits[name] = RateLimitDefinition(name, limit, per, burst, usage)
 
     def schedule(self, task: Task[Any, Any] | str, expression: str, *, name: str | None = None,
                  input: Mapping[str, Any] | Any = None, timezone: str = "UTC", queue: str | None = None,

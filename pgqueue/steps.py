@@ -10,6 +10,7 @@ the function's own writes and the checkpoint commit together.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Generator
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from .database import Database
 
 _adapters: dict[Callable[..., Any], pydantic.TypeAdapter[Any]] = {}
+
+#: the key of the step whose function is running, in its task (usage it reports names the step)
+current_step: contextvars.ContextVar[str | None] = contextvars.ContextVar("pgqueue_step", default=None)
 
 
 def _adapter(fn: Callable[..., Any]) -> pydantic.TypeAdapter[Any]:
@@ -73,8 +77,13 @@ def _step(durable: Durable, name: str, fn: Callable[..., Any], retry: Retry | No
         return _adapter(fn).validate_python(cast(Recorded, plan.recorded).output)
     started = time.monotonic()
     with tracing.step_span(name, plan.key, durable.fence["run"]):
+        outer = current_step.get()
         try:
-            value = yield CALL
+            current_step.set(plan.key)
+            try:
+                value = yield CALL
+            finally:
+                current_step.set(outer)  # not a token's reset: a generator may be closed in another context
         except Exception as exc:
             error = {"type": type(exc).__name__, "message": str(exc)}
             attempts = yield Checkpoint(plan, RunStatus.FAILED, None, error, time.monotonic() - started)

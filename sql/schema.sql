@@ -504,7 +504,35 @@ CREATE TABLE pgqueue.rate_limits (
     source        text NOT NULL DEFAULT 'code' CHECK (source IN ('code', 'runtime')),
     -- runs a claim moved to later because this bucket was short or on hold (for metrics)
     deferred_total bigint NOT NULL DEFAULT 0,
-    PRIMARY KEY (name, key)
+    PRIMARY KEY (name, key),
+    -- of a definition (key ''): the reported unit its buckets count (sql/functions/usage.sql)
+    usage_unit    text
+);
+
+-- Usage reported by runs (sql/functions/usage.sql) ---------------------------------------
+
+-- One row per unit of each report (ctx.report_usage), with the run's task and concurrency key
+-- copied in; pruned with its run tree.
+CREATE TABLE pgqueue.usage (
+    run_id          bigint NOT NULL,
+    attempt         integer NOT NULL,
+    -- the step that reported it (NULL: reported outside a step)
+    step_key        text,
+    task            text NOT NULL,
+    concurrency_key text,
+    unit            text NOT NULL,
+    amount          double precision NOT NULL CHECK (amount >= 0),
+    reported_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX usage_run ON pgqueue.usage (run_id, attempt);
+CREATE INDEX usage_reported_at ON pgqueue.usage (reported_at);
+
+-- All-time totals per task and unit, for the metrics' counters (never decreased by pruning).
+CREATE TABLE pgqueue.usage_totals (
+    task   text NOT NULL,
+    unit   text NOT NULL,
+    amount double precision NOT NULL DEFAULT 0,
+    PRIMARY KEY (task, unit)
 );
 
 -- The start times of a throttle key within its last period (at most `limit` of them): the claim

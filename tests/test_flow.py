@@ -146,9 +146,9 @@ def test_bad_limits_are_refused_and_change_nothing(conn: Conn) -> None:
 def test_plain_sql_enqueues_get_the_keys_workers_registered(conn: Conn) -> None:
     run_id = conn.execute("""SELECT pgqueue.enqueue('limited', '{"tenant": "sql", "n": 1}')""").fetchone()
     assert conn.execute("SELECT concurrency_key FROM pgqueue.runs WHERE id = %s", run_id).fetchone() == ("sql",)
-    run_id = conn.execute("SELECT pgqueue.enqueue('llm_call', %s)", ('{"tokens": 7}',)).fetchone()
+    run_id = conn.execute("SELECT pgqueue.enqueue('llm_call', %s)", ('{"tokens": 3}',)).fetchone()
     cost = conn.execute("SELECT rate_cost FROM pgqueue.runs WHERE id = %s", run_id).fetchone()
-    assert cost == ([{"limit": "llm", "key": "", "units": 7}],)
+    assert cost == ([{"limit": "llm", "key": "", "units": 3}],)
     with pytest.raises(psycopg.Error, match='has no field "tenant"'):
         conn.execute("SELECT pgqueue.enqueue('limited', '{}')")
     with pytest.raises(psycopg.Error, match="computes its concurrency key in Python"):

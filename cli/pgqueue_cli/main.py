@@ -27,6 +27,7 @@ from .runs_cmd import event_group, queue_group, runs_group
 from .status_cmd import status_cmd, top_cmd
 from .tail_cmd import tail_cmd
 from .tasks_cmd import tasks_cmd
+from .usage_cmd import usage_cmd
 from .wait_cmd import wait_cmd
 from .worker_cmd import worker_cmd
 
@@ -55,6 +56,7 @@ main.add_command(queue_group)
 main.add_command(dashboard_cmd)
 main.add_command(retention_group)
 main.add_command(prune_cmd)
+main.add_command(usage_cmd)
 
 
 @main.command("roles")

@@ -12,9 +12,11 @@ from pgqueue import PgQueue
 from pgqueue.runs import StepInfo, list_runs_op, run_detail_op
 from pgqueue.status import NAMES
 from pgqueue.streams import stream_state_op
+from pgqueue.usage import run_usage_op
 
 from .common import cell, dsn_option, friendly_errors, json_option, parse_when, print_json, status_text, table
 from .tail_cmd import progress_text
+from .usage_cmd import show_run_usage
 
 
 @click.group("runs")
@@ -55,10 +57,12 @@ def show_cmd(run_id: int, as_json: bool, dsn: str | None) -> None:
     with PgQueue(dsn) as app:
         info, attempts, steps = app.db.execute(run_detail_op(run_id))
         stream = app.db.execute(stream_state_op(run_id))
+        usage = app.db.execute(run_usage_op(run_id))
     if as_json:
         print_json({**dataclasses.asdict(info), "attempts": [dataclasses.asdict(a) for a in attempts],
                     "steps": [dataclasses.asdict(s) for s in steps], "stream_chunks": stream.chunks,
-                    "progress": dataclasses.asdict(stream.progress) if stream.progress else None})
+                    "progress": dataclasses.asdict(stream.progress) if stream.progress else None,
+                    "usage": [dataclasses.asdict(u) for u in usage]})
         return
     click.echo(click.style(f"run {info.id}", bold=True) + f"  {info.task}  " + status_text(info.status))
     fields: list[tuple[str, object]] = [
@@ -92,6 +96,7 @@ def show_cmd(run_id: int, as_json: bool, dsn: str | None) -> None:
         table(["step", "status", "tries", "took", "started", "output or error"],
               [(s.step_key, s.status, s.attempts, _took(s.started_at, s.finished_at), s.started_at,
                 _step_outcome(s)) for s in steps])
+    show_run_usage(usage)
     if not attempts:
         return
     click.echo()

@@ -20,6 +20,7 @@ PUBLIC = (
     "pause_queue", "resume_queue", "set_concurrency_limit", "delete_concurrency_limit", "set_rate_limit",
     "hold_rate_limit", "set_retention", "unset_retention", "prune", "prune_all", "claim", "read_stream",
     "stream_channel", "send_message", "message_reply", "run_state",
+    "report_usage", "set_rate_limit_usage",
 )
 
 _DEFINITION = re.compile(r"^CREATE OR REPLACE (FUNCTION|PROCEDURE) pgqueue\.(\w+)\(", re.MULTILINE)

@@ -18,6 +18,7 @@ from ..errors import ConfigurationError, PgQueueError
 from ..messages import get_state_op
 from ..status import FINAL, NAMES, UNSUCCESSFUL
 from ..streams import StreamState, stream_state_op
+from ..usage import GROUPINGS, run_usage_op, usage_op
 from . import charts
 from .auth import Auth
 from .queries import RunFilters, limits_op, list_runs_op, overview_op, run_page_op, workers_op
@@ -101,7 +102,9 @@ def parse_filters(query: Mapping[str, str], now: datetime) -> tuple[RunFilters, 
 
 def overview(dash: Dashboard, query: Mapping[str, str]) -> Page:
     data = dash.app.db.execute(overview_op())
+    usage = dash.app.db.execute(usage_op(since=datetime.now(UTC) - timedelta(days=1), limit=20))
     return 200, "overview.html", {
+        "usage": usage,
         "data": data, "throughput": charts.throughput_chart(data.activity),
         "latency": charts.latency_chart(data.activity),
         "finished_hour": sum(int(a["succeeded"]) + int(a["failed"]) for a in data.activity),
@@ -136,6 +139,7 @@ def run_detail(dash: Dashboard, run_id: int) -> Page:
         "published": published if published.updated_at is not None else None,
         "state_json": json.dumps(published.state, indent=2),
         "page": page, "info": info, "now": now, "stream": stream_state(dash, run_id),
+        "usage": dash.app.db.execute(run_usage_op(run_id)),
         "timeline": charts.step_timeline(page.steps, now),
         "dag": charts.dag(graph, states, links) if graph else None,
         "children_done": done,
@@ -178,7 +182,24 @@ def limits(dash: Dashboard, query: Mapping[str, str]) -> Page:
     return 200, "limits.html", {"concurrency": concurrency, "rates": rates, "paused": paused}
 
 
-PAGES = {"/": overview, "/runs": runs_list, "/workers": workers, "/cron": cron, "/limits": limits}
+def usage(dash: Dashboard, query: Mapping[str, str]) -> Page:
+    """Usage reported by runs: per task, key or run (`by`), of a task, since an age or a time."""
+    by = query.get("by") or "task"
+    task = (query.get("task") or "").strip()[:200] or None
+    since = (query.get("since") or "24h").strip()
+    context: dict[str, Any] = {"q": {"by": by, "task": task or "", "since": since}, "groupings": GROUPINGS,
+                               "rows": []}
+    try:
+        if by not in GROUPINGS:
+            raise BadFilter(f"by: {by!r} is not one of {', '.join(GROUPINGS)}")
+        rows = dash.app.db.execute(usage_op(task=task, since=parse_time(since, "since", datetime.now(UTC)), by=by,
+                                            limit=500))
+    except BadFilter as exc:
+        return 400, "usage.html", {**context, "error": str(exc)}
+    return 200, "usage.html", {**context, "rows": rows}
+
+
+PAGES = {"/": overview, "/runs": runs_list, "/workers": workers, "/cron": cron, "/limits": limits, "/usage": usage}
 
 
 def stream_state(dash: Dashboard, run_id: int) -> StreamState:

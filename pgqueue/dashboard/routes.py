@@ -47,7 +47,8 @@ _RUN = re.compile(r"^/runs/(\d+)$")
 _RUN_STREAM = re.compile(r"^/runs/(\d+)/stream$")
 _RUN_ACTION = re.compile(r"^/runs/(\d+)/(\w+)$")
 _NAMED_ACTION = re.compile(r"^/(queues|cron)/([^/]+)/(\w+)$")
-NAV = (("/", "Overview"), ("/runs", "Runs"), ("/workers", "Workers"), ("/cron", "Cron"), ("/limits", "Limits"))
+NAV = (("/", "Overview"), ("/runs", "Runs"), ("/workers", "Workers"), ("/cron", "Cron"), ("/limits", "Limits"),
+       ("/usage", "Usage"))
 
 
 def environment(dash: Dashboard) -> jinja2.Environment:

@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..database import Database
 from ..errors import DatabaseUnavailable
-from ..metrics import BUCKETS, HELP, Labels, Metrics, gauges_op
+from ..metrics import BUCKETS, DATABASE_COUNTERS, HELP, Labels, Metrics, gauges_op
 
 if TYPE_CHECKING:
     from ..app import PgQueue
@@ -50,6 +50,7 @@ DATABASE_GAUGES: dict[str, tuple[str, ...]] = {
     "pgqueue_rate_limit_deferred_runs": ("limit",),
     "pgqueue_pruned_runs_total": (),
     "pgqueue_pruned_events_total": (),
+    "pgqueue_usage_total": ("task", "unit"),  # a counter (DATABASE_COUNTERS)
 }
 
 
@@ -64,7 +65,7 @@ class PgQueueCollector(Collector):
 
     def describe(self) -> Iterable[Metric]:
         # the names, so that registering checks for clashes without a database round trip
-        return [GaugeMetricFamily(name, HELP[name], labels=labels) for name, labels in DATABASE_GAUGES.items()]
+        return [_family(name, labels) for name, labels in DATABASE_GAUGES.items()]
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -73,10 +74,16 @@ class PgQueueCollector(Collector):
             log.warning("pgqueue's database gauges left out of this scrape: %s", exc)
             return
         for name, labels in DATABASE_GAUGES.items():
-            family = GaugeMetricFamily(name, HELP[name], labels=labels)
+            family = _family(name, labels)
             for series, value in sorted(gauges.get(name, {}).items()):
                 family.add_metric([_value(series, label) for label in labels], value)
             yield family
+
+
+def _family(name: str, labels: tuple[str, ...]) -> GaugeMetricFamily | CounterMetricFamily:
+    if name in DATABASE_COUNTERS:
+        return CounterMetricFamily(name, HELP[name], labels=labels)
+    return GaugeMetricFamily(name, HELP[name], labels=labels)
 
 
 def _value(series: Labels, label: str) -> str:

@@ -328,7 +328,13 @@ BEGIN
         LOOP
             v_b := pgqueue.rate_bucket(v_need.name, v_need.key);
             CONTINUE WHEN v_b.name IS NULL;          -- not defined: no limit applies
-            IF v_b.held_until > now() THEN
+            IF v_need.units > v_b.capacity THEN
+                -- more than the bucket ever holds (its burst was lowered after the enqueue, which
+                -- refuses such runs): deferring it would keep it queued for ever; fail it (usage.sql)
+                PERFORM pgqueue.refuse_over_burst(v_run.id, v_need.name, v_need.key, v_need.units, v_b.capacity);
+                v_ok := NULL;
+                EXIT;
+            ELSIF v_b.held_until > now() THEN
                 v_ok := false;
                 v_blocked_names := v_blocked_names || v_need.name;
                 v_blocked_keys := v_blocked_keys || v_need.key;
@@ -344,7 +350,9 @@ BEGIN
                 v_until := greatest(v_until, now() + make_interval(secs => v_short / v_b.refill_per_s));
             END IF;
         END LOOP;
-        IF v_ok THEN
+        IF v_ok IS NULL THEN
+            CONTINUE;  -- refused (failed) above: neither taken nor deferred
+        ELSIF v_ok THEN
             UPDATE pgqueue.rate_limits b
                SET tokens = least(b.capacity, b.tokens + b.refill_per_s * extract(epoch FROM now() - b.refilled_at))
                             - n.units,

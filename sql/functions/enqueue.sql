@@ -169,6 +169,10 @@ BEGIN
           FROM unnest(inputs) WITH ORDINALITY AS u(doc, ord)
          CROSS JOIN LATERAL pgqueue.flow_keys(enqueue_many.task, u.doc, v_keys[u.ord], v_costs[u.ord]) f;
     END IF;
+    IF v_costs IS NOT NULL THEN
+        -- a run needing more units than a bucket's burst could never start: refused (usage.sql)
+        PERFORM pgqueue.check_rate_costs(enqueue_many.task, v_costs);
+    END IF;
 
     IF idempotency_keys IS NULL THEN
         RETURN QUERY
@@ -289,6 +293,10 @@ BEGIN
       INTO v_flow, v_control FROM pgqueue.tasks t WHERE t.name = enqueue_one.task;
     IF v_flow AND (v_key IS NULL OR v_cost IS NULL) THEN
         SELECT * INTO v_key, v_cost FROM pgqueue.flow_keys(enqueue_one.task, enqueue_one.input, v_key, v_cost);
+    END IF;
+    IF v_cost IS NOT NULL THEN
+        -- a run needing more units than a bucket's burst could never start: refused (usage.sql)
+        PERFORM pgqueue.check_rate_costs(enqueue_one.task, ARRAY[v_cost]);
     END IF;
     IF v_control IS NOT NULL THEN
         -- debounce, singleton, throttle (enqueue_control.sql): an existing run may answer instead

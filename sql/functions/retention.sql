@@ -245,6 +245,8 @@ BEGIN
     DELETE FROM pgqueue.messages m WHERE m.run_id = ANY(v_ids);
     DELETE FROM pgqueue.message_waits w WHERE w.run_id = ANY(v_ids);
     DELETE FROM pgqueue.run_states s WHERE s.run_id = ANY(v_ids);
+    -- reported usage (not counted either; usage_totals keeps the all-time sums)
+    DELETE FROM pgqueue.usage u WHERE u.run_id = ANY(v_ids);
     -- a final run has no entry in `ready`; one left by a bug would point at nothing
     DELETE FROM pgqueue.ready q WHERE q.run_id = ANY(v_ids);
 
