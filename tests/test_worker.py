@@ -276,3 +276,22 @@ async def test_task_logs_are_kept_per_attempt_and_bounded(worker_tasks: Any, dsn
     assert logs[0].count("some.library: line") == 3 and "starting attempt 2" not in logs[0]
     assert big_logs is not None and len(big_logs[0].encode()) <= 64 * 1024 + 100
     assert "more bytes of logs dropped" in big_logs[0]
+
+
+async def test_heartbeats_hold_the_latest_attempt_of_a_run_held_twice(worker_tasks: Any) -> None:
+    """An attempt's outcome still waiting to be written (the database was away) and a later
+    attempt of the same run, claimed again after a rescue: the heartbeat extends the later one,
+    whose lease it is (beating the earlier would lose the run running now)."""
+    from pgqueue.context import RunContext
+    from pgqueue.worker import Worker
+    from pgqueue.worker.claimer import Claimed
+    from pgqueue.worker.worker import _Running
+
+    worker = Worker(worker_tasks.app)
+    worker._completer.add(Outcome(7, 2, "queued", "interrupted"))
+    idle = asyncio.create_task(asyncio.sleep(0))
+    worker._running[7] = _Running(Claimed(7, "record", "{}", 3, 1, False), RunContext(7, "record", 3, worker.id),
+                                  idle)
+    worker._ahead.hold([Claimed(9, "record", "{}", 1, 0, False)])
+    assert worker._held() == ([7, 9], [3, 1])
+    await idle

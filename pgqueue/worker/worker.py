@@ -374,9 +374,14 @@ class Worker:
     # -- heartbeats ------------------------------------------------------------------------
 
     def _held(self) -> Held:
-        held = {r.run.id: r.run.attempt for r in self._running.values()}
-        held.update({run.id: run.attempt for run in self._ahead.runs()})
-        held.update({o.run_id: o.attempt for o in self._completer.pending()})
+        # a run may be here twice: an attempt whose outcome is still to be written (the database
+        # was away), and a later attempt of it claimed again after a rescue; the later one holds
+        # the lease (the earlier outcome will be fenced off)
+        held: dict[int, int] = {}
+        for run_id, attempt in [*((o.run_id, o.attempt) for o in self._completer.pending()),
+                                *((run.id, run.attempt) for run in self._ahead.runs()),
+                                *((r.run.id, r.run.attempt) for r in self._running.values())]:
+            held[run_id] = max(attempt, held.get(run_id, 0))
         ids = sorted(held)  # rows locked in id order everywhere cannot deadlock
         return ids, [held[run_id] for run_id in ids]
 
