@@ -129,7 +129,13 @@ async def _serve(worker: Worker) -> None:
             loop.add_signal_handler(signum, on_signal, signum)
         except NotImplementedError:  # Windows' event loops have no add_signal_handler
             signal.signal(signum, lambda number, _frame: loop.call_soon_threadsafe(on_signal, number))
-    await worker.serve()
+    try:
+        await worker.serve()
+    finally:
+        # the app's pools too (task code's), before asyncio.run cancels what is left: a
+        # psycopg_pool maintenance task cancelled while it reconnects (after a server restart)
+        # swallows the cancellation and waits for more work, and the process never exits
+        await worker.app.aclose()
 
 
 async def _forced_exit(worker: Worker) -> None:
