@@ -91,6 +91,11 @@ class Durable:
         self._next_seq = 0
         self._per_name: Counter[str] = Counter()
 
+    @property
+    def replaying(self) -> bool:
+        """Whether the history holds steps past the current position (a replay not caught up)."""
+        return self._history is not None and any(seq >= self._next_seq for seq in self._history)
+
     # -- planning (no I/O beyond loading the history once) ---------------------------------
 
     def plan_op(self, name: str) -> Op[Plan]:

@@ -19,6 +19,7 @@ from .flow import Concurrency, RateLimit, RateLimitDefinition, registration, syn
 from .ops import Op, statement
 from .retention import RetentionSpec, sync_task_op, task_retention
 from .retry import Retry
+from .sessions import register_op as register_session_op
 from .task import Task, TaskSettings
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ class TaskRegistry:
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, Schedule] = {}
         self.rate_limits: dict[str, RateLimitDefinition] = {}
+        #: keyed sessions (pgqueue.session_task): session name -> the input field of its key
+        self.sessions: dict[str, str] = {}
 
     @overload
     def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
@@ -156,5 +159,7 @@ class TaskRegistry:
                     raise TaskDefinitionError(
                         f"task {s.name!r} uses rate limit {rule.name!r}, which is not declared: add "
                         f"app.rate_limit({rule.name!r}, limit=..., per=...)")
+        for session, key_field in self.sessions.items():
+            yield from register_session_op(session, key_field)
         yield from sync_limits_op(limits, list(self.rate_limits.values()))
         yield from sync_op(list(self.schedules.values()))
