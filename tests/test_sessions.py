@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import random
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +20,7 @@ from conftest import bind, running_worker, wait_for
 from pgqueue import PgQueue
 from pgqueue.errors import InvalidInput, PgQueueError, TaskDefinitionError, UnknownTask
 from pgqueue.status import RunStatus
+from pgqueue.testing import drain
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -194,3 +198,23 @@ async def test_an_oversized_state_fails_the_invocation_and_keeps_the_last_state(
     assert "over the limit" in info.error["message"]
     assert sessions.app.get_session_state("hoarder", "h") == {"blob": "x" * 20}
     assert "ctx.state is for sessions only" in plain.info().error["message"]
+
+
+def test_the_cli_lists_sessions_and_keys_and_prints_a_state(sessions: Any, cli_env: dict[str, str]) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pgqueue_cli", *args], env=cli_env, capture_output=True,
+                              text=True, timeout=60)
+
+    enqueued = cli("enqueue", "counter_sync", "--input", '{"user_id": "cli", "n": 7}')
+    assert enqueued.returncode == 0, enqueued.stderr
+    listed = cli("sessions", "list", "--json")
+    assert {"name": "counter_sync", "key_field": "user_id"}.items() <= {
+        **next(s for s in json.loads(listed.stdout) if s["name"] == "counter_sync")}.items()
+    keys = json.loads(cli("sessions", "keys", "counter_sync", "--json").stdout)
+    cli_key = next(k for k in keys if k["key"] == "cli")
+    assert cli_key["active_run"] is not None and cli_key["waiting"] == 0
+    assert json.loads(cli("sessions", "state", "counter_sync", "cli").stdout) == {}  # not run yet
+    drain(sessions.app)
+    assert json.loads(cli("sessions", "state", "counter_sync", "cli").stdout) == {"count": 1, "order": [7]}
+    unknown = cli("sessions", "state", "nope", "k")
+    assert unknown.returncode != 0 and 'unknown session "nope"' in unknown.stderr

@@ -23,6 +23,7 @@ from .limits_cmd import limits_group
 from .loading import load_app
 from .retention_cmd import prune_cmd, retention_group
 from .runs_cmd import event_group, queue_group, runs_group
+from .sessions_cmd import sessions_group
 from .status_cmd import status_cmd, top_cmd
 from .tail_cmd import tail_cmd
 from .wait_cmd import wait_cmd
@@ -49,6 +50,7 @@ main.add_command(queue_group)
 main.add_command(dashboard_cmd)
 main.add_command(retention_group)
 main.add_command(prune_cmd)
+main.add_command(sessions_group)
 
 
 @main.command("roles")
