@@ -44,8 +44,12 @@ class SessionState:
         """Load the state this attempt replays from (fenced: the run must hold its key)."""
         rows = yield statement("sessions.begin", self.fence, row=dict)
         if not rows:
-            raise RunTakenOver(f"run {self.fence['run']} of session {self.session!r} does not hold its key "
-                               "(taken over, or enqueued before the session was declared)")
+            raise RunTakenOver(f"run {self.fence['run']} is no longer running here")
+        if not rows[0]["holds"]:
+            why = ("it has no key: it was enqueued before any worker declared the session (plain SQL "
+                   "with a queue named); enqueue it again" if rows[0]["key"] is None else
+                   f"key {rows[0]['key']!r} is held by another invocation")
+            raise InvalidInput(f"run {self.fence['run']} of session {self.session!r} cannot start: {why}")
         self.key = rows[0]["key"]
         base = decoded(rows[0]["base_state"])
         self.data = dict(base) if isinstance(base, dict) else {}

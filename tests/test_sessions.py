@@ -18,9 +18,9 @@ import pytest
 
 from conftest import bind, running_worker, wait_for
 from pgqueue import PgQueue
-from pgqueue.errors import InvalidInput, PgQueueError, TaskDefinitionError, UnknownTask
+from pgqueue.errors import InvalidInput, PgQueueError, RunFailed, TaskDefinitionError, UnknownTask
 from pgqueue.status import RunStatus
-from pgqueue.testing import drain
+from pgqueue.testing import call, drain
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -218,3 +218,23 @@ def test_the_cli_lists_sessions_and_keys_and_prints_a_state(sessions: Any, cli_e
     assert json.loads(cli("sessions", "state", "counter_sync", "cli").stdout) == {"count": 1, "order": [7]}
     unknown = cli("sessions", "state", "nope", "k")
     assert unknown.returncode != 0 and 'unknown session "nope"' in unknown.stderr
+
+
+def test_testing_call_runs_one_invocation_with_its_state(sessions: Any) -> None:
+    assert call(sessions.app, sessions.counter_sync, user_id="unit", n=4) == 1
+    assert call(sessions.app, sessions.counter_sync, user_id="unit", n=5) == 2
+    assert sessions.app.get_session_state("counter_sync", "unit") == {"count": 2, "order": [4, 5]}
+
+
+async def test_a_run_enqueued_before_the_session_was_declared_fails_clearly(sessions: Any, dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # a queue named, no registration: the database cannot know it is a session
+        conn.execute("DELETE FROM pgqueue.sessions WHERE name = 'counter_sync'")
+        conn.execute("UPDATE pgqueue.tasks SET concurrency_key_field = NULL WHERE name = 'counter_sync'")
+        (run_id,) = conn.execute("SELECT pgqueue.enqueue('counter_sync', %s::jsonb, queue => 'default')",
+                                 ('{"user_id": "early", "n": 1}',)).fetchone()  # type: ignore[misc]
+    sessions.app.register_tasks()
+    async with running_worker(sessions.app, concurrency=2):
+        with pytest.raises(RunFailed, match=r"InvalidInput: .* enqueued before any worker declared the session"):
+            await result(sessions.app.get_run(run_id))
+    assert sessions.app.get_run(run_id).info().attempt == 1  # not retried

@@ -11,14 +11,21 @@ ON CONFLICT (name) DO UPDATE SET key_field = excluded.key_field, registered_at =
 -- An attempt starts: the state it replays from. The first attempt of an invocation takes the
 -- key's current state as its base; later attempts (retry, wake-up, rescue) get that same base
 -- back, whatever the earlier attempts saved since (they replay the same steps onto it).
-UPDATE pgqueue.session_keys k
-   SET base_state = CASE WHEN k.base_run IS DISTINCT FROM %(run)s THEN k.state ELSE k.base_state END,
-       base_run = %(run)s
- WHERE (k.session, k.key, k.active_run) = (
-        SELECT r.task, r.concurrency_key, r.id FROM pgqueue.runs r
-         WHERE r.id = %(run)s AND r.attempt = %(attempt)s AND r.status = 'running' AND r.worker_id = %(worker)s
-           FOR SHARE)
-RETURNING k.key, k.base_state
+-- No row: the run is no longer running here; holds false: it runs without holding its key.
+WITH run AS (
+    SELECT r.id, r.task, r.concurrency_key FROM pgqueue.runs r
+     WHERE r.id = %(run)s AND r.attempt = %(attempt)s AND r.status = 'running' AND r.worker_id = %(worker)s
+       FOR SHARE
+), began AS (
+    UPDATE pgqueue.session_keys k
+       SET base_state = CASE WHEN k.base_run IS DISTINCT FROM k.active_run THEN k.state ELSE k.base_state END,
+           base_run = k.active_run
+      FROM run
+     WHERE k.session = run.task AND k.key = run.concurrency_key AND k.active_run = run.id
+    RETURNING k.key, k.base_state
+)
+SELECT began.key IS NOT NULL AS holds, run.concurrency_key AS key, began.base_state
+  FROM run LEFT JOIN began ON true
 
 -- name: save
 UPDATE pgqueue.session_keys k
