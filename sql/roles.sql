@@ -49,3 +49,5 @@ GRANT SELECT ON pgqueue.schema_migrations, pgqueue.schema_functions, pgqueue.set
     pgqueue.queues, pgqueue.concurrency_limits, pgqueue.rate_limits, pgqueue.runs, pgqueue.attempts,
     pgqueue.steps TO pgqueue_producer;
 GRANT INSERT ON pgqueue.runs, pgqueue.ready TO pgqueue_producer;
+-- keyed sessions: reading states (pgqueue.session_state); their admission writes as the owner
+GRANT SELECT ON pgqueue.sessions, pgqueue.session_keys TO pgqueue_producer;

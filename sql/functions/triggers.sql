@@ -31,8 +31,10 @@ $$;
 -- only if it holds its key: the invocation already holding it goes on; with the key idle, the
 -- run takes it; otherwise the run waits in the key's inbox (arrival order) and no row is
 -- inserted. Keyed runs of plain tasks pass after one primary-key lookup.
+-- SECURITY DEFINER: a producer (sql/roles.sql) enqueues without any right on the session tables
+-- (it could otherwise rewrite a key's state or inbox); every name in it is schema-qualified.
 CREATE OR REPLACE FUNCTION pgqueue.ready_admit_session() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_active bigint;
 BEGIN
