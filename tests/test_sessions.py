@@ -9,6 +9,7 @@ import json
 import random
 import subprocess
 import sys
+import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from pgqueue import PgQueue
 from pgqueue.errors import InvalidInput, PgQueueError, RunFailed, TaskDefinitionError, UnknownTask
 from pgqueue.status import RunStatus
 from pgqueue.testing import call, drain
+from processes import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -238,3 +240,43 @@ async def test_a_run_enqueued_before_the_session_was_declared_fails_clearly(sess
         with pytest.raises(RunFailed, match=r"InvalidInput: .* enqueued before any worker declared the session"):
             await result(sessions.app.get_run(run_id))
     assert sessions.app.get_run(run_id).info().attempt == 1  # not retried
+
+
+def test_racing_enqueues_and_a_hand_over_take_the_key_one_after_the_other(sessions: Any, dsn: str) -> None:
+    """Two connections step by step: an enqueue waits for the key's row lock held by another
+    enqueue's (or a hand-over's) open transaction, then sees its outcome."""
+    enqueue = "SELECT pgqueue.enqueue('counter', %s::jsonb)"
+
+    def blocked_enqueue(n: int) -> tuple[threading.Thread, list[int]]:
+        got: list[int] = []
+
+        def run() -> None:
+            with psycopg.connect(dsn, autocommit=True) as b:
+                got.append(b.execute(enqueue, (f'{{"user_id": "race", "n": {n}}}',)).fetchone()[0])  # type: ignore[index]
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread, got
+
+    def waiting_for_a_lock() -> bool:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            return bool(c.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                  "AND query LIKE 'SELECT pgqueue.enqueue(%%'").fetchone()[0])  # type: ignore[index]
+
+    with psycopg.connect(dsn) as a:
+        first = a.execute(enqueue, ('{"user_id": "race", "n": 1}',)).fetchone()[0]  # type: ignore[index]
+        thread, second = blocked_enqueue(2)
+        wait_until(waiting_for_a_lock, what="the second enqueue to wait for the key")
+        a.commit()
+        thread.join(30)
+        a.execute("SELECT pgqueue.cancel_run(%s)", (first,))  # hands the key on, not committed yet
+        thread, third = blocked_enqueue(3)
+        wait_until(waiting_for_a_lock, what="the third enqueue to wait for the hand-over")
+        a.commit()
+        thread.join(30)
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT active_run FROM pgqueue.session_keys WHERE session = 'counter' AND key = 'race'"
+                            ).fetchone() == (second[0],)
+        assert conn.execute("SELECT run_id FROM pgqueue.session_inbox WHERE key = 'race'").fetchall() == [(third[0],)]
+        ready = conn.execute("SELECT run_id FROM pgqueue.ready WHERE run_id = ANY(%s)",
+                             ([first, second[0], third[0]],)).fetchall()
+        assert ready == [(second[0],)]
