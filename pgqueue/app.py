@@ -35,6 +35,8 @@ from .queues import set_queue_paused_op
 from .registry import TaskRegistry
 from .retention import Policy, PruneCounts, policies_op, prune_op, set_op, unset_op
 from .runs import cancel_op, replay_op, reschedule_op
+from .session_task import SessionDecorator
+from .sessions import state_op
 from .task import Task
 from .usage import UsageSum, set_unit_op, usage_op
 from .workflow import Workflow
@@ -249,6 +251,21 @@ class PgQueue:
                 raise UnknownTask(f"{exc} (this app declares {', '.join(map(repr, close))})") from None
             raise
         return [RunHandle(self.db, run_id, created) for run_id, created in found]
+
+    # -- keyed sessions (docs/sessions.md) ---------------------------------------------------
+
+    def session(self, name: str, *, key: str, **options: Any) -> SessionDecorator:
+        """Declare a keyed session: a task whose invocations with the same value of input field
+        `key` run one at a time, in arrival order, with that key's durable state in `ctx.state`;
+        different keys run in parallel. Takes the options of `@app.task` except `concurrency`."""
+        return SessionDecorator(self.registry, name, key, options)
+
+    def get_session_state(self, session: str, key: str) -> dict[str, Any]:
+        """The state of `key` in `session` as of its last checkpoint ({} for a key never invoked)."""
+        return self.db.execute(state_op(session, str(key)))
+
+    async def get_session_state_async(self, session: str, key: str) -> dict[str, Any]:
+        return await self.db.execute_async(state_op(session, str(key)))
 
     def get_run(self, run_id: int) -> RunHandle[Any]:
         """A handle on an existing run, for sync code."""

@@ -17,6 +17,7 @@ from .errors import ConfigurationError, PgQueueError, TaskCancelled
 from .inbox import Message, bind, check_receive, publish_state, publish_state_sync, receive_op
 from .ops import Op
 from .retry import Retry
+from .sessions import SessionState
 from .steps import current_step, run_step, run_step_sync
 from .streams import StreamSink, check_progress, encode_chunk
 from .usage import report_usage_op, usage_units
@@ -51,6 +52,7 @@ class RunContext:
     _durable: Durable | None = field(default=None, repr=False)
     _writer: CheckpointWriter | None = field(default=None, repr=False)
     _stream: StreamSink | None = field(default=None, repr=False)
+    _session: SessionState | None = field(default=None, repr=False)
     _logs: list[str] = field(default_factory=list, repr=False)
     _log_bytes: int = field(default=0, repr=False)
     _logs_dropped: int = field(default=0, repr=False)
@@ -109,6 +111,45 @@ class RunContext:
             raise PgQueueError("durable steps need a run executed by a worker")
         return self.db
 
+    # -- session state (pgqueue/sessions.py) --------------------------------------------------
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The durable state of this session invocation's key (`@app.session` only): a dict of
+        JSON values, loaded when the attempt starts and saved after each step, with each sleep or
+        wait, and before the outcome. Change it outside steps, from the input and from steps'
+        results: a retried attempt replays from the state its invocation started with."""
+        if self._session is None:
+            raise PgQueueError(f"ctx.state is for sessions only; task {self.task!r} is not one "
+                               "(declare it with @app.session(name, key=...))")
+        return self._session.data
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        if self._session is None or not isinstance(value, dict):
+            raise PgQueueError("ctx.state can be set to a dict, in a session only")
+        self._session.data = value
+
+    def _state_save(self) -> Op[None] | None:
+        """The save of the session state, unless a replay has not caught up yet (it would save
+        an older state than the one stored)."""
+        if self._session is None or (self._durable is not None and self._durable.replaying):
+            return None
+        return self._session.save_op()
+
+    async def save_state(self) -> None:
+        """Save `ctx.state` now (it is saved after each step and before the outcome anyway)."""
+        op = self._state_save()
+        if op is not None:
+            with engine_call(f"run {self.run_id}'s session state"):
+                await self.database().execute_async(op)
+
+    def save_state_sync(self) -> None:
+        op = self._state_save()
+        if op is not None:
+            with engine_call(f"run {self.run_id}'s session state"):
+                self.database().execute(op)
+
     # -- streaming and progress --------------------------------------------------------------
 
     def _sink(self) -> StreamSink:
@@ -165,12 +206,14 @@ class RunContext:
 
     async def _durably(self, op: Op[T]) -> T:
         await self.flush_stream()
+        op = _with_state(self._state_save(), op)
         with engine_call(f"run {self.run_id}'s durable operation"):
             done = await self.database().execute_async(op, transaction=True)
         return raise_if_suspended(done)
 
     def _durably_sync(self, op: Op[T]) -> T:
         self.flush_stream_sync()
+        op = _with_state(self._state_save(), op)
         with engine_call(f"run {self.run_id}'s durable operation"):
             done = self.database().execute(op, transaction=True)
         return raise_if_suspended(done)
@@ -193,13 +236,17 @@ class RunContext:
         failure propagates and the task's policy applies. `timeout`: seconds, async `fn` only.
         Calls in a loop get distinct keys (name#0, name#1, ...).
         """
-        return await run_step(self.database(), self.durable(), name, fn, args, retry, timeout,
-                              before_checkpoint=self._stream_flush())
+        value = await run_step(self.database(), self.durable(), name, fn, args, retry, timeout,
+                               before_checkpoint=self._stream_flush())
+        await self.save_state()
+        return value
 
     def step_sync(self, name: str, fn: Callable[..., T], *args: Any, retry: Retry | None = None) -> T:
         """`step` for sync tasks."""
-        return cast(T, run_step_sync(self.database(), self.durable(), name, fn, args, retry,
-                                     before_checkpoint=self._stream_flush_sync()))
+        value = cast(T, run_step_sync(self.database(), self.durable(), name, fn, args, retry,
+                                      before_checkpoint=self._stream_flush_sync()))
+        self.save_state_sync()
+        return value
 
     async def step_in_transaction(self, name: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run `await fn(conn, *args)` in a transaction that also records the step: the
@@ -346,6 +393,17 @@ class RunContext:
     def set_state_sync(self, state: Any) -> None:
         """`set_state` for sync tasks."""
         publish_state_sync(self.database(), self.durable().fence, state)
+
+
+def _with_state(save: Op[None] | None, op: Op[T]) -> Op[T]:
+    """`op` preceded by the session state's save, in its transaction (a suspension commits
+    the state the run suspends with)."""
+    return op if save is None else _chained(save, op)
+
+
+def _chained(first: Op[None], then: Op[T]) -> Op[T]:
+    yield from first
+    return (yield from then)
 
 
 def _aware(when: datetime) -> datetime:

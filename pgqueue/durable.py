@@ -94,6 +94,11 @@ class Durable:
         self.markers: set[str] = set()
         self.patches: dict[str, bool] = {}
 
+    @property
+    def replaying(self) -> bool:
+        """Whether the history holds steps past the current position (a replay not caught up)."""
+        return self._history is not None and any(seq >= self._next_seq for seq in self._history)
+
     # -- planning (no I/O beyond loading the history once) ---------------------------------
 
     def load_op(self) -> Op[dict[int, Recorded]]:

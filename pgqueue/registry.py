@@ -22,6 +22,7 @@ from .messages import CancelOn, cancel_rules, check_match_fields, sync_cancel_on
 from .ops import Op, statement
 from .retention import RetentionSpec, sync_task_op, task_retention
 from .retry import Retry
+from .sessions import register_op as register_session_op
 from .task import Task, TaskSettings
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ class TaskRegistry:
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, Schedule] = {}
         self.rate_limits: dict[str, RateLimitDefinition] = {}
+        #: keyed sessions (pgqueue.session_task): session name -> the input field of its key
+        self.sessions: dict[str, str] = {}
 
     @overload
     def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
@@ -181,5 +184,7 @@ class TaskRegistry:
         yield from placement.register_op([task.settings for task in self.tasks.values()])
         yield from sync_cancel_on_op({name: cancel_rules(name, task.settings.cancel_on)
                                       for name, task in self.tasks.items()})
+        for session, key_field in self.sessions.items():
+            yield from register_session_op(session, key_field)
         yield from sync_limits_op(limits, list(self.rate_limits.values()))
         yield from sync_op(list(self.schedules.values()))

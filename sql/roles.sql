@@ -51,3 +51,5 @@ GRANT SELECT ON pgqueue.schema_migrations, pgqueue.schema_functions, pgqueue.set
 -- the placement a new run gets (the trigger on ready reads its task's)
 GRANT SELECT ON pgqueue.task_placement TO pgqueue_producer;
 GRANT INSERT ON pgqueue.runs, pgqueue.ready TO pgqueue_producer;
+-- keyed sessions: reading states (pgqueue.session_state); their admission writes as the owner
+GRANT SELECT ON pgqueue.sessions, pgqueue.session_keys TO pgqueue_producer;

@@ -115,3 +115,22 @@ def test_reader_sees_the_dashboard_and_changes_nothing(roles: dict[str, str]) ->
     refused(r, "DELETE FROM pgqueue.runs")
     with psycopg.connect(r) as conn:
         assert conn.execute("SELECT status FROM pgqueue.runs WHERE id = %s", (run.id,)).fetchone() == ("queued",)
+
+
+def test_producer_enqueues_keyed_runs_and_session_invocations_and_reads_states(roles: dict[str, str]) -> None:
+    with psycopg.connect(roles["owner"], autocommit=True) as conn:
+        conn.execute("INSERT INTO pgqueue.tasks (name, queue, concurrency_key_field) "
+                     "VALUES ('keyed', 'default', 'k'), ('talk', 'default', 'user_id')")
+        conn.execute("INSERT INTO pgqueue.sessions (name, key_field) VALUES ('talk', 'user_id')")
+    p = roles["producer"]
+    with psycopg.connect(p, autocommit=True) as conn:
+        conn.execute("SELECT pgqueue.enqueue('keyed', '{\"k\": \"a\"}')")
+        first, second = (conn.execute("SELECT pgqueue.enqueue('talk', '{\"user_id\": \"u\"}')").fetchone()
+                         for _ in range(2))
+        assert conn.execute("SELECT pgqueue.session_state('talk', 'u')").fetchone() == ({},)
+    with psycopg.connect(roles["worker"], autocommit=True) as conn:
+        assert conn.execute("SELECT active_run FROM pgqueue.session_keys WHERE key = 'u'").fetchone() == first
+        assert conn.execute("SELECT run_id FROM pgqueue.session_inbox").fetchone() == second
+    # reading a state is allowed, writing one or the inbox is not
+    refused(p, "UPDATE pgqueue.session_keys SET state = '{}'")
+    refused(p, "DELETE FROM pgqueue.session_inbox")

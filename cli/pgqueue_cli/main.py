@@ -24,6 +24,7 @@ from .loading import load_app
 from .messages_cmd import send_cmd, state_cmd, update_cmd
 from .retention_cmd import prune_cmd, retention_group
 from .runs_cmd import event_group, queue_group, runs_group
+from .sessions_cmd import sessions_group
 from .status_cmd import status_cmd, top_cmd
 from .tail_cmd import tail_cmd
 from .tasks_cmd import tasks_cmd
@@ -57,6 +58,7 @@ main.add_command(dashboard_cmd)
 main.add_command(retention_group)
 main.add_command(prune_cmd)
 main.add_command(usage_cmd)
+main.add_command(sessions_group)
 
 
 @main.command("roles")

@@ -76,7 +76,10 @@ class StepWriter:
 
 def record_steps_op(worker_id: str, batch: list[_Pending]) -> Op[dict[tuple[int, str], int]]:
     """(run, step key) -> the step's attempt count, for each checkpoint whose run this attempt
-    still holds (fenced like `record_step`)."""
+    still holds (fenced like `record_step`). The fences lock the runs in id order, as the
+    heartbeat and the completer do: in arrival order, a batch holding run 9 and waiting for run 5
+    deadlocked with a heartbeat holding run 5 and waiting for run 9."""
+    batch = sorted(batch, key=lambda p: p.run_id)  # stable: one run's checkpoints keep their order
     rows = yield statement("durable.record_steps", {
         "worker": worker_id,
         "runs": [p.run_id for p in batch], "attempts": [p.attempt for p in batch],

@@ -63,3 +63,68 @@ BEGIN
     RETURN NEW;
 END
 $$;
+
+-- Keyed sessions (sql/functions/sessions.sql, docs/sessions.md) -----------------------------
+
+-- A run of a session entering `ready` (enqueue, retry, wake-up, rescue, replay...) is admitted
+-- only if it holds its key: the invocation already holding it goes on; with the key idle, the
+-- run takes it; otherwise the run waits in the key's inbox (arrival order) and no row is
+-- inserted. Keyed runs of plain tasks pass after one primary-key lookup.
+-- SECURITY DEFINER: a producer (sql/roles.sql) enqueues without any right on the session tables
+-- (it could otherwise rewrite a key's state or inbox); every name in it is schema-qualified.
+CREATE OR REPLACE FUNCTION pgqueue.ready_admit_session() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_active bigint;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pgqueue.sessions s WHERE s.name = NEW.task) THEN
+        RETURN NEW;
+    END IF;
+    INSERT INTO pgqueue.session_keys (session, key) VALUES (NEW.task, NEW.concurrency_key)
+    ON CONFLICT DO NOTHING;
+    SELECT k.active_run INTO v_active FROM pgqueue.session_keys k
+     WHERE k.session = NEW.task AND k.key = NEW.concurrency_key FOR UPDATE;
+    IF v_active = NEW.run_id THEN
+        RETURN NEW;                       -- the invocation holding the key: retry, wake-up, rescue
+    END IF;
+    IF v_active IS NOT NULL AND NOT EXISTS (
+        SELECT FROM pgqueue.runs r WHERE r.id = v_active AND r.status IN ('queued', 'running', 'sleeping', 'waiting')) THEN
+        -- the holder is gone (deleted by hand): hand the key on, then decide again
+        PERFORM pgqueue.session_hand_on(NEW.task, NEW.concurrency_key);
+        SELECT k.active_run INTO v_active FROM pgqueue.session_keys k
+         WHERE k.session = NEW.task AND k.key = NEW.concurrency_key;
+        IF v_active = NEW.run_id THEN
+            RETURN NEW;
+        END IF;
+    END IF;
+    IF v_active IS NULL THEN
+        UPDATE pgqueue.session_keys k
+           SET active_run = NEW.run_id, base_run = NULL, invocations = k.invocations + 1, updated_at = now()
+         WHERE k.session = NEW.task AND k.key = NEW.concurrency_key;
+        RETURN NEW;
+    END IF;
+    INSERT INTO pgqueue.session_inbox (session, key, run_id) VALUES (NEW.task, NEW.concurrency_key, NEW.run_id)
+    ON CONFLICT (run_id) DO NOTHING;
+    RETURN NULL;
+END
+$$;
+
+-- A run of a session became final: if it held its key, the key goes to the next invocation
+-- in the inbox; if it was still waiting there, it leaves the inbox.
+CREATE OR REPLACE FUNCTION pgqueue.session_run_finished() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pgqueue.sessions s WHERE s.name = NEW.task) THEN
+        RETURN NULL;
+    END IF;
+    PERFORM FROM pgqueue.session_keys k
+      WHERE k.session = NEW.task AND k.key = NEW.concurrency_key AND k.active_run = NEW.id
+        FOR UPDATE;
+    IF FOUND THEN
+        PERFORM pgqueue.session_hand_on(NEW.task, NEW.concurrency_key);
+    ELSE
+        DELETE FROM pgqueue.session_inbox i WHERE i.run_id = NEW.id;
+    END IF;
+    RETURN NULL;
+END
+$$;
