@@ -19,6 +19,7 @@ BEGIN
      ORDER BY r.fair_seq DESC LIMIT 1;
     SELECT r.fair_seq INTO v_front FROM pgqueue.ready r
      WHERE r.queue = NEW.queue AND r.priority = NEW.priority AND r.concurrency_key IS NOT NULL
+       AND r.needs IS NULL  -- as ready_claim_fair's condition: that index finds the front at once
      ORDER BY r.fair_seq LIMIT 1;
     NEW.fair_seq := greatest(v_last + 1, v_front, 0);
     RETURN NEW;
